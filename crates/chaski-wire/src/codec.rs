@@ -1,0 +1,346 @@
+//! Framing: a 4-byte big-endian length, then the protobuf `Frame`.
+//!
+//! Plain functions on [`BytesMut`] for users without tokio, and (feature `codec`, on by default)
+//! the tokio-util [`FrameCodec`] built on them.
+//!
+//! Architecture invariant: decoding never panics and never allocates what a length prefix claims;
+//! a frame is only sliced out of the buffer once all of its bytes have arrived, so memory grows
+//! with the bytes actually received, never with the bytes announced.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::{
+    Message as _,
+    encoding::{WireType, encode_key, encode_varint, encoded_len_varint},
+};
+
+use crate::{DecodeError, EncodeError, Frame, Message, NodeId, proto};
+
+/// Bytes of the length prefix in front of every frame.
+pub const LENGTH_PREFIX_LEN: usize = 4;
+
+/// The default maximum frame length (of the body, without its prefix): 16 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 16 << 20;
+
+/// The largest maximum frame length a configuration may set: what a 4-byte prefix can express.
+pub const MAX_FRAME_LEN_LIMIT: usize = u32::MAX as usize;
+
+/// Encodes `frame` with its length prefix at the end of `dst`.
+///
+/// Fails without writing anything when the body would exceed `max_frame_len`: the peer would
+/// reject it. A published message's payload is copied exactly once, into `dst`.
+pub fn encode_frame(
+    frame: &Frame,
+    dst: &mut BytesMut,
+    max_frame_len: usize,
+) -> Result<(), EncodeError> {
+    if let Frame::Publish(message) = frame {
+        return encode_message(message, dst, max_frame_len);
+    }
+    let frame = frame.to_proto();
+    let len = frame.encoded_len();
+    check_len(len, max_frame_len)?;
+    dst.reserve(LENGTH_PREFIX_LEN + len);
+    dst.put_u32(len as u32);
+    // Cannot fail: `dst` has room for `len` bytes.
+    frame.encode_raw(dst);
+    Ok(())
+}
+
+/// Encodes a published message as a complete frame at the end of `dst`, copying the payload once.
+///
+/// Equivalent to `encode_frame(&Frame::Publish(message.clone()), ..)` without the clone; the
+/// bytes are exactly those of the generated protobuf encoder.
+pub fn encode_message(
+    message: &Message,
+    dst: &mut BytesMut,
+    max_frame_len: usize,
+) -> Result<(), EncodeError> {
+    encode_message_head(message, dst, max_frame_len)?;
+    dst.extend_from_slice(&message.payload);
+    Ok(())
+}
+
+/// Encodes everything of a published message's frame except the payload bytes themselves, which
+/// the caller must send right after (for example with a vectored write straight from
+/// `message.payload`), so that a large payload is never copied.
+///
+/// `dst` then holds the length prefix, the envelope and every field before the payload, including
+/// the payload's field key and length. Fails without writing anything when the frame would exceed
+/// `max_frame_len`.
+pub fn encode_message_head(
+    message: &Message,
+    dst: &mut BytesMut,
+    max_frame_len: usize,
+) -> Result<(), EncodeError> {
+    let body = publish_body_len(message);
+    // Frame { publish = 3 (length-delimited) }.
+    let len = 1 + encoded_len_varint(body as u64) + body;
+    check_len(len, max_frame_len)?;
+    dst.reserve(LENGTH_PREFIX_LEN + len - message.payload.len());
+    dst.put_u32(len as u32);
+    encode_key(3, WireType::LengthDelimited, dst);
+    encode_varint(body as u64, dst);
+
+    let topic = message.topic.as_str().as_bytes();
+    encode_key(1, WireType::LengthDelimited, dst);
+    encode_varint(topic.len() as u64, dst);
+    dst.put_slice(topic);
+
+    let (high, low) = message.publisher.halves();
+    encode_key(2, WireType::LengthDelimited, dst);
+    encode_varint(node_id_len(message.publisher) as u64, dst);
+    if high != 0 {
+        encode_key(1, WireType::SixtyFourBit, dst);
+        dst.put_u64_le(high);
+    }
+    if low != 0 {
+        encode_key(2, WireType::SixtyFourBit, dst);
+        dst.put_u64_le(low);
+    }
+    if message.sequence != 0 {
+        encode_key(3, WireType::Varint, dst);
+        encode_varint(message.sequence, dst);
+    }
+    if message.timestamp_micros != 0 {
+        encode_key(4, WireType::SixtyFourBit, dst);
+        dst.put_u64_le(message.timestamp_micros);
+    }
+    if message.hop_limit != 0 {
+        encode_key(5, WireType::Varint, dst);
+        encode_varint(u64::from(message.hop_limit), dst);
+    }
+    if message.hops != 0 {
+        encode_key(6, WireType::Varint, dst);
+        encode_varint(u64::from(message.hops), dst);
+    }
+    for header in &message.headers {
+        encode_key(7, WireType::LengthDelimited, dst);
+        encode_varint(header_len(&header.key, &header.value) as u64, dst);
+        if !header.key.is_empty() {
+            encode_key(1, WireType::LengthDelimited, dst);
+            encode_varint(header.key.len() as u64, dst);
+            dst.put_slice(header.key.as_bytes());
+        }
+        if !header.value.is_empty() {
+            encode_key(2, WireType::LengthDelimited, dst);
+            encode_varint(header.value.len() as u64, dst);
+            dst.put_slice(&header.value);
+        }
+    }
+    if !message.payload.is_empty() {
+        encode_key(8, WireType::LengthDelimited, dst);
+        encode_varint(message.payload.len() as u64, dst);
+    }
+    Ok(())
+}
+
+/// Length of a length-delimited field with a body of `len` bytes and a one-byte key.
+fn delimited_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+fn node_id_len(id: NodeId) -> usize {
+    let (high, low) = id.halves();
+    usize::from(high != 0) * 9 + usize::from(low != 0) * 9
+}
+
+fn header_len(key: &str, value: &Bytes) -> usize {
+    let key = if key.is_empty() {
+        0
+    } else {
+        delimited_len(key.len())
+    };
+    let value = if value.is_empty() {
+        0
+    } else {
+        delimited_len(value.len())
+    };
+    key + value
+}
+
+fn publish_body_len(m: &Message) -> usize {
+    let varint = |v: u64| if v == 0 { 0 } else { 1 + encoded_len_varint(v) };
+    delimited_len(m.topic.len())
+        + delimited_len(node_id_len(m.publisher))
+        + varint(m.sequence)
+        + if m.timestamp_micros == 0 { 0 } else { 9 }
+        + varint(u64::from(m.hop_limit))
+        + varint(u64::from(m.hops))
+        + m.headers
+            .iter()
+            .map(|h| delimited_len(header_len(&h.key, &h.value)))
+            .sum::<usize>()
+        + if m.payload.is_empty() {
+            0
+        } else {
+            delimited_len(m.payload.len())
+        }
+}
+
+fn check_len(len: usize, max_frame_len: usize) -> Result<(), EncodeError> {
+    let max = max_frame_len.min(MAX_FRAME_LEN_LIMIT);
+    if len > max {
+        return Err(EncodeError::FrameTooLarge { len, max });
+    }
+    Ok(())
+}
+
+/// Reads the length prefix at the start of `src`: `Ok(None)` when fewer than 4 bytes are there,
+/// the body length otherwise, or [`DecodeError::FrameTooLarge`] when it exceeds `max_frame_len`.
+pub fn peek_frame_len(src: &[u8], max_frame_len: usize) -> Result<Option<usize>, DecodeError> {
+    let Some(prefix) = src.first_chunk::<LENGTH_PREFIX_LEN>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(*prefix) as usize;
+    if len > max_frame_len {
+        return Err(DecodeError::FrameTooLarge {
+            len,
+            max: max_frame_len,
+        });
+    }
+    Ok(Some(len))
+}
+
+/// Decodes the next frame from the front of `src`.
+///
+/// * `Ok(Some(frame))`: a frame was removed from `src`; its payloads are zero-copy slices of it.
+/// * `Ok(None)`: `src` holds only part of a frame; call again when more bytes have arrived.
+///   Nothing is reserved for the missing bytes.
+/// * `Err(_)`: the peer sent a bad frame and the stream cannot be trusted any further: close the
+///   connection. When the error is [`DecodeError::FrameTooLarge`] the rejected bytes stay in `src`.
+pub fn decode_frame(
+    src: &mut BytesMut,
+    max_frame_len: usize,
+) -> Result<Option<Frame>, DecodeError> {
+    let Some(len) = peek_frame_len(src, max_frame_len)? else {
+        return Ok(None);
+    };
+    if src.len() < LENGTH_PREFIX_LEN + len {
+        return Ok(None);
+    }
+    src.advance(LENGTH_PREFIX_LEN);
+    let body = src.split_to(len).freeze();
+    decode_frame_body(body).map(Some)
+}
+
+/// Decodes a frame body (without its length prefix). Byte fields of the result are slices of
+/// `body`, not copies.
+pub fn decode_frame_body(body: Bytes) -> Result<Frame, DecodeError> {
+    let first_tag = first_field_number(&body);
+    match proto::Frame::decode(body)?.kind {
+        Some(kind) => Frame::from_proto_kind(kind),
+        None => Err(DecodeError::UnknownKind { tag: first_tag }),
+    }
+}
+
+/// Decodes a UDP datagram holding exactly one frame with its length prefix.
+///
+/// A datagram whose prefix disagrees with its size is [`DecodeError::DatagramLength`]; one over
+/// `max_frame_len` is [`DecodeError::FrameTooLarge`].
+pub fn decode_datagram(mut datagram: Bytes, max_frame_len: usize) -> Result<Frame, DecodeError> {
+    let Some(len) = peek_frame_len(&datagram, max_frame_len)? else {
+        return Err(DecodeError::DatagramLength {
+            declared: 0,
+            actual: datagram.len(),
+        });
+    };
+    let actual = datagram.len() - LENGTH_PREFIX_LEN;
+    if len != actual {
+        return Err(DecodeError::DatagramLength {
+            declared: len,
+            actual,
+        });
+    }
+    datagram.advance(LENGTH_PREFIX_LEN);
+    decode_frame_body(datagram)
+}
+
+/// The field number of the first field in `body`, 0 if there is none or it is unreadable. Names
+/// the unknown kind in [`DecodeError::UnknownKind`].
+fn first_field_number(mut body: &[u8]) -> u32 {
+    prost::encoding::decode_varint(&mut body).map_or(0, |key| u32::try_from(key >> 3).unwrap_or(0))
+}
+
+#[cfg(feature = "codec")]
+pub use self::tokio_codec::FrameCodec;
+
+#[cfg(feature = "codec")]
+mod tokio_codec {
+    use bytes::BytesMut;
+    use tokio_util::codec::{Decoder, Encoder};
+
+    use super::{
+        DEFAULT_MAX_FRAME_LEN, MAX_FRAME_LEN_LIMIT, decode_frame, encode_frame, encode_message,
+    };
+    use crate::{CodecError, Frame, Message};
+
+    /// The tokio-util codec for Chaski frames, for `FramedRead`/`FramedWrite`/`Framed`.
+    ///
+    /// Decoding and encoding both enforce the maximum frame length (default
+    /// [`DEFAULT_MAX_FRAME_LEN`], 16 MiB). After a decode error the stream must be dropped.
+    #[derive(Debug, Clone, Copy)]
+    pub struct FrameCodec {
+        max_frame_len: usize,
+    }
+
+    impl FrameCodec {
+        /// A codec with the default maximum frame length.
+        pub fn new() -> FrameCodec {
+            FrameCodec {
+                max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            }
+        }
+
+        /// A codec with this maximum frame length (body bytes, without the prefix), capped at
+        /// [`MAX_FRAME_LEN_LIMIT`].
+        pub fn with_max_frame_len(max_frame_len: usize) -> FrameCodec {
+            FrameCodec {
+                max_frame_len: max_frame_len.min(MAX_FRAME_LEN_LIMIT),
+            }
+        }
+
+        /// The maximum frame length.
+        pub fn max_frame_len(&self) -> usize {
+            self.max_frame_len
+        }
+    }
+
+    impl Default for FrameCodec {
+        fn default() -> FrameCodec {
+            FrameCodec::new()
+        }
+    }
+
+    impl Decoder for FrameCodec {
+        type Item = Frame;
+        type Error = CodecError;
+
+        fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+            Ok(decode_frame(src, self.max_frame_len)?)
+        }
+    }
+
+    impl Encoder<&Frame> for FrameCodec {
+        type Error = CodecError;
+
+        fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+            Ok(encode_frame(frame, dst, self.max_frame_len)?)
+        }
+    }
+
+    impl Encoder<Frame> for FrameCodec {
+        type Error = CodecError;
+
+        fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+            self.encode(&frame, dst)
+        }
+    }
+
+    impl Encoder<&Message> for FrameCodec {
+        type Error = CodecError;
+
+        fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), CodecError> {
+            Ok(encode_message(message, dst, self.max_frame_len)?)
+        }
+    }
+}
