@@ -471,6 +471,58 @@ proptest! {
     }
 
     #[test]
+    fn publish_fast_path_agrees_with_generic_decoder(
+        message in arb_message(),
+        flips in vec((any::<usize>(), any::<u8>()), 0..3),
+        cut in proptest::option::of(any::<usize>()),
+    ) {
+        let mut bytes = encode_all(&[Frame::Publish(message)]).split_off(LENGTH_PREFIX_LEN).to_vec();
+        for (at, xor) in flips {
+            let at = at % bytes.len();
+            bytes[at] ^= xor;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut % (bytes.len() + 1));
+        }
+        let body = Bytes::from(bytes);
+        let fast = decode_frame_body(body.clone()).map_err(|e| e.cause());
+        let generic = codec::decode_generic(body).map_err(|e| e.cause());
+        prop_assert_eq!(fast, generic);
+    }
+
+    #[test]
+    fn non_canonical_publish_decodes_like_prost(message in arb_message(), reverse in any::<bool>()) {
+        // Prost writes fields in ascending order; another encoder may not. Re-encode the publish
+        // body with its fields reversed (or duplicated), which the fast path must hand over to
+        // the generic decoder.
+        let canonical = Frame::Publish(message).to_proto().encode_to_vec();
+        let Some(proto::frame::Kind::Publish(p)) = proto::Frame::decode(&canonical[..]).unwrap().kind else {
+            unreachable!()
+        };
+        let mut fields: Vec<Vec<u8>> = Vec::new();
+        let mut one = |f: proto::Publish| fields.push(f.encode_to_vec());
+        one(proto::Publish { topic: p.topic.clone(), ..Default::default() });
+        one(proto::Publish { publisher: p.publisher, ..Default::default() });
+        one(proto::Publish { sequence: p.sequence, timestamp_micros: p.timestamp_micros, ..Default::default() });
+        one(proto::Publish { hop_limit: p.hop_limit, hops: p.hops, headers: p.headers.clone(), ..Default::default() });
+        one(proto::Publish { payload: p.payload.clone(), ..Default::default() });
+        if reverse {
+            fields.reverse();
+        } else {
+            let first = fields[0].clone();
+            fields.push(first);
+        }
+        let inner: Vec<u8> = fields.concat();
+        let mut body = Vec::new();
+        prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, &mut body);
+        prost::encoding::encode_varint(inner.len() as u64, &mut body);
+        body.extend_from_slice(&inner);
+        let body = Bytes::from(body);
+        let ours = decode_frame_body(body.clone()).unwrap();
+        prop_assert_eq!(ours, codec::decode_generic(body).unwrap());
+    }
+
+    #[test]
     fn arbitrary_datagrams_never_panic(bytes in vec(any::<u8>(), 0..512)) {
         let _ = decode_datagram(Bytes::from(bytes), MAX);
     }
