@@ -1,0 +1,349 @@
+//! What the state machine tells its driver: [`Action`]s to perform and the [`Event`]s among them,
+//! plus the small types they carry.
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use chaski_wire::{Frame, GoodbyeReason, NodeId, Topic};
+
+use crate::time::Instant;
+
+/// A connection, identified by an opaque id that the driver chooses and never reuses.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// Identifies an on-demand ping, returned by [`Membership::ping`](crate::Membership::ping) and
+/// echoed in [`Event::PingResult`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PingId(pub u64);
+
+/// How this node first learnt of a peer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum DiscoverySource {
+    /// A LAN beacon.
+    Lan,
+    /// A configured seed address.
+    Seed,
+    /// Another peer's peer exchange.
+    PeerExchange,
+    /// A subscription search (as searcher, responder or forwarder).
+    Search,
+    /// The peer connected to us.
+    Inbound,
+    /// The user asked to connect.
+    Manual,
+}
+
+impl DiscoverySource {
+    /// The stable name used in `PeerStatus.discovered_via`: "lan", "seed", "peer-exchange",
+    /// "search", "inbound", "manual".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiscoverySource::Lan => "lan",
+            DiscoverySource::Seed => "seed",
+            DiscoverySource::PeerExchange => "peer-exchange",
+            DiscoverySource::Search => "search",
+            DiscoverySource::Inbound => "inbound",
+            DiscoverySource::Manual => "manual",
+        }
+    }
+}
+
+/// Why the transport lost a connection (as opposed to a graceful goodbye).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum LostCause {
+    /// The peer reset the connection.
+    Reset,
+    /// The stream ended without a goodbye.
+    Eof,
+    /// A read or write failed.
+    Io,
+    /// The peer sent a frame that could not be decoded.
+    Protocol,
+    /// The transport gave up (write timeout, keep-alive of the OS).
+    Timeout,
+}
+
+/// How a connection ended, as reported by the driver to
+/// [`Membership::handle_disconnected`](crate::Membership::handle_disconnected).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum Disconnect {
+    /// The peer said goodbye: not a failure, the peer is not re-dialed for it.
+    Goodbye(GoodbyeReason),
+    /// The connection was lost: a failure; the peer is re-dialed if still wanted.
+    Lost(LostCause),
+}
+
+/// Why a peer went down, in [`Event::PeerDown`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum DownReason {
+    /// Nothing was heard from the peer for `peer_timeout`.
+    Timeout {
+        /// How long the peer had been silent (equal to `peer_timeout`).
+        silent_for: Duration,
+    },
+    /// The peer said goodbye.
+    Goodbye(GoodbyeReason),
+    /// The transport lost the connection.
+    Lost(LostCause),
+    /// This node closed the connection (not needed, shutdown, duplicate, ...).
+    Closed(GoodbyeReason),
+}
+
+impl DownReason {
+    /// Whether this is a failure (the peer is re-dialed if still wanted) rather than a graceful
+    /// end.
+    pub fn is_failure(self) -> bool {
+        matches!(self, DownReason::Timeout { .. } | DownReason::Lost(_))
+    }
+}
+
+/// What was dropped, in [`Event::Dropped`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum DropKind {
+    /// A known peer evicted from the full known-peer table (or not added to it).
+    KnownPeer,
+    /// A publisher evicted from the full duplicate filter.
+    DedupPublisher,
+    /// A search forgotten from the full search table.
+    Search,
+    /// An on-demand ping dropped from the full pending table.
+    Ping,
+    /// An inbound connection refused at `max_peers`.
+    Connection,
+}
+
+/// Something that happened, for the application (the stable event API).
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection to a peer is up (after the handshake).
+    PeerUp {
+        /// The peer.
+        peer: NodeId,
+        /// The connection.
+        conn: ConnId,
+        /// Whether this node dialed.
+        outbound: bool,
+        /// How this node learnt of the peer.
+        source: DiscoverySource,
+    },
+    /// A peer's connection is down.
+    PeerDown {
+        /// The peer.
+        peer: NodeId,
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: DownReason,
+    },
+    /// A peer was learnt of for the first time.
+    PeerDiscovered {
+        /// The peer.
+        peer: NodeId,
+        /// How.
+        source: DiscoverySource,
+    },
+    /// A connection became a pairing link for a topic.
+    Paired {
+        /// The topic.
+        topic: Topic,
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A connection stopped being a pairing link for a topic.
+    Unpaired {
+        /// The topic.
+        topic: Topic,
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A new round-trip sample was folded into a peer's statistics.
+    LatencyUpdated {
+        /// The peer.
+        peer: NodeId,
+        /// Smoothed round trip.
+        srtt: Duration,
+        /// Round-trip variation (jitter).
+        rttvar: Duration,
+        /// Smallest round trip seen.
+        min_rtt: Duration,
+    },
+    /// A subscribed topic has no pairing link and no known subscriber to pair with; the node
+    /// keeps searching with backoff. Reported once per episode.
+    TopicIsolated {
+        /// The topic.
+        topic: Topic,
+    },
+    /// An on-demand ping was answered.
+    PingResult {
+        /// The id [`Membership::ping`](crate::Membership::ping) returned.
+        id: PingId,
+        /// The peer.
+        peer: NodeId,
+        /// The measured round trip.
+        rtt: Duration,
+        /// The padding size asked for (each way).
+        size: u32,
+    },
+    /// A lost peer was re-dialed `reconnect_attempts` times without success and is forgotten.
+    ReconnectGaveUp {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// Something was dropped or evicted because a table was full.
+    Dropped {
+        /// What.
+        kind: DropKind,
+    },
+}
+
+/// Where to send a datagram.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum DatagramTarget {
+    /// The LAN discovery group (multicast, or broadcast as the fallback): the driver picks.
+    Lan,
+    /// One address.
+    Unicast(SocketAddr),
+}
+
+/// What the driver must do, from [`Membership::poll_action`](crate::Membership::poll_action).
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub enum Action {
+    /// Send this frame on this connection.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The frame.
+        frame: Frame,
+    },
+    /// Dial this address, then exchange hellos ([`Membership::local_hello`]) and report
+    /// [`Membership::handle_connected`] or [`Membership::handle_dial_failed`].
+    ///
+    /// [`Membership::local_hello`]: crate::Membership::local_hello
+    /// [`Membership::handle_connected`]: crate::Membership::handle_connected
+    /// [`Membership::handle_dial_failed`]: crate::Membership::handle_dial_failed
+    Dial {
+        /// The address.
+        addr: SocketAddr,
+        /// The node expected there, if known.
+        peer: Option<NodeId>,
+    },
+    /// Send a `Goodbye` with this reason on the connection, then close it. The state machine has
+    /// already forgotten the connection; a later `handle_disconnected` for it is ignored.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// The goodbye reason.
+        reason: GoodbyeReason,
+    },
+    /// Send this frame as a UDP datagram.
+    SendDatagram {
+        /// Where.
+        to: DatagramTarget,
+        /// The frame (a beacon).
+        frame: Frame,
+    },
+    /// Report this event to the application.
+    Event(Event),
+}
+
+/// The routing decision for one received message, from
+/// [`Membership::route`](crate::Membership::route).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route<'a> {
+    /// Deliver to the local application: subscribed and not a duplicate.
+    pub deliver: bool,
+    /// The message was seen before (or is this node's own): neither deliver nor forward.
+    pub duplicate: bool,
+    /// Connections to forward the message on (encoded once, with `hop_limit` and `hops + 1`).
+    pub forward: &'a [ConnId],
+    /// The hop limit to put in the forwarded copies.
+    pub hop_limit: u32,
+}
+
+/// What to do with a message this node publishes, from
+/// [`Membership::publish`](crate::Membership::publish).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Publication<'a> {
+    /// The sequence number to put in the message.
+    pub sequence: u64,
+    /// The hop limit to put in the message.
+    pub hop_limit: u32,
+    /// Whether this node itself subscribes to the topic (local delivery).
+    pub deliver: bool,
+    /// Connections to send the message on.
+    pub forward: &'a [ConnId],
+}
+
+/// One connected peer, as in [`Membership::peers`](crate::Membership::peers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerSnapshot {
+    /// The peer's id.
+    pub id: NodeId,
+    /// Its name.
+    pub name: String,
+    /// The connection.
+    pub conn: ConnId,
+    /// Its listening addresses.
+    pub listen_addrs: Vec<SocketAddr>,
+    /// The address of the connection, as the driver reported it.
+    pub remote_addr: Option<SocketAddr>,
+    /// Whether this node dialed.
+    pub outbound: bool,
+    /// Its subscriptions.
+    pub subscriptions: Vec<Topic>,
+    /// Whether it is a relay.
+    pub relay: bool,
+    /// Round-trip statistics.
+    pub rtt: crate::RttStats,
+    /// Topics for which the connection is a pairing link.
+    pub paired_topics: Vec<Topic>,
+    /// How this node learnt of it.
+    pub source: DiscoverySource,
+    /// When the connection came up.
+    pub connected_since: Instant,
+    /// Frames received on the connection.
+    pub frames_in: u64,
+    /// Frames sent on the connection (by the state machine; the driver adds messages).
+    pub frames_out: u64,
+}
+
+/// Counters of the state machine, for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Control frames sent (everything but messages).
+    pub control_frames_sent: u64,
+    /// Of which discovery frames: beacons, searches, search replies and peer exchanges.
+    pub discovery_frames_sent: u64,
+    /// Dials started.
+    pub dials: u64,
+    /// Messages accepted by the duplicate filter.
+    pub messages_new: u64,
+    /// Messages dropped as duplicates.
+    pub messages_duplicate: u64,
+    /// Known peers evicted or not added because the table was full.
+    pub known_evictions: u64,
+    /// Publishers evicted from the duplicate filter.
+    pub dedup_evictions: u64,
+    /// Searches forgotten because the table was full.
+    pub search_evictions: u64,
+    /// On-demand pings dropped because the pending table was full.
+    pub ping_evictions: u64,
+    /// Inbound connections refused at `max_peers`.
+    pub refused_connections: u64,
+    /// Frames that made no sense in their context (e.g. a second hello), ignored.
+    pub unexpected_frames: u64,
+}

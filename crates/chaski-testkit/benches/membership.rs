@@ -1,0 +1,121 @@
+//! `cargo xtask bench membership`: the membership simulator at 1,000 and 10,000 nodes.
+//!
+//! Every node bootstraps through one relay (the seed) and subscribes to 1 to 3 of 50 topics
+//! (10,000 nodes: 500 topics, so that topics keep about 40 subscribers). Nodes join 1 ms of
+//! virtual time apart. The run ends once nothing structural happened for 5 s of virtual time.
+//! Reported: the virtual time to converge (last structural change after the last join), the wall
+//! time of the run, and the control and discovery frames per node up to convergence. Each
+//! configuration runs 3 times (different seeds) in normal mode, once in quick mode
+//! (`CHASKI_BENCH_QUICK=1`, 1,000 nodes only).
+
+use std::time::{Duration, Instant as WallInstant};
+
+use chaski_membership::Config;
+use chaski_testkit::{
+    bench::{Summary, quick},
+    sim::{Sim, SimConfig},
+};
+use chaski_wire::Topic;
+
+struct Run {
+    converge: Duration,
+    wall: Duration,
+    control_per_node: f64,
+    discovery_per_node: f64,
+}
+
+fn run(nodes: usize, topics: usize, seed: u64) -> Run {
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        record_events: false,
+        ..SimConfig::default()
+    });
+    let names: Vec<Topic> = (0..topics)
+        .map(|i| Topic::new(&format!("topic/{i}")).expect("topic"))
+        .collect();
+    let wall = WallInstant::now();
+    let relay = sim.add_node(|id, addr| {
+        Config::builder(id)
+            .listen_addr(addr)
+            .relay(true)
+            .lan_discovery(false)
+            .max_peers(nodes + 16)
+            .max_known_peers(nodes + 16)
+            .build()
+            .expect("config")
+    });
+    let seed_addr = Sim::addr_of(relay);
+    let mut pick = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
+    let mut next = move || {
+        pick ^= pick << 13;
+        pick ^= pick >> 7;
+        pick ^= pick << 17;
+        pick
+    };
+    for _ in 0..nodes {
+        let count = 1 + (next() % 3) as usize;
+        let mut mine: Vec<Topic> = Vec::new();
+        while mine.len() < count {
+            let t = names[(next() % topics as u64) as usize].clone();
+            if !mine.contains(&t) {
+                mine.push(t);
+            }
+        }
+        sim.add_node(|id, addr| {
+            let mut b = Config::builder(id)
+                .listen_addr(addr)
+                .seed(seed_addr)
+                .lan_discovery(false);
+            for t in mine {
+                b = b.subscribe(t);
+            }
+            b.build().expect("config")
+        });
+        sim.run_for(Duration::from_millis(1));
+    }
+    let joined = sim.now();
+    let deadline = joined + Duration::from_secs(600);
+    let last = sim
+        .run_until_quiet(Duration::from_secs(5), deadline)
+        .expect("the network did not converge within 600 s of virtual time");
+    let wall = wall.elapsed();
+    if let Err(e) = sim.check_topics_connected() {
+        panic!("not converged: {e}");
+    }
+    let traffic = sim.traffic();
+    Run {
+        converge: last.saturating_duration_since(joined),
+        wall,
+        control_per_node: traffic.control_frames as f64 / nodes as f64,
+        discovery_per_node: traffic.discovery_frames as f64 / nodes as f64,
+    }
+}
+
+fn main() {
+    let configs: &[(usize, usize)] = if quick() {
+        &[(1_000, 50)]
+    } else {
+        &[(1_000, 50), (10_000, 500)]
+    };
+    let repeats = if quick() { 1 } else { 3 };
+    println!(
+        "{:>7} {:>7} {:>14} {:>10} {:>16} {:>18}",
+        "nodes", "topics", "converge (s)", "wall (s)", "control/node", "discovery/node"
+    );
+    for &(nodes, topics) in configs {
+        let runs: Vec<Run> = (0..repeats).map(|s| run(nodes, topics, 1 + s)).collect();
+        let med = |f: &dyn Fn(&Run) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            Summary::of(&mut v).expect("runs").median
+        };
+        println!(
+            "{:>7} {:>7} {:>14.3} {:>10.2} {:>16.1} {:>18.1}",
+            nodes,
+            topics,
+            med(&|r| r.converge.as_secs_f64()),
+            med(&|r| r.wall.as_secs_f64()),
+            med(&|r| r.control_per_node),
+            med(&|r| r.discovery_per_node),
+        );
+    }
+}
