@@ -19,7 +19,7 @@ pub use crate::{
         Action, ConnId, Counters, DatagramTarget, Disconnect, DiscoverySource, DownReason,
         DropKind, Event, LostCause, PeerSnapshot, PingId, Publication, Route,
     },
-    machine::{EXTRA_RETRY, Membership, PingError},
+    machine::{EXTRA_RETRY, Membership, PingError, TOMBSTONE_TTL, UNVERIFIED_ATTEMPTS},
     rtt::RttStats,
     time::Instant,
 };

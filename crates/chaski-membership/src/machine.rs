@@ -31,6 +31,17 @@ use crate::{
 /// How long a peer that refused an *extra* (non-backbone) pairing is left alone.
 pub const EXTRA_RETRY: Duration = Duration::from_secs(30);
 
+/// How long a peer given up on (re-dial attempts exhausted) is remembered as dead, so that
+/// other nodes' stale peer exchanges do not bring it back. Node ids are never reused, so this is
+/// safe; a dead peer that comes back and connects to us is accepted at once. The table holds at
+/// most `max_known_peers` entries, the oldest forgotten first.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
+
+/// Dial attempts for a peer this node has never been connected to (learnt of through peer
+/// exchange, a search or a beacon) before it is given up; a peer that was connected gets
+/// `reconnect_attempts`.
+pub const UNVERIFIED_ATTEMPTS: u32 = 3;
+
 /// Why [`Membership::ping`] could not send a ping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -63,6 +74,8 @@ struct Known {
     failures: u32,
     /// Keep the connection and re-dial it when lost: a seed, a manual connect, a relay.
     keep: bool,
+    /// Was connected at least once.
+    verified: bool,
     /// No pairing request for these topics before these instants.
     cooldown: Vec<(Topic, Instant)>,
     sub_revision: u64,
@@ -157,6 +170,8 @@ pub struct Membership {
     search_order: VecDeque<(NodeId, u64)>,
     next_search_at: Option<Instant>,
     dedup: DuplicateFilter,
+    dead: HashMap<NodeId, Instant>,
+    dead_order: VecDeque<NodeId>,
     sequence: u64,
     route_index: HashMap<Topic, Vec<ConnId>>,
     relay_conns: Vec<ConnId>,
@@ -198,6 +213,8 @@ impl Membership {
             search_order: VecDeque::new(),
             next_search_at: None,
             dedup: DuplicateFilter::new(config.dedup_publishers),
+            dead: HashMap::new(),
+            dead_order: VecDeque::new(),
             sequence: 0,
             route_index: HashMap::new(),
             relay_conns: Vec::new(),
@@ -434,6 +451,14 @@ impl Membership {
             None
         };
         let id = hello.node_id;
+        if let Some(expected) = dial.and_then(|d| d.peer).filter(|&e| e != id) {
+            // Another node answers at that address now (the expected one restarted with a new
+            // id, or moved): the expected id is dead.
+            if self.known.get(&expected).is_some_and(|k| k.conn.is_none()) {
+                self.forget(expected);
+                self.bury(expected, now);
+            }
+        }
         if id == self.me {
             if let Some(a) = remote_addr.filter(|_| outbound) {
                 self.self_addrs.insert(a);
@@ -483,6 +508,8 @@ impl Membership {
                     conn: old,
                     reason: GoodbyeReason::Duplicate,
                 });
+                // Frames in flight on the old connection are lost: re-assert the links.
+                self.refresh_pairs(conn);
                 self.arm(now + self.config.peer_timeout, Timer::Liveness(conn));
                 self.arm(now + self.config.ping_interval, Timer::Ping(conn));
                 self.route_dirty = true;
@@ -506,6 +533,9 @@ impl Membership {
         let is_relay = hello.capabilities.contains(Capabilities::RELAY);
         let keep = matches!(source, DiscoverySource::Seed | DiscoverySource::Manual)
             || (outbound && is_relay);
+        if self.dead.remove(&id).is_some() {
+            self.dead_order.retain(|d| *d != id);
+        }
         let is_new = !self.known.contains_key(&id);
         if is_new && !self.make_room(now) {
             // Every entry is connected or being re-dialed: refuse rather than grow.
@@ -524,9 +554,11 @@ impl Membership {
             down: false,
             failures: 0,
             keep: false,
+            verified: true,
             cooldown: Vec::new(),
             sub_revision: 0,
         });
+        k.verified = true;
         k.info = info;
         k.last_seen = now;
         k.conn = Some(conn);
@@ -957,6 +989,23 @@ impl Membership {
         }
     }
 
+    fn is_dead(&self, id: NodeId, now: Instant) -> bool {
+        self.dead.get(&id).is_some_and(|&until| until > now)
+    }
+
+    fn bury(&mut self, id: NodeId, now: Instant) {
+        if self.dead.len() >= self.config.max_known_peers {
+            while let Some(old) = self.dead_order.pop_front() {
+                if self.dead.remove(&old).is_some() {
+                    break;
+                }
+            }
+        }
+        if self.dead.insert(id, now + TOMBSTONE_TTL).is_none() {
+            self.dead_order.push_back(id);
+        }
+    }
+
     fn forget(&mut self, id: NodeId) {
         self.unindex(id);
         self.known.remove(&id);
@@ -1059,6 +1108,7 @@ impl Membership {
                 self.send_ping(now, conn, None, 0);
                 if exchange {
                     self.send_exchange(conn);
+                    self.refresh_pairs(conn);
                 }
                 self.arm(now + self.config.ping_interval, Timer::Ping(conn));
             }
@@ -1166,11 +1216,17 @@ impl Membership {
         k.failures += 1;
         let failures = k.failures;
         let was_down = k.down;
-        if failures >= self.config.reconnect_attempts {
-            if was_down {
+        let limit = if k.verified {
+            self.config.reconnect_attempts
+        } else {
+            UNVERIFIED_ATTEMPTS.min(self.config.reconnect_attempts)
+        };
+        if failures >= limit {
+            if k.verified {
                 self.event(Event::ReconnectGaveUp { peer });
             }
             self.forget(peer);
+            self.bury(peer, now);
             return;
         }
         if !was_down {
@@ -1402,7 +1458,13 @@ impl Membership {
         if !self.wants(t) && !self.config.relay {
             return false;
         }
-        if self.conns.get(&conn).is_some_and(|c| c.paired.contains(t)) {
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.paired.contains(t) || c.pending.contains(t))
+        {
+            // Already a link, or both sides asked at once: agree.
+            self.pair_local(conn, peer, t);
             return true;
         }
         let degree = self.degree(t);
@@ -1448,6 +1510,8 @@ impl Membership {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.pending.remove(&t);
             }
+            // A refresh of a link the peer no longer has: drop our side too.
+            self.unpair_local(conn, &t);
             let retry = if self.desired(&t).contains(&peer) {
                 self.config.pair_retry
             } else {
@@ -1456,6 +1520,21 @@ impl Membership {
             self.set_cooldown(peer, &t, now + retry);
         }
         self.dirty = true;
+    }
+
+    /// Re-asserts the links of `conn` with a `PairRequest` for its paired topics: the peer
+    /// accepts what it also has and rejects what it dropped, so both ends agree again after a
+    /// connection was replaced (frames in flight lost).
+    fn refresh_pairs(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.paired.is_empty() {
+            return;
+        }
+        let topics: Vec<Topic> = c.paired.iter().cloned().collect();
+        let request_id = self.rng.next_u64();
+        self.send(conn, Frame::PairRequest(PairRequest { request_id, topics }));
     }
 
     fn pair_local(&mut self, conn: ConnId, peer: NodeId, t: &Topic) {
@@ -1626,7 +1705,7 @@ impl Membership {
             self.dirty = true;
             return;
         }
-        if info.listen_addrs.is_empty() || !self.make_room(now) {
+        if info.listen_addrs.is_empty() || self.is_dead(id, now) || !self.make_room(now) {
             return;
         }
         let topics = info.subscriptions.clone();
@@ -1640,6 +1719,7 @@ impl Membership {
                 down: false,
                 failures: 0,
                 keep: false,
+                verified: false,
                 cooldown: Vec::new(),
                 sub_revision: 0,
             },

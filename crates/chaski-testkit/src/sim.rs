@@ -321,6 +321,8 @@ impl Sim {
     ) -> Option<R> {
         let now = self.now;
         let r = f(self.nodes[index].machine.as_mut()?, now);
+        // A command is a change: a quiet period starts again from here.
+        self.last_change = now;
         self.drain(index);
         Some(r)
     }
@@ -449,7 +451,8 @@ impl Sim {
         self.pending.insert(self.seq, (node, inc, ev));
     }
 
-    fn latency(&self, a: usize, b: usize) -> Duration {
+    /// The one-way latency between nodes `a` and `b` (fixed per pair).
+    pub fn latency(&self, a: usize, b: usize) -> Duration {
         let (lo, hi) = (a.min(b) as u64, a.max(b) as u64);
         let mut z = self.config.seed ^ lo.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ hi.rotate_left(32);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
