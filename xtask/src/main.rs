@@ -139,11 +139,18 @@ struct Bench {
     target: &'static str,
 }
 
-const BENCHES: &[Bench] = &[Bench {
-    name: "wire",
-    package: "chaski-wire",
-    target: "wire",
-}];
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "wire",
+        package: "chaski-wire",
+        target: "wire",
+    },
+    Bench {
+        name: "membership",
+        package: "chaski-testkit",
+        target: "membership",
+    },
+];
 
 fn bench(names: &[String]) -> Result<()> {
     let selected: Vec<&Bench> = if names.is_empty() {
