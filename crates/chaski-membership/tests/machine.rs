@@ -1,0 +1,392 @@
+//! One state machine driven by hand: handshakes, keep-alive, answers to pings and status
+//! requests, routing, searches, beacons and table bounds.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use chaski_membership::{
+    Action, Config, ConnId, DatagramTarget, DownReason, DropKind, Event, Instant, Membership,
+};
+use chaski_wire::{
+    Beacon, Capabilities, Frame, GoodbyeReason, Hello, Message, NodeId, PeerExchange, PeerInfo,
+    Ping, Search, StatusRequest, Topic,
+};
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, n], 7447))
+}
+
+fn t(s: &str) -> Topic {
+    Topic::new(s).unwrap()
+}
+
+fn ms(n: u64) -> Instant {
+    Instant::from_micros(n * 1000)
+}
+
+fn hello(id: u128, n: u8, topics: &[&str]) -> Hello {
+    Hello {
+        node_id: NodeId::from_u128(id),
+        name: format!("n{n}"),
+        listen_addrs: vec![addr(n)],
+        subscriptions: topics.iter().map(|s| t(s)).collect(),
+        capabilities: Capabilities::NONE,
+        auth: None,
+        timestamp_micros: 0,
+        network_id: String::new(),
+    }
+}
+
+fn machine(
+    id: u128,
+    topics: &[&str],
+    tweak: impl FnOnce(chaski_membership::ConfigBuilder) -> chaski_membership::ConfigBuilder,
+) -> Membership {
+    let mut b = Config::builder(NodeId::from_u128(id))
+        .listen_addr(addr(id as u8))
+        .lan_discovery(false);
+    for s in topics {
+        b = b.subscribe(t(s));
+    }
+    let mut m = Membership::new(tweak(b).build().unwrap(), Instant::ZERO);
+    m.handle_timeout(Instant::ZERO);
+    drain(&mut m);
+    m
+}
+
+fn drain(m: &mut Membership) -> Vec<Action> {
+    std::iter::from_fn(|| m.poll_action()).collect()
+}
+
+fn sends(actions: &[Action], to: ConnId) -> Vec<&Frame> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { conn, frame } if *conn == to => Some(frame),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn start_dials_seeds_and_sends_a_beacon() {
+    let id = NodeId::from_u128(1);
+    let config = Config::builder(id)
+        .listen_addr(addr(1))
+        .seed(addr(9))
+        .build()
+        .unwrap();
+    let mut m = Membership::new(config, Instant::ZERO);
+    assert_eq!(m.poll_timeout(), Some(Instant::ZERO));
+    m.handle_timeout(Instant::ZERO);
+    let actions = drain(&mut m);
+    assert!(actions.contains(&Action::Dial {
+        addr: addr(9),
+        peer: None
+    }));
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::SendDatagram { to: DatagramTarget::Lan, frame: Frame::Beacon(b) } if b.node_id == id
+    )));
+    // The next beacon comes fast (50 ms), not at the steady 5 s.
+    assert_eq!(m.poll_timeout(), Some(ms(50)));
+}
+
+#[test]
+fn self_connection_and_foreign_network_are_refused() {
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(1), ConnId(1), &hello(1, 1, &[]), true, Some(addr(5)));
+    assert_eq!(
+        drain(&mut m),
+        vec![Action::Close {
+            conn: ConnId(1),
+            reason: GoodbyeReason::SelfConnection
+        }]
+    );
+    // The address is remembered as our own: never dialed again.
+    m.connect(ms(2), addr(5));
+    assert!(drain(&mut m).is_empty());
+    let mut other = hello(2, 2, &[]);
+    other.network_id = "elsewhere".into();
+    m.handle_connected(ms(3), ConnId(2), &other, false, None);
+    assert_eq!(
+        drain(&mut m),
+        vec![Action::Close {
+            conn: ConnId(2),
+            reason: GoodbyeReason::Unauthorized
+        }]
+    );
+    assert_eq!(m.connection_count(), 0);
+}
+
+#[test]
+fn inbound_connections_beyond_max_peers_are_refused_and_reported() {
+    let mut m = machine(1, &["a"], |b| b.max_peers(1));
+    m.handle_connected(ms(1), ConnId(1), &hello(2, 2, &["a"]), false, None);
+    drain(&mut m);
+    m.handle_connected(ms(1), ConnId(2), &hello(3, 3, &["a"]), false, None);
+    let actions = drain(&mut m);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(2),
+        reason: GoodbyeReason::Overloaded
+    }));
+    assert!(actions.contains(&Action::Event(Event::Dropped {
+        kind: DropKind::Connection
+    })));
+    assert_eq!(m.connection_count(), 1);
+    assert_eq!(m.counters().refused_connections, 1);
+}
+
+#[test]
+fn duplicate_connections_keep_the_one_dialed_by_the_smaller_id() {
+    // We are the smaller id: our outbound connection wins over the peer's.
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(1), ConnId(10), &hello(2, 2, &["a"]), false, None);
+    drain(&mut m);
+    m.handle_connected(ms(2), ConnId(11), &hello(2, 2, &["a"]), true, Some(addr(2)));
+    let actions = drain(&mut m);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(10),
+        reason: GoodbyeReason::Duplicate
+    }));
+    assert_eq!(m.connection_to(NodeId::from_u128(2)), Some(ConnId(11)));
+    // We are the larger id: the peer's dial wins, ours is closed.
+    let mut m = machine(5, &["a"], |b| b);
+    m.handle_connected(ms(1), ConnId(10), &hello(2, 2, &["a"]), false, None);
+    drain(&mut m);
+    m.handle_connected(ms(2), ConnId(11), &hello(2, 2, &["a"]), true, Some(addr(2)));
+    let actions = drain(&mut m);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(11),
+        reason: GoodbyeReason::Duplicate
+    }));
+    assert_eq!(m.connection_to(NodeId::from_u128(2)), Some(ConnId(10)));
+    assert_eq!(m.connection_count(), 1);
+}
+
+#[test]
+fn pings_get_pongs_and_status_requests_get_status() {
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(1), ConnId(1), &hello(2, 2, &["a"]), false, None);
+    drain(&mut m);
+    let ping = Ping {
+        id: 77,
+        sent_at_micros: 123,
+        padding: Bytes::new(),
+        reply_padding: 100,
+    };
+    m.handle_frame(ms(2), ConnId(1), Frame::Ping(ping));
+    let actions = drain(&mut m);
+    let frames = sends(&actions, ConnId(1));
+    assert!(matches!(
+        frames.as_slice(),
+        [Frame::Pong(p)] if p.id == 77 && p.sent_at_micros == 123 && p.padding.len() == 100
+    ));
+    m.handle_frame(
+        ms(3),
+        ConnId(1),
+        Frame::StatusRequest(StatusRequest { request_id: 9 }),
+    );
+    let actions = drain(&mut m);
+    let frames = sends(&actions, ConnId(1));
+    let [Frame::StatusResponse(s)] = frames.as_slice() else {
+        panic!("expected a status response, got {frames:?}");
+    };
+    assert_eq!(s.request_id, 9);
+    assert_eq!(s.node.node_id, NodeId::from_u128(1));
+    assert_eq!(s.peers.len(), 1);
+    assert_eq!(s.peers[0].peer.node_id, NodeId::from_u128(2));
+    assert_eq!(s.peers[0].discovered_via, "inbound");
+    assert_eq!(s.uptime, Duration::from_millis(3));
+}
+
+#[test]
+fn silent_peer_is_declared_down_exactly_at_peer_timeout() {
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(0), ConnId(1), &hello(2, 2, &["a"]), false, None);
+    drain(&mut m);
+    m.handle_frame(
+        ms(1500),
+        ConnId(1),
+        Frame::StatusRequest(StatusRequest { request_id: 1 }),
+    );
+    drain(&mut m);
+    let mut down = None;
+    while let Some(at) = m.poll_timeout() {
+        if at > ms(10_000) {
+            break;
+        }
+        m.handle_timeout(at);
+        for a in drain(&mut m) {
+            if let Action::Event(Event::PeerDown { reason, .. }) = a {
+                down.get_or_insert((at, reason));
+            }
+        }
+        if down.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        down,
+        Some((
+            ms(4500),
+            DownReason::Timeout {
+                silent_for: Duration::from_secs(3)
+            }
+        ))
+    );
+}
+
+fn message(publisher: u128, sequence: u64, topic: &str, hop_limit: u32) -> Message {
+    Message {
+        topic: t(topic),
+        payload: Bytes::from_static(b"p"),
+        publisher: NodeId::from_u128(publisher),
+        sequence,
+        timestamp_micros: 0,
+        hop_limit,
+        hops: 0,
+        headers: Vec::new(),
+    }
+}
+
+#[test]
+fn routing_filters_at_the_sender_drops_duplicates_and_respects_the_hop_limit() {
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
+    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a", "b"]), false, None);
+    m.handle_connected(ms(0), ConnId(4), &hello(4, 4, &["c"]), false, None);
+    drain(&mut m);
+
+    let p = m.publish(&t("a"));
+    assert_eq!((p.sequence, p.deliver), (1, true));
+    assert_eq!(
+        p.forward,
+        &[ConnId(2), ConnId(3)],
+        "only peers that want it"
+    );
+    let p = m.publish(&t("b"));
+    assert_eq!((p.sequence, p.deliver), (2, false));
+    assert_eq!(p.forward, &[ConnId(3)]);
+
+    let msg = message(2, 1, "a", 5);
+    let r = m.route(ms(1), ConnId(2), &msg);
+    assert!(r.deliver && !r.duplicate);
+    assert_eq!(r.forward, &[ConnId(3)], "not back to the sender");
+    assert_eq!(r.hop_limit, 4);
+    let r = m.route(ms(1), ConnId(3), &msg);
+    assert!(r.duplicate && !r.deliver && r.forward.is_empty());
+    // Hop limit 0: delivered, not forwarded.
+    let r = m.route(ms(1), ConnId(3), &message(3, 1, "a", 0));
+    assert!(r.deliver && r.forward.is_empty());
+    // Our own message coming back.
+    let r = m.route(ms(1), ConnId(2), &message(1, 1, "a", 5));
+    assert!(r.duplicate);
+    assert_eq!(m.counters().messages_duplicate, 2);
+    assert_eq!(m.counters().messages_new, 2);
+}
+
+#[test]
+fn search_is_answered_by_a_subscriber_and_forwarded_even_when_full() {
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &[]), false, None);
+    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &[]), false, None);
+    drain(&mut m);
+    let origin = PeerInfo {
+        node_id: NodeId::from_u128(9),
+        name: "origin".into(),
+        listen_addrs: vec![addr(9)],
+        subscriptions: vec![t("a")],
+        capabilities: Capabilities::NONE,
+        full_topics: 0,
+    };
+    let search = Search {
+        search_id: 5,
+        origin,
+        topic: t("a"),
+        hop_limit: 3,
+        visited: vec![NodeId::from_u128(9), NodeId::from_u128(2)],
+    };
+    m.handle_frame(ms(1), ConnId(2), Frame::Search(search.clone()));
+    let actions = drain(&mut m);
+    let back = sends(&actions, ConnId(2));
+    assert!(back.iter().any(|f| matches!(
+        f,
+        Frame::SearchReply(r) if r.search_id == 5 && r.origin == NodeId::from_u128(9)
+            && r.responder.node_id == NodeId::from_u128(1)
+    )));
+    let fwd = sends(&actions, ConnId(3));
+    assert!(fwd.iter().any(|f| matches!(
+        f,
+        Frame::Search(s) if s.hop_limit == 2 && s.visited.last() == Some(&NodeId::from_u128(1))
+    )));
+    // The origin is now known (and wanted: it shares the topic).
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Dial { peer: Some(p), .. } if *p == NodeId::from_u128(9)
+    )));
+    // The same search again is ignored.
+    m.handle_frame(ms(2), ConnId(3), Frame::Search(search));
+    let again = drain(&mut m);
+    assert!(again.iter().all(|a| !matches!(
+        a,
+        Action::Send {
+            frame: Frame::Search(_) | Frame::SearchReply(_),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn known_peer_table_is_bounded() {
+    let mut m = machine(1, &["a"], |b| b.max_known_peers(4).max_peers(2));
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
+    drain(&mut m);
+    let peers = (10..30)
+        .map(|i| PeerInfo {
+            node_id: NodeId::from_u128(i),
+            name: String::new(),
+            listen_addrs: vec![addr(i as u8)],
+            subscriptions: vec![t("z")],
+            capabilities: Capabilities::NONE,
+            full_topics: 0,
+        })
+        .collect();
+    m.handle_frame(
+        ms(1),
+        ConnId(2),
+        Frame::PeerExchange(PeerExchange { peers }),
+    );
+    let actions = drain(&mut m);
+    assert!(m.known_count() <= 4);
+    assert!(actions.contains(&Action::Event(Event::Dropped {
+        kind: DropKind::KnownPeer
+    })));
+    assert!(m.counters().known_evictions > 0);
+}
+
+#[test]
+fn a_beacon_from_an_unknown_node_is_dialed_once() {
+    let mut m = machine(1, &["a"], |b| b.lan_discovery(true));
+    let beacon = Beacon {
+        network_id: String::new(),
+        node_id: NodeId::from_u128(7),
+        name: "n7".into(),
+        listen_addrs: vec![addr(7)],
+        subscription_digest: 1,
+        subscription_count: 1,
+        capabilities: Capabilities::NONE,
+        sequence: 1,
+        auth_tag: Bytes::new(),
+    };
+    m.handle_datagram(ms(1), addr(7), Frame::Beacon(beacon.clone()));
+    assert_eq!(
+        drain(&mut m),
+        vec![Action::Dial {
+            addr: addr(7),
+            peer: Some(NodeId::from_u128(7))
+        }]
+    );
+    m.handle_datagram(ms(2), addr(7), Frame::Beacon(beacon));
+    assert!(drain(&mut m).is_empty(), "dial already in flight");
+}
