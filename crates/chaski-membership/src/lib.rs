@@ -1,7 +1,154 @@
 //! Chaski membership: discovery, pairing, routing, ping and keep-alive as a state machine with no
 //! I/O and no clock.
 //!
-//! (Crate documentation is completed below.)
+//! [`Membership`] is the brain of a Chaski node. It owns no socket, spawns no task, never reads
+//! the clock and draws its randomness from a seeded generator. The driver (one tokio task in
+//! `chaski-streamer`, or the simulator in `chaski-testkit`) feeds it what happened and executes
+//! what it asks for:
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use chaski_membership::{Action, Config, Instant, Membership};
+//! use chaski_wire::{NodeId, Topic};
+//!
+//! let seed: SocketAddr = "127.0.0.1:7447".parse()?;
+//! let config = Config::builder(NodeId::from_u128(1))
+//!     .listen_addr("127.0.0.1:7448".parse()?)
+//!     .seed(seed)
+//!     .subscribe(Topic::new("sensors/temp")?)
+//!     .build()?;
+//! let now = Instant::ZERO; // the driver maps its monotonic clock onto `Instant`
+//! let mut node = Membership::new(config, now);
+//! node.handle_timeout(now); // starts discovery
+//! let mut dialed = Vec::new();
+//! while let Some(action) = node.poll_action() {
+//!     match action {
+//!         Action::Dial { addr, .. } => dialed.push(addr), // connect, send node.local_hello(), ...
+//!         Action::Send { .. } | Action::Close { .. } | Action::SendDatagram { .. } => {}
+//!         Action::Event(event) => println!("{event:?}"),
+//!         _ => {}
+//!     }
+//! }
+//! assert_eq!(dialed, [seed]);
+//! let _wake_at = node.poll_timeout(); // call handle_timeout then
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The exact call order is documented on [`Membership`]. Connections are named by an opaque
+//! [`ConnId`] the driver chooses, peers by their [`NodeId`](chaski_wire::NodeId), time by
+//! [`Instant`] (a duration since an epoch the driver picks).
+//!
+//! # What it does
+//!
+//! * **Identity and interest.** Node id, name, listening addresses, subscribed topics;
+//!   [`Membership::subscribe`] and [`Membership::unsubscribe`] at run time send a
+//!   `SubscriptionUpdate` to every connected peer at once. Whether a subscription wants a topic
+//!   and whether two nodes share interest is decided only in [`interest`], so that wildcards can
+//!   be added there later.
+//! * **Discovery**, four routes that feed one known-peer table: LAN beacons
+//!   ([`Action::SendDatagram`] to [`DatagramTarget::Lan`]; 50 ms after start, doubling up to
+//!   every 5 s; a beacon from an unknown node, or one whose subscription digest changed, is
+//!   dialed at once, so a new node is found within one round trip of its first beacon); seeds
+//!   (dialed at start and re-dialed with backoff while no peer is connected; kept connected);
+//!   peer exchange (on connection, every 10 s, and 100 ms after this node learns a subscriber
+//!   that is near a connected peer in a topic ring); and subscription searches (flooded through
+//!   every connection with a hop limit and a visited list while a topic has no known
+//!   subscriber, with backoff from 500 ms to 30 s; **every** subscriber answers, and every node
+//!   forwards, full or not).
+//! * **Pairing** per topic: up to `max_connections` (default 5) direct links to subscribers of
+//!   the same topic; see "Why every topic ends as one connected graph" below. A node that dialed
+//!   a connection that no longer carries a link closes it after `idle_grace` (the original's
+//!   `on_pair='disconnect'`, on by default). A relay ([`ConfigBuilder::relay`]) accepts every
+//!   connection and every topic, tells each node about the subscribers of its topics, and
+//!   forwards messages of nodes that have nobody else to send to.
+//! * **Routing**: [`Membership::publish`] assigns the sequence number and lists the connections
+//!   whose peer wants the topic (filtering at the sender); [`Membership::route`] applies the
+//!   duplicate filter (per publisher: the highest sequence and a 1,024-wide window, as IPsec's
+//!   anti-replay) and the hop limit, and lists where to forward. Both return borrowed slices and
+//!   allocate nothing once warm. Links are FIFO, and each node forwards in arrival order, so
+//!   per-publisher order holds on each path; the filter guarantees nobody delivers a message
+//!   twice.
+//! * **Ping and latency**: a ping per peer every `ping_interval` (1 s); each pong is a sample
+//!   folded into [`RttStats`] as RFC 6298 does (smoothed RTT, RTT variation, minimum) and
+//!   reported as [`Event::LatencyUpdated`]. [`Membership::ping`] sends an on-demand ping with a
+//!   padding size and reports [`Event::PingResult`].
+//! * **Keep-alive**: any frame is a sign of life; a peer silent for `peer_timeout` (3 s) is
+//!   declared down at exactly that instant ([`DownReason::Timeout`]). A goodbye is not a
+//!   failure.
+//! * **Reconnection**: a lost peer that is still wanted (a link, a seed, a relay, a manual
+//!   connect, or a ring neighbour) is re-dialed after 100 ms, doubling up to 5 s, each delay
+//!   shortened by a random jitter of up to 20 %, for up to 32 attempts
+//!   ([`Event::ReconnectGaveUp`] then). On reconnection the hello carries the subscriptions and
+//!   the pairing logic restores the links by itself.
+//! * **Events**: the stable [`Event`] enum.
+//! * **Answers**: `Ping` gets a `Pong`, `StatusRequest` gets a `StatusResponse`
+//!   ([`Membership::status`]); [`Membership::peers`] is the peer table snapshot.
+//!
+//! # Why every topic ends as one connected graph
+//!
+//! A random or latency-greedy choice of neighbours under a degree cap can split a topic into
+//! islands; that is how the Python original failed with 20 nodes. Here each topic has a
+//! deterministic backbone:
+//!
+//! 1. *The ring.* Each node sorts the live subscribers it knows of topic `T` (itself included)
+//!    by node id, in a ring, and wants links to its `ring_neighbours` (`k`, default 2) nearest
+//!    on each side. When the subscribers fit (`n - 1 <= max_connections`), it wants all of them
+//!    (a full mesh). If all subscribers know the same set, these wants are *symmetric* (`Y` is
+//!    `X`'s `i`-th successor exactly when `X` is `Y`'s `i`-th predecessor) and the links contain
+//!    the cycle through all subscribers: one connected graph.
+//! 2. *Wanted links are always established.* A node asks for a wanted link (dialing first if
+//!    needed) and a peer always accepts a link it wants too, evicting if necessary its slowest
+//!    link that is not on its ring; `2k <= max_connections` (checked by
+//!    [`ConfigBuilder::build`]) leaves room. Any other link (an *extra*: connected subscribers,
+//!    lowest RTT first) is accepted only below the cap, and is the only kind ever evicted or
+//!    pruned, so extras never cut the ring and the cap always holds.
+//! 3. *Everyone learns its true ring neighbours.* Through a relay this takes one exchange: the
+//!    relay knows every subscriber (from the hellos), sends each new node the subscribers
+//!    nearest to it in each of its rings, and tells the ring neighbours of a newcomer about it.
+//!    Without a relay, searches find subscribers through the connection graph, and every node
+//!    tells each connected peer about the subscribers nearest to *that peer* (plus the smallest
+//!    and largest ids, which closes the ring) whenever it learns a new one. This is the
+//!    linearization of self-stabilizing overlays: a node that knows someone nearer to a peer
+//!    than the peer's current neighbours tells it; knowledge only grows (for live nodes) and is
+//!    finite, so it stops, and at that point no node knows anyone nearer to a neighbour than
+//!    that neighbour's own choice, which (with the extremes exchanged) means each node has its
+//!    true ring neighbours.
+//! 4. *Failures.* A lost peer is not a ring candidate while it is re-dialed, so its neighbours
+//!    link around it, and the ring re-forms over the live nodes. A peer given up on is buried
+//!    for [`TOMBSTONE_TTL`] so that stale peer exchanges do not bring it back; a peer that was
+//!    never reached is given up after [`UNVERIFIED_ATTEMPTS`] dials. After a partition heals,
+//!    re-dials of the lost neighbours reconnect the two sides and the rings merge.
+//!
+//! The simulator tests and property tests check this by breadth-first search over the links
+//! that both ends agree on, for every topic, after random join orders, crashes, restarts and
+//! partitions. Links are re-asserted (`PairRequest` for the topics already paired) after a
+//! duplicate connection replaced another and with every periodic exchange, so that a link lost
+//! in flight cannot stay one-sided. The diameter of a topic graph is at most about
+//! `n / (2k)`; `message_hop_limit` (default 64) must exceed it.
+//!
+//! # Bounds
+//!
+//! | Table | Limit (default) | When full |
+//! |---|---|---|
+//! | connections | `max_peers` (256) | inbound refused with `Overloaded` ([`Event::Dropped`]), no dial started |
+//! | known peers | `max_known_peers` (4,096) | evict the least recently seen entry that is neither connected nor being re-dialed; if none, the new one is not added (counted either way) |
+//! | dead peers (tombstones) | `max_known_peers` | oldest forgotten |
+//! | duplicate filter | `dedup_publishers` (4,096) publishers x 1,024 sequences | evict the publisher heard from least recently (counted) |
+//! | searches remembered | `max_pending_searches` (1,024) | forget the oldest (counted) |
+//! | on-demand pings | `max_pending_pings` (64) | drop the oldest (counted) |
+//! | links per topic | `max_connections` (5) | refuse extras; evict the slowest extra for a ring link |
+//! | peer exchange frame | `max_exchange_peers` (128) peers, `exchange_per_topic` (8) per topic | truncated |
+//! | action queue | what one call produced | the driver drains it after every call |
+//!
+//! # Control traffic at steady state
+//!
+//! Per connected peer and direction: one `Ping` and one `Pong` per `ping_interval` (1 s); one
+//! `PeerExchange` (at most `max_exchange_peers` entries) and, if the connection carries links,
+//! one `PairRequest`/`PairResponse` pair per `exchange_interval` (10 s). Per node: one beacon per
+//! `beacon_interval` (5 s) when LAN discovery is on. Searches run only while a topic has no
+//! known subscriber: at most one flood per topic per `search_max` (30 s). A refused extra link is
+//! asked again at most every [`EXTRA_RETRY`] (30 s). Nothing else is sent while the network is
+//! quiet.
 
 mod config;
 mod dedup;
