@@ -1,0 +1,3 @@
+//! Transport benchmark (placeholder while it is written).
+
+fn main() {}

@@ -1,0 +1,802 @@
+//! An established connection: the cloneable sending handle ([`Connection`]), and the two tasks
+//! that move its bytes (a reader that decodes and hands up batches of frames, a writer that
+//! coalesces queued frames into few write calls). Generic over any `AsyncRead + AsyncWrite`
+//! stream, so that TLS can be slotted in under it.
+
+use std::{
+    fmt,
+    io::{self, IoSlice},
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use chaski_wire::{
+    EncodeError, Frame, Goodbye, GoodbyeReason, Hello, LENGTH_PREFIX_LEN, MAX_FRAME_LEN_LIMIT,
+    Message, NodeId, decode_frame, encode_frame, encode_message, encode_message_head,
+    peek_frame_len,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracing::{debug, trace};
+
+use crate::{
+    LostCause, SendError,
+    endpoint::Inner,
+    stats::{Traffic, TrafficStats, add, raise},
+};
+
+/// Payloads (and pre-encoded frames) at least this large are written straight from their
+/// `Bytes` with a vectored write instead of being copied into the write buffer.
+const ZERO_COPY_MIN: usize = 4 << 10;
+
+/// Queue items the writer takes per channel operation.
+const RECV_BATCH: usize = 512;
+
+/// Slices per vectored write call.
+const MAX_IOVECS: usize = 64;
+
+/// Identifies a connection within its endpoint; never reused by that endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub(crate) u64);
+
+impl ConnectionId {
+    /// The number behind the id.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Who opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The peer dialed us.
+    Inbound,
+    /// We dialed the peer.
+    Outbound,
+}
+
+/// Which end of a connection said goodbye.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// This endpoint.
+    Local,
+    /// The peer.
+    Remote,
+}
+
+/// How a connection ended, reported exactly once in [`Event::Closed`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// A graceful close: one side sent a `Goodbye`.
+    Goodbye {
+        /// Who said goodbye.
+        by: Side,
+        /// Why.
+        reason: GoodbyeReason,
+        /// The explanation given.
+        message: String,
+    },
+    /// The connection was lost without a goodbye.
+    Lost(LostCause),
+}
+
+/// What an [`Endpoint`](crate::Endpoint) reports through its [`Events`](crate::Events): the fan-in
+/// of every connection.
+///
+/// For each connection: first [`Event::Connected`], then any number of [`Event::Frames`], then
+/// exactly one [`Event::Closed`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection completed its handshake (inbound or outbound).
+    Connected(Connection),
+    /// Frames received on a connection, in order: all the frames of one read call.
+    Frames {
+        /// The connection.
+        connection: ConnectionId,
+        /// The frames; payloads are zero-copy slices of the read buffer.
+        frames: Vec<Frame>,
+    },
+    /// A connection ended.
+    Closed {
+        /// The connection.
+        connection: ConnectionId,
+        /// The peer's node id.
+        node_id: NodeId,
+        /// How it ended.
+        reason: CloseReason,
+    },
+}
+
+/// A frame encoded once (with its length prefix), to be queued on many connections without
+/// encoding it again: cloning it clones a [`Bytes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedFrame(Bytes);
+
+impl EncodedFrame {
+    /// Encodes `frame`; fails when its body exceeds `max_frame_len`.
+    pub fn new(frame: &Frame, max_frame_len: usize) -> Result<EncodedFrame, EncodeError> {
+        let mut buf = BytesMut::new();
+        encode_frame(frame, &mut buf, max_frame_len)?;
+        Ok(EncodedFrame(buf.freeze()))
+    }
+
+    /// Encodes a published message (copying its payload once).
+    pub fn from_message(
+        message: &Message,
+        max_frame_len: usize,
+    ) -> Result<EncodedFrame, EncodeError> {
+        let mut buf = BytesMut::new();
+        encode_message(message, &mut buf, max_frame_len)?;
+        Ok(EncodedFrame(buf.freeze()))
+    }
+
+    /// The encoded bytes, length prefix included.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The encoded length, length prefix included.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false: a frame has at least its length prefix.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What the send queue carries.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A published message, encoded by the writer straight into its buffer.
+    Message(Message),
+    /// An already encoded frame.
+    Encoded(Bytes),
+    /// Close gracefully after everything queued before.
+    Close(Goodbye),
+}
+
+/// What the reader asks of the writer when the connection ends on the reading side.
+struct Stop {
+    goodbye: Option<Goodbye>,
+}
+
+/// How the writer ended.
+enum WriterExit {
+    /// It sent a goodbye (asked for through the queue) and shut the stream down.
+    Goodbye(Goodbye),
+    /// A write failed.
+    Error(io::Error),
+    /// The reader stopped it.
+    Stopped,
+}
+
+pub(crate) struct Shared {
+    pub(crate) id: ConnectionId,
+    pub(crate) direction: Direction,
+    pub(crate) remote_addr: SocketAddr,
+    pub(crate) remote_hello: Hello,
+    /// (dialer's node id, dialer's hello timestamp): the smaller key wins a duplicate tie-break.
+    pub(crate) dialer_key: (NodeId, u64),
+    pub(crate) max_frame_len: usize,
+    pub(crate) established_at: Instant,
+    pub(crate) traffic: Traffic,
+    pub(crate) closed: AtomicBool,
+}
+
+/// A handle on an established connection: cheap to clone, usable from any task.
+///
+/// Sending queues the frame on the connection's bounded send queue
+/// ([`Config::send_queue`](crate::Config::send_queue) frames): [`Connection::send`] waits for room,
+/// [`Connection::try_send`] fails fast with [`SendError::Full`]. A writer task drains the queue,
+/// coalescing every frame queued meanwhile into one (vectored) write call. Received frames arrive
+/// through the endpoint's [`Events`](crate::Events).
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tx: mpsc::Sender<Outgoing>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.shared.id)
+            .field("direction", &self.shared.direction)
+            .field("remote_addr", &self.shared.remote_addr)
+            .field("node_id", &self.shared.remote_hello.node_id)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// The connection's id, unique within its endpoint.
+    pub fn id(&self) -> ConnectionId {
+        self.shared.id
+    }
+
+    /// Who dialed.
+    pub fn direction(&self) -> Direction {
+        self.shared.direction
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.shared.remote_addr
+    }
+
+    /// The `Hello` the peer sent in the handshake.
+    pub fn remote_hello(&self) -> &Hello {
+        &self.shared.remote_hello
+    }
+
+    /// The peer's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.remote_hello.node_id
+    }
+
+    /// When the handshake completed.
+    pub fn established_at(&self) -> Instant {
+        self.shared.established_at
+    }
+
+    /// Whether the connection has ended (its [`Event::Closed`] is sent or about to be).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    /// Waits until the connection's writer has stopped (the connection is closed or closing).
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
+
+    /// A snapshot of the connection's counters.
+    pub fn stats(&self) -> TrafficStats {
+        self.shared.traffic.snapshot()
+    }
+
+    /// Frames waiting in the send queue now.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Queues `frame`, waiting while the send queue is full (backpressure).
+    ///
+    /// A `Goodbye` frame closes the connection like [`Connection::close`]. Fails with
+    /// [`SendError::Encode`] when the frame exceeds the maximum frame length, and with
+    /// [`SendError::Closed`] when the connection is closed.
+    pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
+        let item = self.prepare(frame)?;
+        self.tx.send(item).await.map_err(|_| SendError::Closed)
+    }
+
+    /// Queues `frame` if the send queue has room, or fails at once with [`SendError::Full`].
+    pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
+        let item = self.prepare(frame)?;
+        self.try_queue(item)
+    }
+
+    /// Queues an already encoded frame, waiting while the send queue is full. Large frames are
+    /// written straight from their bytes, without a copy.
+    pub async fn send_encoded(&self, frame: EncodedFrame) -> Result<(), SendError> {
+        self.check_encoded(&frame)?;
+        self.tx
+            .send(Outgoing::Encoded(frame.0))
+            .await
+            .map_err(|_| SendError::Closed)
+    }
+
+    /// Queues an already encoded frame if the send queue has room, or fails with
+    /// [`SendError::Full`].
+    pub fn try_send_encoded(&self, frame: EncodedFrame) -> Result<(), SendError> {
+        self.check_encoded(&frame)?;
+        self.try_queue(Outgoing::Encoded(frame.0))
+    }
+
+    /// Closes the connection gracefully: every frame queued before is written, then a `Goodbye`
+    /// with `reason`, then the stream is shut down. Waits for room in the send queue, not for the
+    /// close to complete (see [`Connection::closed`]). Does nothing if the connection is already
+    /// closed.
+    pub async fn close(&self, reason: GoodbyeReason, message: impl Into<String>) {
+        let goodbye = Goodbye {
+            reason,
+            message: message.into(),
+        };
+        let _ = self.tx.send(Outgoing::Close(goodbye)).await;
+    }
+
+    fn try_queue(&self, item: Outgoing) -> Result<(), SendError> {
+        self.tx.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
+    fn check_encoded(&self, frame: &EncodedFrame) -> Result<(), SendError> {
+        let len = frame.0.len().saturating_sub(LENGTH_PREFIX_LEN);
+        if len > self.shared.max_frame_len {
+            return Err(SendError::Encode(EncodeError::FrameTooLarge {
+                len,
+                max: self.shared.max_frame_len,
+            }));
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, frame: Frame) -> Result<Outgoing, SendError> {
+        let max = self.shared.max_frame_len;
+        match frame {
+            Frame::Publish(message) => {
+                check_message_len(&message, max)?;
+                Ok(Outgoing::Message(message))
+            }
+            Frame::Goodbye(goodbye) => Ok(Outgoing::Close(goodbye)),
+            other => {
+                let mut buf = BytesMut::new();
+                encode_frame(&other, &mut buf, max)?;
+                Ok(Outgoing::Encoded(buf.freeze()))
+            }
+        }
+    }
+}
+
+/// Checks that `message` encodes within `max` body bytes, cheaply: an upper bound of the
+/// envelope's size first, the exact size only when the bound is over the limit.
+fn check_message_len(message: &Message, max: usize) -> Result<(), EncodeError> {
+    // Frame key and length, topic, publisher, sequence, timestamp, hop limit, hops and payload
+    // keys and lengths take at most 80 bytes besides the topic and payload bytes; a header at most
+    // 18 besides its key and value.
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|h| h.key.len() + h.value.len() + 18)
+        .sum();
+    let bound = 80 + message.topic.len() + message.payload.len() + headers;
+    if bound <= max {
+        return Ok(());
+    }
+    let mut head = BytesMut::new();
+    encode_message_head(message, &mut head, max)
+}
+
+/// Everything a connection's task needs.
+pub(crate) struct Parts<S> {
+    pub(crate) stream: S,
+    pub(crate) leftover: BytesMut,
+    pub(crate) connection: Connection,
+    pub(crate) rx: mpsc::Receiver<Outgoing>,
+    pub(crate) inner: Arc<Inner>,
+    /// Released when the task ends (an inbound or outbound slot).
+    pub(crate) permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The connection's task: announces it, spawns the writer, reads until the end, reports the end
+/// once, and unregisters the connection.
+pub(crate) async fn run<S>(parts: Parts<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Parts {
+        stream,
+        leftover,
+        connection,
+        rx,
+        inner,
+        permit,
+    } = parts;
+    let shared = connection.shared.clone();
+    let config = inner.config.clone();
+    let (mut reader, writer) = tokio::io::split(stream);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let mut writer: JoinHandle<WriterExit> = tokio::spawn(write_loop(
+        writer,
+        rx,
+        stop_rx,
+        shared.clone(),
+        inner.clone(),
+        config.max_write_batch,
+    ));
+    let events = inner.events.clone();
+    let announced = events.send(Event::Connected(connection)).await.is_ok();
+
+    let mut buf = leftover;
+    let mut writer_done = None;
+    let mut batch_bytes = buf.len() as u64;
+    let reason = 'conn: loop {
+        // Decode everything buffered.
+        let mut frames = Vec::new();
+        let mut end = None;
+        loop {
+            match decode_frame(&mut buf, shared.max_frame_len) {
+                Ok(Some(Frame::Goodbye(goodbye))) => {
+                    end = Some(CloseReason::Goodbye {
+                        by: Side::Remote,
+                        reason: goodbye.reason,
+                        message: goodbye.message,
+                    });
+                    break;
+                }
+                Ok(Some(Frame::Hello(_))) => {
+                    end = Some(CloseReason::Lost(LostCause::UnexpectedHello));
+                    break;
+                }
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(error) => {
+                    shared.traffic.rejected_in.add(error.cause());
+                    inner.traffic.rejected_in.add(error.cause());
+                    end = Some(CloseReason::Lost(LostCause::Decode(error)));
+                    break;
+                }
+            }
+        }
+        if batch_bytes != 0 {
+            add(&shared.traffic.bytes_in, batch_bytes);
+            add(&inner.traffic.bytes_in, batch_bytes);
+        }
+        if !frames.is_empty() {
+            let n = frames.len() as u64;
+            add(&shared.traffic.frames_in, n);
+            add(&inner.traffic.frames_in, n);
+            let event = Event::Frames {
+                connection: shared.id,
+                frames,
+            };
+            // Waits while the event queue is full: we stop reading, TCP pushes back on the peer.
+            if events.send(event).await.is_err() {
+                break 'conn local_goodbye(GoodbyeReason::Shutdown, "the endpoint is gone");
+            }
+        }
+        if let Some(end) = end {
+            break end;
+        }
+
+        // Make room: a read-buffer's worth, or what the pending frame still needs (its length is
+        // already checked against the maximum).
+        let pending = peek_frame_len(&buf, shared.max_frame_len)
+            .ok()
+            .flatten()
+            .map_or(0, |len| (LENGTH_PREFIX_LEN + len).saturating_sub(buf.len()));
+        let want = pending.clamp(config.read_buffer / 4, 4 << 20);
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want.max(config.read_buffer));
+        }
+        tokio::select! {
+            biased;
+            exit = &mut writer => {
+                writer_done = Some(());
+                break match exit {
+                    Ok(WriterExit::Goodbye(g)) => CloseReason::Goodbye {
+                        by: Side::Local,
+                        reason: g.reason,
+                        message: g.message,
+                    },
+                    Ok(WriterExit::Error(e)) => CloseReason::Lost(LostCause::Write(e)),
+                    Ok(WriterExit::Stopped) | Err(_) => CloseReason::Lost(LostCause::Write(
+                        io::Error::other("the writer task ended unexpectedly"),
+                    )),
+                };
+            }
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) if buf.is_empty() => break CloseReason::Lost(LostCause::Eof),
+                Ok(0) => break CloseReason::Lost(LostCause::Truncated { buffered: buf.len() }),
+                Ok(n) => {
+                    batch_bytes = n as u64;
+                    // Counted once decoded, at the top of the loop.
+                    add(&shared.traffic.read_calls, 1);
+                }
+                Err(e) => break CloseReason::Lost(LostCause::Read(e)),
+            },
+        }
+    };
+    shared.closed.store(true, Ordering::Release);
+
+    // Stop the writer (unless it ended first), telling the peer why when it broke the protocol.
+    if writer_done.is_none() {
+        let goodbye = match &reason {
+            CloseReason::Lost(LostCause::Decode(e)) => Some(Goodbye {
+                reason: GoodbyeReason::ProtocolError,
+                message: e.to_string(),
+            }),
+            CloseReason::Lost(LostCause::UnexpectedHello) => Some(Goodbye {
+                reason: GoodbyeReason::ProtocolError,
+                message: "unexpected hello".to_owned(),
+            }),
+            CloseReason::Goodbye {
+                by: Side::Local,
+                reason,
+                message,
+            } => Some(Goodbye {
+                reason: *reason,
+                message: message.clone(),
+            }),
+            _ => None,
+        };
+        let _ = stop_tx.send(Stop { goodbye });
+        if tokio::time::timeout(config.linger.max(Duration::from_millis(100)), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    }
+
+    let node_id = shared.remote_hello.node_id;
+    match &reason {
+        CloseReason::Goodbye {
+            by, reason: why, ..
+        } => {
+            debug!(connection = %shared.id, node = %node_id.short(), ?by, reason = %why, "connection closed");
+            match by {
+                Side::Local => add(&inner.counters.goodbyes_sent, 1),
+                Side::Remote => add(&inner.counters.goodbyes_received, 1),
+            }
+        }
+        CloseReason::Lost(cause) => {
+            debug!(connection = %shared.id, node = %node_id.short(), %cause, "connection lost");
+            inner.counters.lost.add(cause.cause());
+        }
+    }
+    inner.unregister(&shared);
+    // The slot is free once the end is reported (a lingering socket is bounded by time instead).
+    drop(permit);
+    let linger = matches!(
+        reason,
+        CloseReason::Goodbye {
+            by: Side::Local,
+            ..
+        }
+    );
+    if announced {
+        let _ = events
+            .send(Event::Closed {
+                connection: shared.id,
+                node_id,
+                reason,
+            })
+            .await;
+    }
+    // After our goodbye, drain until the peer closes (or the linger time is up), so that the
+    // goodbye is not destroyed by a reset for unread data.
+    if linger && !config.linger.is_zero() {
+        let drain = async {
+            let mut scratch = BytesMut::with_capacity(16 << 10);
+            loop {
+                scratch.clear();
+                match reader.read_buf(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(config.linger, drain).await;
+    }
+}
+
+fn local_goodbye(reason: GoodbyeReason, message: &str) -> CloseReason {
+    CloseReason::Goodbye {
+        by: Side::Local,
+        reason,
+        message: message.to_owned(),
+    }
+}
+
+/// The writer task: drains the send queue in batches, encodes into one buffer (large payloads
+/// stay separate slices) and writes each batch with as few (vectored) write calls as possible.
+async fn write_loop<W>(
+    mut writer: W,
+    mut rx: mpsc::Receiver<Outgoing>,
+    mut stop: oneshot::Receiver<Stop>,
+    shared: Arc<Shared>,
+    inner: Arc<Inner>,
+    max_batch: usize,
+) -> WriterExit
+where
+    W: AsyncWrite + Unpin,
+{
+    let max_frame_len = shared.max_frame_len.min(MAX_FRAME_LEN_LIMIT);
+    let zero_copy = writer.is_write_vectored();
+    let mut items: Vec<Outgoing> = Vec::with_capacity(RECV_BATCH);
+    let mut buf = BytesMut::with_capacity(max_batch.min(64 << 10));
+    let mut segments: Vec<Bytes> = Vec::new();
+    loop {
+        let received = tokio::select! {
+            biased;
+            stop = &mut stop => {
+                let goodbye = stop.ok().and_then(|s| s.goodbye);
+                count_unsent(&mut rx, &items, &shared, &inner);
+                if let Some(goodbye) = goodbye {
+                    let mut out = BytesMut::new();
+                    if encode_frame(&Frame::Goodbye(goodbye), &mut out, max_frame_len).is_ok() {
+                        let _ = writer.write_all(&out).await;
+                    }
+                }
+                let _ = writer.shutdown().await;
+                return WriterExit::Stopped;
+            }
+            n = rx.recv_many(&mut items, RECV_BATCH) => n,
+        };
+        if received == 0 {
+            // Every handle is gone (the endpoint dropped the connection): close politely.
+            items.push(Outgoing::Close(Goodbye {
+                reason: GoodbyeReason::NotNeeded,
+                message: String::new(),
+            }));
+        }
+        // The queue only grows while we write, so its depth now is its peak since the last drain.
+        let depth = (items.len() + rx.len()) as u64;
+        raise(&shared.traffic.queue_high_water, depth);
+        raise(&inner.traffic.queue_high_water, depth);
+
+        let mut frames = 0u64;
+        let mut pending = 0usize;
+        let mut goodbye = None;
+        'gather: loop {
+            let mut drained = items.drain(..);
+            for item in drained.by_ref() {
+                match item {
+                    Outgoing::Message(message) => {
+                        let result = if zero_copy && message.payload.len() >= ZERO_COPY_MIN {
+                            encode_message_head(&message, &mut buf, max_frame_len).map(|()| {
+                                segments.push(buf.split().freeze());
+                                pending += message.payload.len();
+                                segments.push(message.payload);
+                            })
+                        } else {
+                            encode_message(&message, &mut buf, max_frame_len)
+                        };
+                        match result {
+                            Ok(()) => frames += 1,
+                            Err(error) => {
+                                // Checked when queued: cannot happen, but never panic on it.
+                                debug!(connection = %shared.id, %error, "dropped an unencodable message");
+                                add(&shared.traffic.unsent, 1);
+                            }
+                        }
+                    }
+                    Outgoing::Encoded(bytes) => {
+                        if zero_copy && bytes.len() >= ZERO_COPY_MIN {
+                            if !buf.is_empty() {
+                                segments.push(buf.split().freeze());
+                            }
+                            pending += bytes.len();
+                            segments.push(bytes);
+                        } else {
+                            buf.extend_from_slice(&bytes);
+                        }
+                        frames += 1;
+                    }
+                    Outgoing::Close(g) => {
+                        goodbye = Some(g);
+                        break;
+                    }
+                }
+            }
+            let rest = drained.len() as u64;
+            drop(drained);
+            if goodbye.is_some() {
+                add(&shared.traffic.unsent, rest);
+                break 'gather;
+            }
+            if buf.len() + pending >= max_batch || rx.is_empty() {
+                break 'gather;
+            }
+            // More was queued meanwhile: take it into this write without waiting.
+            rx.recv_many(&mut items, RECV_BATCH).await;
+        }
+        if let Some(g) = &goodbye {
+            if encode_frame(&Frame::Goodbye(g.clone()), &mut buf, max_frame_len).is_err() {
+                // An over-long goodbye message: say goodbye without it.
+                let bare = Goodbye {
+                    reason: g.reason,
+                    message: String::new(),
+                };
+                let _ = encode_frame(&Frame::Goodbye(bare), &mut buf, max_frame_len);
+            }
+        }
+        if !buf.is_empty() {
+            segments.push(buf.split().freeze());
+        }
+        let bytes: u64 = segments.iter().map(|s| s.len() as u64).sum();
+        let written = match write_segments(&mut writer, &mut segments).await {
+            Ok(calls) => writer.flush().await.map(|()| calls),
+            Err(error) => Err(error),
+        };
+        match written {
+            Ok(calls) => {
+                add(&shared.traffic.write_calls, calls);
+                add(&shared.traffic.frames_out, frames);
+                add(&shared.traffic.bytes_out, bytes);
+                add(&inner.traffic.write_calls, calls);
+                add(&inner.traffic.frames_out, frames);
+                add(&inner.traffic.bytes_out, bytes);
+                trace!(connection = %shared.id, frames, bytes, calls, "wrote a batch");
+            }
+            Err(error) => {
+                add(&shared.traffic.unsent, frames);
+                count_unsent(&mut rx, &items, &shared, &inner);
+                return WriterExit::Error(error);
+            }
+        }
+        // Reclaim the buffer (the written slices are gone) for the next batch.
+        buf.reserve(max_batch.min(64 << 10));
+        if let Some(goodbye) = goodbye {
+            count_unsent(&mut rx, &items, &shared, &inner);
+            let _ = writer.flush().await;
+            let _ = writer.shutdown().await;
+            return WriterExit::Goodbye(goodbye);
+        }
+    }
+}
+
+/// Counts (and drops) the frames that will never be written.
+fn count_unsent(
+    rx: &mut mpsc::Receiver<Outgoing>,
+    items: &[Outgoing],
+    shared: &Shared,
+    inner: &Inner,
+) {
+    rx.close();
+    let mut n = items.len() as u64;
+    while rx.try_recv().is_ok() {
+        n += 1;
+    }
+    add(&shared.traffic.unsent, n);
+    add(&inner.traffic.unsent, n);
+}
+
+/// Writes every segment, with vectored writes of up to [`MAX_IOVECS`] slices; returns the number
+/// of write calls. Empties `segments`.
+async fn write_segments<W>(writer: &mut W, segments: &mut Vec<Bytes>) -> io::Result<u64>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut calls = 0;
+    let mut first = 0;
+    while first < segments.len() {
+        let n = if segments.len() - first == 1 {
+            writer.write(&segments[first]).await?
+        } else {
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, segment) in iov.iter_mut().zip(&segments[first..]) {
+                *slot = IoSlice::new(segment);
+                count += 1;
+            }
+            writer.write_vectored(&iov[..count]).await?
+        };
+        calls += 1;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n;
+        while n > 0 {
+            let len = segments[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                segments[first].advance(n);
+                n = 0;
+            }
+        }
+    }
+    segments.clear();
+    Ok(calls)
+}

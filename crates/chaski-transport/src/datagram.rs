@@ -1,0 +1,243 @@
+//! UDP: one frame per datagram (with its length prefix), unicast, broadcast and multicast. Bad
+//! datagrams are dropped and counted by cause, never handed up.
+
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use bytes::{Bytes, BytesMut};
+use chaski_wire::{Frame, LENGTH_PREFIX_LEN, decode_datagram, encode_frame};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::UdpSocket;
+use tracing::trace;
+
+use crate::{
+    DatagramError, DatagramStats, EncodedFrame, MAX_DATAGRAM_LEN_LIMIT,
+    stats::{DatagramCounters, add},
+};
+
+/// A UDP socket carrying Chaski frames, one per datagram. Sending and receiving take `&self`, so
+/// it can be shared (for example in an `Arc`) between a receiving task and senders.
+///
+/// The maximum datagram length (length prefix included) bounds both directions: larger frames are
+/// refused when sending ([`DatagramError::TooLarge`]) and dropped when received (counted as
+/// `too_large` in [`DatagramStats::dropped`]).
+#[derive(Debug)]
+pub struct DatagramSocket {
+    socket: UdpSocket,
+    max_len: usize,
+    counters: DatagramCounters,
+}
+
+impl DatagramSocket {
+    /// Binds a UDP socket on `addr` for datagrams of at most `max_datagram_len` bytes (capped at
+    /// [`MAX_DATAGRAM_LEN_LIMIT`]). Must be called within a tokio runtime.
+    pub fn bind(addr: SocketAddr, max_datagram_len: usize) -> io::Result<DatagramSocket> {
+        DatagramSocket::bind_with(addr, max_datagram_len, false)
+    }
+
+    /// Like [`DatagramSocket::bind`], with `SO_REUSEADDR` (and `SO_REUSEPORT` on Unix) so that
+    /// several sockets (several nodes on one host) can bind the same multicast or broadcast port
+    /// and all receive its datagrams.
+    pub fn bind_shared(addr: SocketAddr, max_datagram_len: usize) -> io::Result<DatagramSocket> {
+        DatagramSocket::bind_with(addr, max_datagram_len, true)
+    }
+
+    fn bind_with(addr: SocketAddr, max_len: usize, shared: bool) -> io::Result<DatagramSocket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        if shared {
+            socket.set_reuse_address(true)?;
+            #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+            socket.set_reuse_port(true)?;
+        }
+        // Receive only the groups this socket joined, not those any socket on the host joined
+        // (Linux's default).
+        #[cfg(target_os = "linux")]
+        if addr.is_ipv6() {
+            socket.set_multicast_all_v6(false)?;
+        } else {
+            socket.set_multicast_all_v4(false)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(DatagramSocket {
+            socket: UdpSocket::from_std(socket.into())?,
+            max_len: max_len.clamp(LENGTH_PREFIX_LEN + 1, MAX_DATAGRAM_LEN_LIMIT),
+            counters: DatagramCounters::default(),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The maximum datagram length, length prefix included.
+    pub fn max_datagram_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Encodes `frame` and sends it to `target` (unicast, broadcast or multicast address).
+    /// Returns the bytes sent.
+    pub async fn send_to(&self, frame: &Frame, target: SocketAddr) -> Result<usize, DatagramError> {
+        let mut buf = BytesMut::new();
+        encode_frame(frame, &mut buf, self.max_len - LENGTH_PREFIX_LEN).map_err(|e| match e {
+            chaski_wire::EncodeError::FrameTooLarge { len, .. } => DatagramError::TooLarge {
+                len: len + LENGTH_PREFIX_LEN,
+                max: self.max_len,
+            },
+            other => DatagramError::Encode(other),
+        })?;
+        self.send_bytes(&buf, target).await
+    }
+
+    /// Sends an already encoded frame to `target` (for example the same beacon to several
+    /// addresses).
+    pub async fn send_encoded_to(
+        &self,
+        frame: &EncodedFrame,
+        target: SocketAddr,
+    ) -> Result<usize, DatagramError> {
+        if frame.len() > self.max_len {
+            return Err(DatagramError::TooLarge {
+                len: frame.len(),
+                max: self.max_len,
+            });
+        }
+        self.send_bytes(frame.as_bytes(), target).await
+    }
+
+    async fn send_bytes(
+        &self,
+        datagram: &[u8],
+        target: SocketAddr,
+    ) -> Result<usize, DatagramError> {
+        match self.socket.send_to(datagram, target).await {
+            Ok(n) => {
+                add(&self.counters.sent, 1);
+                add(&self.counters.bytes_out, n as u64);
+                Ok(n)
+            }
+            Err(e) => {
+                add(&self.counters.send_errors, 1);
+                Err(DatagramError::Io(e))
+            }
+        }
+    }
+
+    /// Receives the next valid frame and its sender's address. Garbage, truncated, padded or
+    /// oversized datagrams are dropped, counted by cause and skipped.
+    pub async fn recv(&self) -> io::Result<(Frame, SocketAddr)> {
+        loop {
+            // One byte more than the maximum, so that an oversized datagram is detectable.
+            let mut buf = BytesMut::with_capacity(self.max_len + 1);
+            let (n, from) = self.socket.recv_buf_from(&mut buf).await?;
+            if let Some(frame) = self.check(buf, n, from) {
+                return Ok((frame, from));
+            }
+        }
+    }
+
+    /// Receives a datagram if one is ready now, without waiting; invalid ones are dropped, counted
+    /// and skipped. `Ok(None)` when none is ready.
+    pub fn try_recv(&self) -> io::Result<Option<(Frame, SocketAddr)>> {
+        loop {
+            let mut buf = BytesMut::with_capacity(self.max_len + 1);
+            let (n, from) = match self.socket.try_recv_buf_from(&mut buf) {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if let Some(frame) = self.check(buf, n, from) {
+                return Ok(Some((frame, from)));
+            }
+        }
+    }
+
+    fn check(&self, buf: BytesMut, n: usize, from: SocketAddr) -> Option<Frame> {
+        let cause = if n == 0 {
+            "empty"
+        } else if n > self.max_len {
+            "too_large"
+        } else {
+            // Small datagrams do not keep a whole receive buffer alive.
+            let datagram = if buf.capacity() > 4 * n {
+                Bytes::copy_from_slice(&buf[..n])
+            } else {
+                buf.freeze()
+            };
+            match decode_datagram(datagram, self.max_len - LENGTH_PREFIX_LEN) {
+                Ok(frame) => {
+                    add(&self.counters.received, 1);
+                    add(&self.counters.bytes_in, n as u64);
+                    return Some(frame);
+                }
+                Err(e) => e.cause(),
+            }
+        };
+        trace!(%from, len = n, cause, "dropped a datagram");
+        self.counters.dropped.add(cause);
+        None
+    }
+
+    /// Joins the IPv4 multicast `group` on the interface with address `interface`
+    /// (`127.0.0.1` for loopback; `0.0.0.0` lets the system choose).
+    pub fn join_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> io::Result<()> {
+        self.socket.join_multicast_v4(group, interface)
+    }
+
+    /// Leaves an IPv4 multicast group joined with [`DatagramSocket::join_multicast_v4`].
+    pub fn leave_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> io::Result<()> {
+        self.socket.leave_multicast_v4(group, interface)
+    }
+
+    /// Joins the IPv6 multicast `group` on the interface with index `interface` (0 lets the
+    /// system choose).
+    pub fn join_multicast_v6(&self, group: &Ipv6Addr, interface: u32) -> io::Result<()> {
+        self.socket.join_multicast_v6(group, interface)
+    }
+
+    /// Leaves an IPv6 multicast group joined with [`DatagramSocket::join_multicast_v6`].
+    pub fn leave_multicast_v6(&self, group: &Ipv6Addr, interface: u32) -> io::Result<()> {
+        self.socket.leave_multicast_v6(group, interface)
+    }
+
+    /// Sends IPv4 multicast through the interface with address `interface`.
+    pub fn set_multicast_if_v4(&self, interface: Ipv4Addr) -> io::Result<()> {
+        SockRef::from(&self.socket).set_multicast_if_v4(&interface)
+    }
+
+    /// Sends IPv6 multicast through the interface with index `interface`.
+    pub fn set_multicast_if_v6(&self, interface: u32) -> io::Result<()> {
+        SockRef::from(&self.socket).set_multicast_if_v6(interface)
+    }
+
+    /// Whether IPv4 multicast sent is looped back to the sending host (default: on).
+    pub fn set_multicast_loop_v4(&self, on: bool) -> io::Result<()> {
+        self.socket.set_multicast_loop_v4(on)
+    }
+
+    /// Whether IPv6 multicast sent is looped back to the sending host (default: on).
+    pub fn set_multicast_loop_v6(&self, on: bool) -> io::Result<()> {
+        self.socket.set_multicast_loop_v6(on)
+    }
+
+    /// The time-to-live of IPv4 multicast sent (default: 1, the local network).
+    pub fn set_multicast_ttl_v4(&self, ttl: u32) -> io::Result<()> {
+        self.socket.set_multicast_ttl_v4(ttl)
+    }
+
+    /// Whether sending to broadcast addresses is allowed (default: off).
+    pub fn set_broadcast(&self, on: bool) -> io::Result<()> {
+        self.socket.set_broadcast(on)
+    }
+
+    /// A snapshot of the socket's counters.
+    pub fn stats(&self) -> DatagramStats {
+        self.counters.snapshot()
+    }
+}

@@ -1,0 +1,637 @@
+//! The endpoint: a TCP listener and a UDP socket on one port, the dialer, the handshake and the
+//! bounded table of connected nodes that detects self-connections and duplicates.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::BytesMut;
+use chaski_wire::{Frame, GoodbyeReason, Hello, NodeId, encode_frame};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    Config, Connection, ConnectionId, DatagramSocket, Direction, EndpointStats, Error, Event,
+    HandshakeError, MAX_HELLO_LEN,
+    connection::{self, Parts, Shared},
+    handshake,
+    stats::{EndpointCounters, Traffic, add},
+};
+
+/// Refused inbound connections that may linger at once to be told `Goodbye(Overloaded)`; beyond
+/// this they are closed without a word.
+const MAX_REFUSING: usize = 64;
+
+/// How many times [`Endpoint::bind`] with port 0 retries when the UDP port matching the TCP port
+/// is taken.
+const BIND_ATTEMPTS: usize = 16;
+
+/// The receiving side of an endpoint: every connection's events, in one bounded queue
+/// ([`Config::event_queue`] events). See [`Event`] for the order of a connection's events.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` once the endpoint and all its connections are gone.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// Moves up to `limit` ready events into `events`, waiting only if none is ready; returns how
+    /// many (0 once the endpoint and all its connections are gone).
+    pub async fn recv_many(&mut self, events: &mut Vec<Event>, limit: usize) -> usize {
+        self.rx.recv_many(events, limit).await
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// A Chaski transport endpoint: accepts and dials TCP connections that start with the `Hello`
+/// handshake, and owns a UDP socket on the same port. Cheap to clone; when the last clone is
+/// dropped, the endpoint shuts down as with [`Endpoint::shutdown`].
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+    _guard: Arc<ShutdownOnDrop>,
+}
+
+#[derive(Debug)]
+struct ShutdownOnDrop(Arc<Inner>);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        self.0.begin_shutdown();
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    node_id: NodeId,
+    hello: Mutex<Hello>,
+    last_hello_micros: AtomicU64,
+    local_addr: SocketAddr,
+    next_id: AtomicU64,
+    pub(crate) events: mpsc::Sender<Event>,
+    /// Established connections by the peer's node id. Every entry holds an inbound or outbound
+    /// slot, so the table never exceeds `max_inbound + max_outbound` entries.
+    table: Mutex<HashMap<NodeId, Connection>>,
+    inbound: Arc<Semaphore>,
+    outbound: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
+    pub(crate) counters: EndpointCounters,
+    pub(crate) traffic: Traffic,
+    inbound_open: AtomicU64,
+    outbound_open: AtomicU64,
+    datagrams: Option<DatagramSocket>,
+    shutting_down: AtomicBool,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Endpoint {
+    /// Binds a TCP listener on `addr` (port 0 picks a free port; IPv4 or IPv6) and, unless
+    /// [`Config::udp`] is off, a UDP socket on the same address and port number, then starts
+    /// accepting. `hello` is the local handshake; its node id is the endpoint's for its whole life.
+    ///
+    /// Must be called within a tokio runtime.
+    pub async fn bind(
+        addr: SocketAddr,
+        hello: Hello,
+        config: Config,
+    ) -> Result<(Endpoint, Events), Error> {
+        let (listener, datagrams) = bind_sockets(addr, &config)?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        let (events_tx, events_rx) = mpsc::channel(config.event_queue);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            node_id: hello.node_id,
+            hello: Mutex::new(hello),
+            last_hello_micros: AtomicU64::new(0),
+            local_addr,
+            next_id: AtomicU64::new(1),
+            events: events_tx,
+            table: Mutex::new(HashMap::new()),
+            inbound: Arc::new(Semaphore::new(config.max_inbound)),
+            outbound: Arc::new(Semaphore::new(config.max_outbound)),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            counters: EndpointCounters::default(),
+            traffic: Traffic::default(),
+            inbound_open: AtomicU64::new(0),
+            outbound_open: AtomicU64::new(0),
+            datagrams,
+            shutting_down: AtomicBool::new(false),
+            shutdown,
+            config,
+        });
+        info!(%local_addr, node = %inner.node_id.short(), "endpoint bound");
+        tokio::spawn(accept_loop(inner.clone(), listener, shutdown_rx));
+        let endpoint = Endpoint {
+            _guard: Arc::new(ShutdownOnDrop(inner.clone())),
+            inner,
+        };
+        Ok((endpoint, Events { rx: events_rx }))
+    }
+
+    /// The address the TCP listener (and the UDP socket) is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The local `Hello` sent in handshakes.
+    pub fn hello(&self) -> Hello {
+        self.inner
+            .hello
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the local `Hello` for the handshakes to come (subscriptions change, ...). Its
+    /// node id must stay the same. Its `timestamp_micros` is set at each handshake.
+    pub fn set_hello(&self, hello: Hello) -> Result<(), Error> {
+        if hello.node_id != self.inner.node_id {
+            return Err(Error::NodeIdChanged {
+                expected: self.inner.node_id,
+            });
+        }
+        *self
+            .inner
+            .hello
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = hello;
+        Ok(())
+    }
+
+    /// The UDP socket bound on the endpoint's port, unless [`Config::udp`] is off.
+    pub fn datagrams(&self) -> Option<&DatagramSocket> {
+        self.inner.datagrams.as_ref()
+    }
+
+    /// The established connection to `node`, if any.
+    pub fn connection(&self, node: NodeId) -> Option<Connection> {
+        self.inner.table().get(&node).cloned()
+    }
+
+    /// Every established connection.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.inner.table().values().cloned().collect()
+    }
+
+    /// Dials `addr` (within [`Config::connect_timeout`]) and runs the handshake (within
+    /// [`Config::handshake_timeout`]). The connection is also announced by
+    /// [`Event::Connected`] before any of its frames.
+    ///
+    /// Fails with [`Error::SelfConnection`] when `addr` is this node, and with
+    /// [`Error::Duplicate`] when a connection to the same node already exists and wins the
+    /// tie-break (see the crate docs).
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Connection, Error> {
+        let inner = &self.inner;
+        let permit = inner.outbound_permit()?;
+        add(&inner.counters.dialed, 1);
+        let timeout = inner.config.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                add(&inner.counters.dial_failures, 1);
+                return Err(Error::Connect { addr, source });
+            }
+            Err(_) => {
+                add(&inner.counters.dial_failures, 1);
+                return Err(Error::ConnectTimeout { addr, timeout });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        establish(inner.clone(), stream, addr, Direction::Outbound, permit).await
+    }
+
+    /// Runs the handshake over any stream (a TLS stream, an in-memory pipe, ...) and makes it a
+    /// connection of this endpoint, counted against the inbound or outbound limit by `direction`.
+    pub async fn establish<S>(
+        &self,
+        stream: S,
+        remote_addr: SocketAddr,
+        direction: Direction,
+    ) -> Result<Connection, Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let permit = match direction {
+            Direction::Outbound => self.inner.outbound_permit()?,
+            Direction::Inbound => self
+                .inner
+                .inbound
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Error::TooManyConnections {
+                    limit: self.inner.config.max_inbound,
+                })?,
+        };
+        establish(self.inner.clone(), stream, remote_addr, direction, permit).await
+    }
+
+    /// A snapshot of the endpoint's counters.
+    pub fn stats(&self) -> EndpointStats {
+        let c = &self.inner.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        EndpointStats {
+            accepted: load(&c.accepted),
+            inbound_refused: load(&c.inbound_refused),
+            dialed: load(&c.dialed),
+            dial_failures: load(&c.dial_failures),
+            handshake_failures: c.handshake_failures.snapshot(),
+            self_connections: load(&c.self_connections),
+            duplicates: load(&c.duplicates),
+            established: load(&c.established),
+            inbound_open: load(&self.inner.inbound_open),
+            outbound_open: load(&self.inner.outbound_open),
+            goodbyes_received: load(&c.goodbyes_received),
+            goodbyes_sent: load(&c.goodbyes_sent),
+            lost: c.lost.snapshot(),
+            traffic: self.inner.traffic.snapshot(),
+            datagrams: self
+                .inner
+                .datagrams
+                .as_ref()
+                .map(DatagramSocket::stats)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Stops accepting, refuses new dials, and closes every connection with
+    /// `Goodbye(Shutdown)`. Their [`Event::Closed`] follow on [`Events`].
+    pub async fn shutdown(&self) {
+        self.inner.begin_shutdown();
+        for connection in self.connections() {
+            connection
+                .close(GoodbyeReason::Shutdown, "shutting down")
+                .await;
+        }
+    }
+}
+
+impl Inner {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Connection>> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn outbound_permit(&self) -> Result<OwnedSemaphorePermit, Error> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        self.outbound
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::TooManyConnections {
+                limit: self.config.max_outbound,
+            })
+    }
+
+    fn begin_shutdown(&self) {
+        if self.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.shutdown.send_replace(true);
+        for connection in self.table().values() {
+            let _ = connection.try_send(Frame::Goodbye(chaski_wire::Goodbye {
+                reason: GoodbyeReason::Shutdown,
+                message: "shutting down".to_owned(),
+            }));
+        }
+    }
+
+    /// The local hello to send now, with a timestamp strictly greater than any sent before, so
+    /// that (dialer id, dialer hello timestamp) identifies a connection for the duplicate
+    /// tie-break.
+    fn hello_to_send(&self) -> Hello {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let previous = self
+            .last_hello_micros
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(0);
+        let mut hello = self
+            .hello
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        hello.timestamp_micros = now.max(previous + 1);
+        hello
+    }
+
+    /// Removes a connection from the table (if it is still the one registered for its node).
+    pub(crate) fn unregister(&self, shared: &Shared) {
+        let node = shared.remote_hello.node_id;
+        let mut table = self.table();
+        if table.get(&node).is_some_and(|c| c.id() == shared.id) {
+            table.remove(&node);
+        }
+        drop(table);
+        let open = match shared.direction {
+            Direction::Inbound => &self.inbound_open,
+            Direction::Outbound => &self.outbound_open,
+        };
+        open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn bind_sockets(
+    addr: SocketAddr,
+    config: &Config,
+) -> Result<(TcpListener, Option<DatagramSocket>), Error> {
+    let bind_error = |source| Error::Bind { addr, source };
+    let attempts = if addr.port() == 0 { BIND_ATTEMPTS } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let listener = tcp_listener(addr).map_err(bind_error)?;
+        if !config.udp {
+            return Ok((listener, None));
+        }
+        let port = listener.local_addr().map_err(bind_error)?.port();
+        let udp_addr = SocketAddr::new(addr.ip(), port);
+        match DatagramSocket::bind(udp_addr, config.max_datagram_len) {
+            Ok(socket) => return Ok((listener, Some(socket))),
+            // The TCP port's UDP twin is taken: with port 0, try another port.
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
+            Err(e) => return Err(bind_error(e)),
+        }
+    }
+    Err(bind_error(
+        last_error.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()),
+    ))
+}
+
+fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Rebinding a port with connections in TIME_WAIT (a restarted node) must work.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        add(&inner.counters.accepted, 1);
+        let _ = stream.set_nodelay(true);
+        match inner.inbound.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    if let Err(error) =
+                        establish(inner, stream, addr, Direction::Inbound, permit).await
+                    {
+                        debug!(%addr, %error, "inbound connection failed");
+                    }
+                });
+            }
+            Err(_) => refuse_overloaded(&inner, stream, addr),
+        }
+    }
+    debug!("accept loop stopped");
+}
+
+/// Over the inbound limit: count, say `Goodbye(Overloaded)` if few others are being refused,
+/// close. The established connections are untouched.
+fn refuse_overloaded(inner: &Inner, mut stream: TcpStream, addr: SocketAddr) {
+    add(&inner.counters.inbound_refused, 1);
+    warn!(%addr, limit = inner.config.max_inbound, "inbound connection refused: limit reached");
+    let Ok(permit) = inner.refusing.clone().try_acquire_owned() else {
+        let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        return;
+    };
+    tokio::spawn(async move {
+        let linger = Duration::from_millis(200);
+        handshake::refuse(
+            &mut stream,
+            GoodbyeReason::Overloaded,
+            "inbound connection limit reached",
+            linger,
+        )
+        .await;
+        // Read what the peer sent (its hello) so that closing does not reset the connection
+        // before it reads our goodbye.
+        let mut scratch = BytesMut::with_capacity(4 << 10);
+        let _ = tokio::time::timeout(linger, async {
+            while matches!(stream.read_buf(&mut scratch).await, Ok(n) if n > 0) {
+                scratch.clear();
+            }
+        })
+        .await;
+        drop(permit);
+    });
+}
+
+/// Handshakes on `stream`, resolves self-connections and duplicates, registers the connection and
+/// spawns its task.
+async fn establish<S>(
+    inner: Arc<Inner>,
+    mut stream: S,
+    remote_addr: SocketAddr,
+    direction: Direction,
+    permit: OwnedSemaphorePermit,
+) -> Result<Connection, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &inner.config;
+    let local_hello = inner.hello_to_send();
+    let mut encoded = BytesMut::new();
+    // The local hello is ours: if it is too large that is a bug in the caller's hello, refuse.
+    if let Err(error) = encode_frame(
+        &Frame::Hello(local_hello.clone()),
+        &mut encoded,
+        MAX_HELLO_LEN,
+    ) {
+        warn!(%error, "the local hello is too large");
+        return Err(Error::Handshake {
+            addr: remote_addr,
+            source: HandshakeError::Io(io::Error::new(io::ErrorKind::InvalidInput, error)),
+        });
+    }
+    let exchanged = tokio::time::timeout(
+        config.handshake_timeout,
+        handshake::exchange(&mut stream, &encoded),
+    )
+    .await
+    .unwrap_or(Err(HandshakeError::Timeout(config.handshake_timeout)));
+    let (remote_hello, leftover) = match exchanged {
+        Ok(exchanged) => exchanged,
+        Err(error) => {
+            inner.counters.handshake_failures.add(error.cause());
+            debug!(%remote_addr, ?direction, %error, "handshake failed");
+            if matches!(
+                error,
+                HandshakeError::Decode(_) | HandshakeError::UnexpectedFrame { .. }
+            ) {
+                handshake::refuse(
+                    &mut stream,
+                    GoodbyeReason::ProtocolError,
+                    &error.to_string(),
+                    Duration::from_millis(200),
+                )
+                .await;
+            }
+            return Err(Error::Handshake {
+                addr: remote_addr,
+                source: error,
+            });
+        }
+    };
+    let node = remote_hello.node_id;
+    if node == inner.node_id {
+        add(&inner.counters.self_connections, 1);
+        debug!(%remote_addr, "connection to self closed");
+        handshake::refuse(
+            &mut stream,
+            GoodbyeReason::SelfConnection,
+            "connection to self",
+            Duration::from_millis(200),
+        )
+        .await;
+        return Err(Error::SelfConnection { addr: remote_addr });
+    }
+    let dialer_key = match direction {
+        Direction::Outbound => (inner.node_id, local_hello.timestamp_micros),
+        Direction::Inbound => (node, remote_hello.timestamp_micros),
+    };
+
+    let (tx, rx) = mpsc::channel(config.send_queue);
+    let connection = Connection {
+        shared: Arc::new(Shared {
+            id: ConnectionId(inner.next_id.fetch_add(1, Ordering::Relaxed)),
+            direction,
+            remote_addr,
+            remote_hello,
+            dialer_key,
+            max_frame_len: config.max_frame_len,
+            established_at: Instant::now(),
+            traffic: Traffic::default(),
+            closed: AtomicBool::new(false),
+        }),
+        tx,
+    };
+
+    // Duplicate resolution: of two connections between the same nodes, the one with the smaller
+    // (dialer id, dialer hello timestamp) survives. Both ends compute the same answer.
+    enum Decision {
+        Shutdown,
+        Duplicate(ConnectionId),
+        Registered(Option<Connection>),
+    }
+    let decision = {
+        let mut table = inner.table();
+        if inner.shutting_down.load(Ordering::Acquire) {
+            Decision::Shutdown
+        } else {
+            match table.get(&node) {
+                Some(existing) if existing.shared.dialer_key <= dialer_key => {
+                    Decision::Duplicate(existing.id())
+                }
+                _ => Decision::Registered(table.insert(node, connection.clone())),
+            }
+        }
+    };
+    let loser = match decision {
+        Decision::Registered(loser) => loser,
+        Decision::Shutdown => {
+            handshake::refuse(
+                &mut stream,
+                GoodbyeReason::Shutdown,
+                "shutting down",
+                Duration::from_millis(200),
+            )
+            .await;
+            return Err(Error::Shutdown);
+        }
+        Decision::Duplicate(existing) => {
+            add(&inner.counters.duplicates, 1);
+            debug!(%remote_addr, node = %node.short(), %existing, "duplicate connection closed");
+            handshake::refuse(
+                &mut stream,
+                GoodbyeReason::Duplicate,
+                "duplicate connection",
+                Duration::from_millis(200),
+            )
+            .await;
+            return Err(Error::Duplicate { node, existing });
+        }
+    };
+    if let Some(loser) = loser {
+        add(&inner.counters.duplicates, 1);
+        debug!(node = %node.short(), loser = %loser.id(), winner = %connection.id(), "duplicate connection replaced");
+        // Never wait on the loser's queue here: close it from its own task.
+        tokio::spawn(async move {
+            loser
+                .close(GoodbyeReason::Duplicate, "duplicate connection")
+                .await;
+        });
+    }
+    add(&inner.counters.established, 1);
+    match direction {
+        Direction::Inbound => add(&inner.inbound_open, 1),
+        Direction::Outbound => add(&inner.outbound_open, 1),
+    }
+    debug!(connection = %connection.id(), %remote_addr, ?direction, node = %node.short(), "connection established");
+    tokio::spawn(connection::run(Parts {
+        stream,
+        leftover,
+        connection: connection.clone(),
+        rx,
+        inner,
+        permit,
+    }));
+    Ok(connection)
+}
