@@ -531,3 +531,80 @@ fn on_demand_ping_measures_round_trip() {
     assert_eq!(snapshot[0].rtt.srtt, rtt, "constant latency: srtt is exact");
     assert!(snapshot[0].rtt.samples >= 3);
 }
+
+/// A node with nobody to send to hands its message to the relay, which forwards it to the
+/// subscribers connected to it.
+#[test]
+fn relay_forwards_for_nodes_without_a_path() {
+    let mut sim = Sim::new(SimConfig::default());
+    let seed_addr = relay(&mut sim);
+    let publisher = sim.add_node(|id, a| {
+        base(id, a)
+            .seed(seed_addr)
+            .subscribe(topic("mine"))
+            .build()
+            .unwrap()
+    });
+    let subscriber = sim.add_node(|id, a| {
+        base(id, a)
+            .seed(seed_addr)
+            .subscribe(topic("news"))
+            .build()
+            .unwrap()
+    });
+    sim.run_until_quiet(Duration::from_secs(5), at(60)).unwrap();
+    let id_sub = sim.node(subscriber).unwrap().node_id();
+    assert!(
+        !sim.node(publisher)
+            .unwrap()
+            .connected_peers()
+            .contains(&id_sub)
+    );
+    sim.publish(publisher, &topic("news"), Bytes::from_static(b"hello"));
+    sim.run_for(Duration::from_secs(1));
+    let got: Vec<usize> = sim.deliveries().iter().map(|d| d.node).collect();
+    assert_eq!(got, vec![subscriber]);
+    sim.check_invariants(true).unwrap();
+}
+
+/// A connection that carries no link is closed by the node that dialed it after `idle_grace`
+/// (the original's `on_pair='disconnect'`), and kept when that option is off.
+#[test]
+fn unneeded_connections_are_closed_unless_configured_otherwise() {
+    for disconnect in [true, false] {
+        let mut sim = Sim::new(SimConfig::default());
+        let lan = move |name: &'static str| {
+            move |id, a| {
+                Config::builder(id)
+                    .listen_addr(a)
+                    .subscribe(Topic::from_static(name))
+                    .disconnect_unneeded(disconnect)
+                    .build()
+                    .unwrap()
+            }
+        };
+        let a = sim.add_node(lan("x"));
+        let b = sim.add_node(lan("x"));
+        let c = sim.add_node(lan("y"));
+        sim.run_until_quiet(Duration::from_secs(8), at(60)).unwrap();
+        let id_b = sim.node(b).unwrap().node_id();
+        assert_eq!(sim.node(a).unwrap().paired_peers(&topic("x")), vec![id_b]);
+        let c_peers = sim.node(c).unwrap().connection_count();
+        if disconnect {
+            assert_eq!(c_peers, 0, "nothing needs c's connections");
+            let closed = (0..3).flat_map(|i| sim.events(i)).any(|(_, e)| {
+                matches!(
+                    e,
+                    Event::PeerDown {
+                        reason: DownReason::Closed(chaski_wire::GoodbyeReason::NotNeeded),
+                        ..
+                    }
+                )
+            });
+            assert!(closed);
+        } else {
+            assert_eq!(c_peers, 2, "kept: found on the LAN, never closed");
+        }
+        sim.check_invariants(true).unwrap();
+    }
+}

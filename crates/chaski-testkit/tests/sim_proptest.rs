@@ -31,11 +31,11 @@ fn scenario() -> impl Strategy<Value = Scenario> {
     (
         any::<u64>(),
         1usize..=4,
-        prop::collection::vec((1u8..16, 0u64..300), 3..=24),
+        prop::collection::vec((1u8..16, 0u64..300), 3..=29),
         prop::collection::vec(
             prop_oneof![
-                (0usize..24, 0u64..5_000).prop_map(|(node, at_ms)| Fault::Crash { node, at_ms }),
-                (0usize..24, 0u64..5_000).prop_map(|(node, at_ms)| Fault::Restart { node, at_ms }),
+                (0usize..29, 0u64..5_000).prop_map(|(node, at_ms)| Fault::Crash { node, at_ms }),
+                (0usize..29, 0u64..5_000).prop_map(|(node, at_ms)| Fault::Restart { node, at_ms }),
                 (any::<u64>(), 0u64..5_000, 100u64..8_000).prop_map(|(split, at_ms, for_ms)| {
                     Fault::Partition {
                         split,
@@ -181,7 +181,7 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, max_shrink_iters: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn random_networks_converge_to_connected_topic_graphs(s in scenario()) {
