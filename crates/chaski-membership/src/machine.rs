@@ -154,7 +154,8 @@ pub struct Membership {
     known: HashMap<NodeId, Known>,
     /// Live pairing candidates per topic: known peers (not down) that want the topic.
     subscribers: HashMap<Topic, BTreeSet<NodeId>>,
-    conns: HashMap<ConnId, Conn>,
+    /// Ordered, so that every iteration (and so the order of actions) is deterministic.
+    conns: BTreeMap<ConnId, Conn>,
     dials: HashMap<SocketAddr, Dial>,
     self_addrs: HashSet<SocketAddr>,
     timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
@@ -197,7 +198,7 @@ impl Membership {
             sub_revision: 0,
             known: HashMap::new(),
             subscribers: HashMap::new(),
-            conns: HashMap::new(),
+            conns: BTreeMap::new(),
             dials: HashMap::new(),
             self_addrs: config.listen_addrs.iter().copied().collect(),
             timers: BinaryHeap::new(),
