@@ -281,6 +281,11 @@ impl Membership {
         v
     }
 
+    /// The peer on connection `conn`, if it is open.
+    pub fn peer_of(&self, conn: ConnId) -> Option<NodeId> {
+        self.conns.get(&conn).map(|c| c.peer)
+    }
+
     /// The connection to `peer`, if any.
     pub fn connection_to(&self, peer: NodeId) -> Option<ConnId> {
         self.known.get(&peer).and_then(|k| k.conn)
@@ -825,11 +830,12 @@ impl Membership {
         }
     }
 
-    /// Routes a message received on `from`: whether to deliver it locally and where to forward
-    /// it, after the duplicate filter and the hop limit. Counts as a sign of life of `from`.
-    /// Allocation-free once warm (except for a publisher seen for the first time).
-    pub fn route(&mut self, now: Instant, from: ConnId, msg: &Message) -> Route<'_> {
-        if let Some(c) = self.conns.get_mut(&from) {
+    /// Routes a message received on connection `from` (`None` for a best-effort datagram the
+    /// driver could not attribute to a connection): whether to deliver it locally and where to
+    /// forward it, after the duplicate filter and the hop limit. Counts as a sign of life of
+    /// `from`. Allocation-free once warm (except for a publisher seen for the first time).
+    pub fn route(&mut self, now: Instant, from: Option<ConnId>, msg: &Message) -> Route<'_> {
+        if let Some(c) = from.and_then(|f| self.conns.get_mut(&f)) {
             c.last_rx = now;
             c.frames_in += 1;
         }
@@ -855,7 +861,7 @@ impl Membership {
                     conns
                         .iter()
                         .copied()
-                        .filter(|&c| c != from && Some(c) != publisher_conn),
+                        .filter(|&c| Some(c) != from && Some(c) != publisher_conn),
                 );
             }
         }

@@ -270,17 +270,17 @@ fn routing_filters_at_the_sender_drops_duplicates_and_respects_the_hop_limit() {
     assert_eq!(p.forward, &[ConnId(3)]);
 
     let msg = message(2, 1, "a", 5);
-    let r = m.route(ms(1), ConnId(2), &msg);
+    let r = m.route(ms(1), Some(ConnId(2)), &msg);
     assert!(r.deliver && !r.duplicate);
     assert_eq!(r.forward, &[ConnId(3)], "not back to the sender");
     assert_eq!(r.hop_limit, 4);
-    let r = m.route(ms(1), ConnId(3), &msg);
+    let r = m.route(ms(1), Some(ConnId(3)), &msg);
     assert!(r.duplicate && !r.deliver && r.forward.is_empty());
     // Hop limit 0: delivered, not forwarded.
-    let r = m.route(ms(1), ConnId(3), &message(3, 1, "a", 0));
+    let r = m.route(ms(1), Some(ConnId(3)), &message(3, 1, "a", 0));
     assert!(r.deliver && r.forward.is_empty());
     // Our own message coming back.
-    let r = m.route(ms(1), ConnId(2), &message(1, 1, "a", 5));
+    let r = m.route(ms(1), Some(ConnId(2)), &message(1, 1, "a", 5));
     assert!(r.duplicate);
     assert_eq!(m.counters().messages_duplicate, 2);
     assert_eq!(m.counters().messages_new, 2);

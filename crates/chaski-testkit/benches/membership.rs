@@ -4,7 +4,9 @@
 //! (10,000 nodes: 500 topics, so that topics keep about 40 subscribers). Nodes join 1 ms of
 //! virtual time apart. The run ends once nothing structural happened for 5 s of virtual time.
 //! Reported: the virtual time to converge (last structural change after the last join), the wall
-//! time of the run, and the control and discovery frames per node up to convergence. Each
+//! time of the run (joins and convergence), the control and discovery frames per node from the
+//! start until the network was quiet, and the steady-state control frames per node per second,
+//! measured over 10 s of virtual time once quiet. Each
 //! configuration runs 3 times (different seeds) in normal mode, once in quick mode
 //! (`CHASKI_BENCH_QUICK=1`, 1,000 nodes only).
 
@@ -22,6 +24,7 @@ struct Run {
     wall: Duration,
     control_per_node: f64,
     discovery_per_node: f64,
+    steady_per_node_s: f64,
 }
 
 fn run(nodes: usize, topics: usize, seed: u64) -> Run {
@@ -83,7 +86,11 @@ fn run(nodes: usize, topics: usize, seed: u64) -> Run {
         panic!("not converged: {e}");
     }
     let traffic = sim.traffic();
+    let steady = Duration::from_secs(10);
+    sim.run_for(steady);
+    let steady_frames = sim.traffic().control_frames - traffic.control_frames;
     Run {
+        steady_per_node_s: steady_frames as f64 / nodes as f64 / steady.as_secs_f64(),
         converge: last.saturating_duration_since(joined),
         wall,
         control_per_node: traffic.control_frames as f64 / nodes as f64,
@@ -99,8 +106,14 @@ fn main() {
     };
     let repeats = if quick() { 1 } else { 3 };
     println!(
-        "{:>7} {:>7} {:>14} {:>10} {:>16} {:>18}",
-        "nodes", "topics", "converge (s)", "wall (s)", "control/node", "discovery/node"
+        "{:>7} {:>7} {:>14} {:>10} {:>14} {:>16} {:>18}",
+        "nodes",
+        "topics",
+        "converge (s)",
+        "wall (s)",
+        "control/node",
+        "discovery/node",
+        "steady/node/s"
     );
     for &(nodes, topics) in configs {
         let runs: Vec<Run> = (0..repeats).map(|s| run(nodes, topics, 1 + s)).collect();
@@ -109,13 +122,14 @@ fn main() {
             Summary::of(&mut v).expect("runs").median
         };
         println!(
-            "{:>7} {:>7} {:>14.3} {:>10.2} {:>16.1} {:>18.1}",
+            "{:>7} {:>7} {:>14.3} {:>10.2} {:>14.1} {:>16.1} {:>18.2}",
             nodes,
             topics,
             med(&|r| r.converge.as_secs_f64()),
             med(&|r| r.wall.as_secs_f64()),
             med(&|r| r.control_per_node),
             med(&|r| r.discovery_per_node),
+            med(&|r| r.steady_per_node_s),
         );
     }
 }

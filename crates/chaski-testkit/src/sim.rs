@@ -508,7 +508,7 @@ impl Sim {
             Ev::Frame { conn, frame } => {
                 node.last_rx.insert(conn, now);
                 if let Frame::Publish(msg) = frame {
-                    let route = m.route(now, conn, &msg);
+                    let route = m.route(now, Some(conn), &msg);
                     let deliver = route.deliver;
                     let forward: Vec<ConnId> = route.forward.to_vec();
                     let hop_limit = route.hop_limit;
