@@ -150,6 +150,11 @@ const BENCHES: &[Bench] = &[
         package: "chaski-testkit",
         target: "membership",
     },
+    Bench {
+        name: "transport",
+        package: "chaski-transport",
+        target: "transport",
+    },
 ];
 
 fn bench(names: &[String]) -> Result<()> {

@@ -111,6 +111,34 @@ impl DatagramSocket {
         self.send_bytes(frame.as_bytes(), target).await
     }
 
+    /// Sends an already encoded frame to `target` without waiting: when the socket's send buffer
+    /// is full the datagram is not sent and the error is `Io` with kind `WouldBlock` (counted in
+    /// `send_errors`). For callers that must never wait on the network, such as a node's driver
+    /// sending best-effort messages.
+    pub fn try_send_encoded_to(
+        &self,
+        frame: &EncodedFrame,
+        target: SocketAddr,
+    ) -> Result<usize, DatagramError> {
+        if frame.len() > self.max_len {
+            return Err(DatagramError::TooLarge {
+                len: frame.len(),
+                max: self.max_len,
+            });
+        }
+        match self.socket.try_send_to(frame.as_bytes(), target) {
+            Ok(n) => {
+                add(&self.counters.sent, 1);
+                add(&self.counters.bytes_out, n as u64);
+                Ok(n)
+            }
+            Err(e) => {
+                add(&self.counters.send_errors, 1);
+                Err(DatagramError::Io(e))
+            }
+        }
+    }
+
     async fn send_bytes(
         &self,
         datagram: &[u8],
