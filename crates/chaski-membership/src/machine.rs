@@ -840,9 +840,18 @@ impl Membership {
             c.frames_in += 1;
         }
         self.scratch.clear();
-        if msg.publisher == self.me
-            || self.dedup.check(msg.publisher, msg.sequence) == Seen::Duplicate
-        {
+        let evictions = self.dedup.evictions;
+        let seen = if msg.publisher == self.me {
+            Seen::Duplicate
+        } else {
+            self.dedup.check(msg.publisher, msg.sequence)
+        };
+        if self.dedup.evictions != evictions {
+            self.event(Event::Dropped {
+                kind: DropKind::DedupPublisher,
+            });
+        }
+        if seen == Seen::Duplicate {
             self.counters.messages_duplicate += 1;
             return Route {
                 deliver: false,

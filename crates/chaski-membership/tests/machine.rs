@@ -390,3 +390,27 @@ fn a_beacon_from_an_unknown_node_is_dialed_once() {
     m.handle_datagram(ms(2), addr(7), Frame::Beacon(beacon));
     assert!(drain(&mut m).is_empty(), "dial already in flight");
 }
+
+#[test]
+fn duplicate_filter_evictions_are_reported() {
+    let mut m = machine(1, &["a"], |b| b.dedup_publishers(2));
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
+    drain(&mut m);
+    for publisher in 10..13 {
+        let r = m.route(ms(1), Some(ConnId(2)), &message(publisher, 1, "a", 1));
+        assert!(r.deliver);
+    }
+    let actions = drain(&mut m);
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a
+                == Action::Event(Event::Dropped {
+                    kind: DropKind::DedupPublisher
+                }))
+            .count(),
+        1
+    );
+    assert_eq!(m.dedup_count(), 2);
+    assert_eq!(m.counters().dedup_evictions, 1);
+}
