@@ -155,6 +155,11 @@ const BENCHES: &[Bench] = &[
         package: "chaski-transport",
         target: "transport",
     },
+    Bench {
+        name: "node",
+        package: "chaski-streamer",
+        target: "node",
+    },
 ];
 
 fn bench(names: &[String]) -> Result<()> {

@@ -4,6 +4,10 @@
 //!   `cargo xtask bench`.
 //! * [`sim`]: a deterministic network simulator for membership state machines (virtual clock,
 //!   latency, loss, partitions, crashes, restarts).
+//! * [`baseline`] (feature `baseline`): the raw tokio TCP baseline every layer's benchmark is
+//!   compared with, measured in the same run.
 
+#[cfg(feature = "baseline")]
+pub mod baseline;
 pub mod bench;
 pub mod sim;

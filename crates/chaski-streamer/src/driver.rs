@@ -1,0 +1,1104 @@
+//! The driver: one task per node that owns the membership state machine and joins it to the
+//! transport, the timers, the LAN socket, the streams and the handles' commands (the role of
+//! quinn's connection driver).
+//!
+//! # The loop
+//!
+//! Each turn: run the membership timer if due (so timers run even under a flood of traffic),
+//! carry out every pending membership action, then wait for the first of: transport events (a
+//! batch of frames per read call), the handles' commands (in batches), datagrams, LAN beacons,
+//! finished dials, room on a blocked stream or send queue, or the next timer.
+//!
+//! # Never blocking on the network
+//!
+//! The driver never waits on a peer while it could be reading from others, which would deadlock
+//! two nodes that both send faster than the other reads. Frames it originates (control frames,
+//! forwarded messages) are queued with `try_send`; a full queue drops the frame, counts it and
+//! reports [`NodeEvent::SendDropped`]. The node's own publications are different: a publication
+//! whose send queue is full is kept aside and the driver stops taking commands until it is
+//! queued, so `publish` waits (backpressure) and nothing is lost, while incoming traffic keeps
+//! flowing. Likewise a message for a full [`Overflow::Block`](crate::Overflow::Block) stream is
+//! kept aside and the driver stops reading from the network until the application makes room.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    future::Future,
+    io,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use chaski_membership::{
+    Action, ConnId, DatagramTarget, Disconnect, Event as MembershipEvent, LostCause as MLostCause,
+    Membership, PingError, PingId,
+};
+use chaski_transport::{
+    CloseReason, Connection, DatagramSocket, EncodedFrame, Endpoint, Event as TransportEvent,
+    Events, LostCause, SendError,
+};
+use chaski_wire::{Frame, GoodbyeReason, Header, Message, NodeId, Topic};
+use tokio::{
+    sync::{broadcast, mpsc, oneshot, watch},
+    task::JoinSet,
+    time::Instant,
+};
+use tracing::{debug, info, trace, warn};
+
+use crate::{
+    Delivery, Error, NodeBuilder, NodeEvent, Received,
+    node::{Counters, Inner, Node, Peer, StreamRegistry},
+    stream::{Offer, Shared},
+};
+
+/// Commands from the handles to the driver.
+pub(crate) enum Command {
+    Publish {
+        topic: Topic,
+        payload: Bytes,
+        headers: Vec<Header>,
+        delivery: Delivery,
+    },
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+    Subscribe {
+        topic: Topic,
+        reply: oneshot::Sender<bool>,
+    },
+    Unsubscribe {
+        topic: Topic,
+        reply: oneshot::Sender<bool>,
+    },
+    Connect {
+        addr: SocketAddr,
+        reply: oneshot::Sender<Result<NodeId, Error>>,
+    },
+    Ping {
+        peer: NodeId,
+        size: u32,
+        reply: oneshot::Sender<Result<Duration, Error>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Transport events taken per turn.
+const EVENT_BATCH: usize = 64;
+/// Commands taken per turn.
+const COMMAND_BATCH: usize = 256;
+/// Pending on-demand pings and connects, each; more are refused with `Error::Busy`.
+const MAX_PENDING_REQUESTS: usize = 1024;
+/// Drop reports are sent at most this often per stream or peer.
+const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// How long shutdown waits for goodbyes to be flushed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The LAN discovery socket: bound to the multicast group, joined on one interface.
+struct Lan {
+    socket: DatagramSocket,
+    group: SocketAddr,
+}
+
+impl Lan {
+    /// Joins `group:port` on the interface of `listen` (loopback when `listen` is unspecified), so
+    /// that beacons never leave through another interface.
+    fn open(listen: IpAddr, group: Ipv4Addr, port: u16, max_len: usize) -> io::Result<Lan> {
+        let interface = match listen {
+            IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST,
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "LAN discovery needs an IPv4 listening address",
+                ));
+            }
+        };
+        let socket = DatagramSocket::bind_shared(SocketAddr::new(group.into(), port), max_len)?;
+        socket.join_multicast_v4(group, interface)?;
+        socket.set_multicast_if_v4(interface)?;
+        socket.set_multicast_loop_v4(true)?;
+        socket.set_multicast_ttl_v4(1)?;
+        Ok(Lan {
+            socket,
+            group: SocketAddr::new(group.into(), port),
+        })
+    }
+}
+
+struct Driver {
+    id: NodeId,
+    name: Arc<str>,
+    membership: Membership,
+    endpoint: Endpoint,
+    events_in: Events,
+    commands: mpsc::Receiver<Command>,
+    lan: Option<Lan>,
+    epoch: Instant,
+    conns: HashMap<ConnId, Connection>,
+    /// Peers' UDP addresses (their listening addresses) to their connection, for best-effort
+    /// messages.
+    udp_peers: HashMap<SocketAddr, ConnId>,
+    names: HashMap<NodeId, Arc<str>>,
+    registry: Arc<StreamRegistry>,
+    registry_version: u64,
+    streams: Vec<Arc<Shared>>,
+    stream_reports: HashMap<u64, (u64, Instant)>,
+    send_drops: HashMap<NodeId, (u64, Instant)>,
+    unknown_datagrams: (u64, Instant),
+    unrouted: HashMap<Topic, (u64, Instant)>,
+    /// When drops seen but not yet reported (rate limit) are due to be reported.
+    reports_due: Option<Instant>,
+    events_out: broadcast::Sender<NodeEvent>,
+    peers_out: watch::Sender<Arc<Vec<Peer>>>,
+    peers_dirty: bool,
+    counters: Arc<Counters>,
+    pings: HashMap<PingId, oneshot::Sender<Result<Duration, Error>>>,
+    connects: HashMap<SocketAddr, Vec<oneshot::Sender<Result<NodeId, Error>>>>,
+    dials: JoinSet<(SocketAddr, Result<Connection, chaski_transport::Error>)>,
+    closing: JoinSet<()>,
+    /// A publication waiting for room in a send queue; commands wait meanwhile.
+    blocked_publish: Option<BoxFuture>,
+    /// Commands taken from the queue and not handled yet (behind a blocked publication).
+    deferred: VecDeque<Command>,
+    /// Messages waiting for room in `Block` streams; the network waits meanwhile.
+    blocked_deliveries: VecDeque<(Arc<Shared>, Received)>,
+    max_frame_len: usize,
+    event_batch: Vec<TransportEvent>,
+    command_batch: Vec<Command>,
+    stopped: watch::Sender<bool>,
+}
+
+/// Binds, builds the membership state machine, spawns the driver and returns the first handle.
+pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
+    let id = NodeId::random();
+    let name: Arc<str> = builder
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("chaski-{}", id.short()))
+        .into();
+    let listen = crate::config::resolve(&builder.listen).await?;
+    let mut seeds = Vec::with_capacity(builder.seeds.len());
+    for seed in &builder.seeds {
+        seeds.push(crate::config::resolve(seed).await?);
+    }
+
+    // The transport needs a hello before the membership knows its final listening address (the
+    // port may be 0): bind with a provisional one, then replace it.
+    let provisional = chaski_wire::Hello {
+        node_id: id,
+        name: name.to_string(),
+        listen_addrs: Vec::new(),
+        subscriptions: builder.subscriptions.clone(),
+        capabilities: chaski_wire::Capabilities::NONE,
+        auth: None,
+        timestamp_micros: 0,
+        network_id: builder.network_id.clone(),
+    };
+    let (endpoint, events_in) = Endpoint::bind(listen, provisional, builder.transport.clone())
+        .await
+        .map_err(|e| match e {
+            chaski_transport::Error::Bind { addr, source } => Error::Bind { addr, source },
+            other => Error::Config(other.to_string()),
+        })?;
+    let local_addr = endpoint.local_addr();
+
+    let mut config = chaski_membership::Config::builder(id)
+        .name(name.to_string())
+        .listen_addr(local_addr)
+        .relay(builder.relay)
+        .network_id(builder.network_id.clone())
+        .rng_seed(id.as_u128() as u64)
+        .max_connections(builder.max_connections)
+        .disconnect_unneeded(builder.disconnect_unneeded)
+        .lan_discovery(builder.lan_discovery)
+        .ping_interval(builder.ping_interval)
+        .peer_timeout(builder.peer_timeout)
+        .reconnect_initial(builder.reconnect_initial)
+        .reconnect_max(builder.reconnect_max)
+        .reconnect_attempts(builder.reconnect_attempts);
+    for topic in &builder.subscriptions {
+        config = config.subscribe(topic.clone());
+    }
+    for seed in seeds {
+        config = config.seed(seed);
+    }
+    let config = config.build().map_err(|e| Error::Config(e.to_string()))?;
+    let membership = Membership::new(config, chaski_membership::Instant::ZERO);
+    endpoint
+        .set_hello(membership.local_hello())
+        .map_err(|e| Error::Config(e.to_string()))?;
+
+    let max_datagram_len = builder.transport.max_datagram_len();
+    let lan = if builder.lan_discovery {
+        match Lan::open(
+            local_addr.ip(),
+            builder.lan_group,
+            builder.lan_port,
+            max_datagram_len,
+        ) {
+            Ok(lan) => Some(lan),
+            Err(err) => {
+                warn!(%err, "LAN discovery is off: cannot open its socket");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let (commands_tx, commands) = mpsc::channel(builder.command_capacity);
+    let (events_out, _) = broadcast::channel(builder.event_capacity);
+    let (peers_out, peers) = watch::channel(Arc::new(Vec::new()));
+    let (stopped, stopped_rx) = watch::channel(false);
+    let registry = Arc::new(StreamRegistry::default());
+    let counters = Arc::new(Counters::default());
+    let now = Instant::now();
+    let max_frame_len = builder.transport.max_frame_len();
+
+    let inner = Inner {
+        id,
+        name: name.clone(),
+        local_addr,
+        commands: commands_tx,
+        events: events_out.clone(),
+        peers,
+        streams: registry.clone(),
+        best_effort: builder.best_effort.clone(),
+        stream_defaults: crate::StreamOptions::new()
+            .capacity(builder.stream_capacity)
+            .overflow(builder.stream_overflow),
+        max_frame_len,
+        max_datagram_len,
+        peer_timeout: builder.peer_timeout,
+        counters: counters.clone(),
+        stopped: stopped_rx,
+    };
+    let mut names = HashMap::new();
+    names.insert(id, name.clone());
+    let driver = Driver {
+        id,
+        name,
+        membership,
+        endpoint,
+        events_in,
+        commands,
+        lan,
+        epoch: now,
+        conns: HashMap::new(),
+        udp_peers: HashMap::new(),
+        names,
+        registry,
+        registry_version: 0,
+        streams: Vec::new(),
+        stream_reports: HashMap::new(),
+        send_drops: HashMap::new(),
+        unknown_datagrams: (0, now),
+        unrouted: HashMap::new(),
+        reports_due: None,
+        events_out,
+        peers_out,
+        peers_dirty: false,
+        counters,
+        pings: HashMap::new(),
+        connects: HashMap::new(),
+        dials: JoinSet::new(),
+        closing: JoinSet::new(),
+        blocked_publish: None,
+        deferred: VecDeque::new(),
+        blocked_deliveries: VecDeque::new(),
+        max_frame_len,
+        event_batch: Vec::with_capacity(EVENT_BATCH),
+        command_batch: Vec::with_capacity(COMMAND_BATCH),
+        stopped,
+    };
+    info!(node = %id.short(), %local_addr, "node started");
+    tokio::spawn(driver.run());
+    Ok(Node {
+        inner: Arc::new(inner),
+    })
+}
+
+fn wall_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn lost_cause(cause: &LostCause) -> MLostCause {
+    match cause {
+        LostCause::Eof | LostCause::Truncated { .. } => MLostCause::Eof,
+        LostCause::Read(e) | LostCause::Write(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+            MLostCause::Reset
+        }
+        LostCause::Read(_) | LostCause::Write(_) => MLostCause::Io,
+        _ => MLostCause::Protocol,
+    }
+}
+
+/// Waits for the first blocked stream to have room; `None` when nothing is blocked.
+async fn room(blocked: Option<&(Arc<Shared>, Received)>) -> bool {
+    match blocked {
+        Some((shared, message)) => shared.wait_for_room(message.clone()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    fn now(&self) -> chaski_membership::Instant {
+        chaski_membership::Instant::from_duration(self.epoch.elapsed())
+    }
+
+    fn deadline(&self, at: chaski_membership::Instant) -> Instant {
+        self.epoch + at.since_epoch()
+    }
+
+    async fn run(mut self) {
+        let mut shutdown_reply = None;
+        loop {
+            // Timers first, so that a flood of traffic cannot starve pings and timeouts.
+            let now = self.now();
+            if self.membership.poll_timeout().is_some_and(|at| at <= now) {
+                self.membership.handle_timeout(now);
+            }
+            self.run_actions();
+            self.publish_peers();
+
+            let timer = match (
+                self.membership.poll_timeout().map(|at| self.deadline(at)),
+                self.reports_due,
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let blocked_network = !self.blocked_deliveries.is_empty();
+            let blocked_commands = self.blocked_publish.is_some();
+            tokio::select! {
+                biased;
+                n = self.events_in.recv_many(&mut self.event_batch, EVENT_BATCH), if !blocked_network => {
+                    if n == 0 {
+                        debug!("the endpoint closed");
+                        break;
+                    }
+                    self.handle_transport_events();
+                }
+                n = self.commands.recv_many(&mut self.command_batch, COMMAND_BATCH), if !blocked_commands => {
+                    if n == 0 {
+                        debug!("every handle was dropped");
+                        break;
+                    }
+                    self.deferred.extend(self.command_batch.drain(..));
+                    if let Some(reply) = self.drain_commands() {
+                        shutdown_reply = Some(reply);
+                        break;
+                    }
+                }
+                () = async { self.blocked_publish.as_mut().expect("guarded").await }, if blocked_commands => {
+                    self.blocked_publish = None;
+                    if let Some(reply) = self.drain_commands() {
+                        shutdown_reply = Some(reply);
+                        break;
+                    }
+                }
+                queued = room(self.blocked_deliveries.front()), if blocked_network => {
+                    let _ = queued;
+                    self.blocked_deliveries.pop_front();
+                    self.retry_blocked_deliveries();
+                }
+                received = async { self.endpoint.datagrams().expect("the endpoint binds UDP").recv().await } => {
+                    match received {
+                        Ok((frame, from)) => self.handle_datagram(frame, from),
+                        Err(err) => warn!(%err, "UDP receive failed"),
+                    }
+                }
+                received = async { self.lan.as_ref().expect("guarded").socket.recv().await }, if self.lan.is_some() => {
+                    match received {
+                        Ok((frame, from)) => {
+                            let now = self.now();
+                            self.membership.handle_datagram(now, from, frame);
+                        }
+                        Err(err) => warn!(%err, "LAN receive failed"),
+                    }
+                }
+                Some(done) = self.dials.join_next(), if !self.dials.is_empty() => {
+                    if let Ok((addr, result)) = done {
+                        self.dial_finished(addr, result);
+                    }
+                }
+                Some(_) = self.closing.join_next(), if !self.closing.is_empty() => {}
+                () = async {
+                    match timer {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if self.reports_due.is_some_and(|at| at <= Instant::now()) {
+                        self.reports_due = None;
+                        self.report_stream_drops();
+                        self.report_send_drops();
+                    }
+                }
+            }
+        }
+        self.shutdown(shutdown_reply).await;
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Transport events.
+
+    fn handle_transport_events(&mut self) {
+        let mut batch = std::mem::take(&mut self.event_batch);
+        for event in batch.drain(..) {
+            match event {
+                TransportEvent::Connected(connection) => self.connected(connection),
+                TransportEvent::Frames { connection, frames } => {
+                    let conn = ConnId(connection.as_u64());
+                    for frame in frames {
+                        match frame {
+                            Frame::Publish(message) => {
+                                self.received(conn, message, Delivery::Reliable)
+                            }
+                            other => {
+                                let now = self.now();
+                                self.membership.handle_frame(now, conn, other);
+                            }
+                        }
+                    }
+                }
+                TransportEvent::Closed {
+                    connection,
+                    node_id,
+                    reason,
+                } => {
+                    let conn = ConnId(connection.as_u64());
+                    self.disconnected(conn, node_id, reason);
+                }
+                _ => {}
+            }
+        }
+        self.event_batch = batch;
+        self.report_stream_drops();
+    }
+
+    fn connected(&mut self, connection: Connection) {
+        let conn = ConnId(connection.id().as_u64());
+        let hello = connection.remote_hello().clone();
+        debug!(peer = %hello.node_id.short(), name = %hello.name, addr = %connection.remote_addr(), "connected");
+        for addr in &hello.listen_addrs {
+            self.udp_peers.insert(*addr, conn);
+        }
+        self.names.insert(hello.node_id, hello.name.as_str().into());
+        let outbound = connection.direction() == chaski_transport::Direction::Outbound;
+        let remote = connection.remote_addr();
+        self.conns.insert(conn, connection);
+        let now = self.now();
+        self.membership
+            .handle_connected(now, conn, &hello, outbound, Some(remote));
+        self.peers_dirty = true;
+    }
+
+    fn disconnected(&mut self, conn: ConnId, node: NodeId, reason: CloseReason) {
+        let Some(connection) = self.conns.remove(&conn) else {
+            return;
+        };
+        for addr in &connection.remote_hello().listen_addrs {
+            if self.udp_peers.get(addr) == Some(&conn) {
+                self.udp_peers.remove(addr);
+            }
+        }
+        self.names.remove(&node);
+        self.send_drops.remove(&node);
+        let how = match &reason {
+            CloseReason::Goodbye { reason, .. } => Disconnect::Goodbye(*reason),
+            CloseReason::Lost(cause) => Disconnect::Lost(lost_cause(cause)),
+            _ => Disconnect::Lost(MLostCause::Io),
+        };
+        debug!(peer = %node.short(), ?reason, "disconnected");
+        let now = self.now();
+        self.membership.handle_disconnected(now, conn, how);
+        self.peers_dirty = true;
+    }
+
+    fn handle_datagram(&mut self, frame: Frame, from: SocketAddr) {
+        match frame {
+            Frame::Publish(message) => match self.udp_peers.get(&from).copied() {
+                Some(conn) => self.received(conn, message, Delivery::BestEffort),
+                None => {
+                    Counters::add(&self.counters.datagrams_ignored, 1);
+                    self.unknown_datagrams.0 += 1;
+                    if self.unknown_datagrams.1.elapsed() >= REPORT_INTERVAL {
+                        let dropped = std::mem::take(&mut self.unknown_datagrams.0);
+                        self.unknown_datagrams.1 = Instant::now();
+                        self.emit(NodeEvent::UnknownDatagramSource { dropped });
+                    }
+                }
+            },
+            other => {
+                let now = self.now();
+                self.membership.handle_datagram(now, from, other);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Messages: the hot path.
+
+    /// A message arrived from a peer: deduplicate, forward along the topic's graph, deliver.
+    fn received(&mut self, from: ConnId, message: Message, delivery: Delivery) {
+        Counters::add(&self.counters.messages_in, 1);
+        let now = self.now();
+        let route = self.membership.route(now, Some(from), &message);
+        if route.duplicate {
+            Counters::add(&self.counters.duplicates, 1);
+            return;
+        }
+        if !route.forward.is_empty() {
+            let mut copy = message.clone();
+            copy.hop_limit = route.hop_limit;
+            copy.hops = copy.hops.saturating_add(1);
+            let forwarded = Self::send_message(
+                &self.conns,
+                &self.endpoint,
+                &copy,
+                route.forward,
+                delivery,
+                self.max_frame_len,
+                &mut self.send_drops,
+                &self.counters,
+            );
+            Counters::add(&self.counters.forwarded, forwarded);
+        }
+        if route.deliver {
+            self.deliver(message, delivery);
+        }
+        self.report_send_drops();
+    }
+
+    /// Queues `message` on each of `targets` (encoded once); a full queue drops it for that peer
+    /// (counted). Returns how many peers it was queued for.
+    #[allow(clippy::too_many_arguments)]
+    fn send_message(
+        conns: &HashMap<ConnId, Connection>,
+        endpoint: &Endpoint,
+        message: &Message,
+        targets: &[ConnId],
+        delivery: Delivery,
+        max_frame_len: usize,
+        drops: &mut HashMap<NodeId, (u64, Instant)>,
+        counters: &Counters,
+    ) -> u64 {
+        let Ok(frame) = EncodedFrame::from_message(message, max_frame_len) else {
+            return 0;
+        };
+        let mut sent = 0;
+        for conn in targets {
+            let Some(connection) = conns.get(conn) else {
+                continue;
+            };
+            let ok = match delivery {
+                Delivery::BestEffort => udp_target(connection).is_some_and(|to| {
+                    endpoint
+                        .datagrams()
+                        .is_some_and(|socket| socket.try_send_encoded_to(&frame, to).is_ok())
+                }),
+                _ => match connection.try_send_encoded(frame.clone()) {
+                    Ok(()) => true,
+                    Err(SendError::Full) => false,
+                    // Closed: the transport reports it; membership will forget the connection.
+                    Err(_) => continue,
+                },
+            };
+            if ok {
+                sent += 1;
+            } else {
+                Counters::add(&counters.send_dropped, 1);
+                drops
+                    .entry(connection.node_id())
+                    .or_insert((0, Instant::now()))
+                    .0 += 1;
+            }
+        }
+        sent
+    }
+
+    /// Hands a message to every stream that wants it.
+    fn deliver(&mut self, message: Message, delivery: Delivery) {
+        self.refresh_streams();
+        if self.streams.is_empty() {
+            return;
+        }
+        Counters::add(&self.counters.received, 1);
+        let name = self.names.get(&message.publisher).cloned();
+        let received = Received::new(message, name, delivery);
+        let mut closed = false;
+        // Offer a clone to all but the last interested stream, the original to the last.
+        let wanted: Vec<usize> = (0..self.streams.len())
+            .filter(|&i| self.streams[i].wants(&received.topic))
+            .collect();
+        let Some((&last, rest)) = wanted.split_last() else {
+            return;
+        };
+        for &i in rest {
+            closed |= self.offer(i, received.clone());
+        }
+        closed |= self.offer(last, received);
+        if closed {
+            self.streams.retain(|s| !s.is_closed());
+        }
+    }
+
+    /// Offers to stream `i`; returns whether the stream turned out closed.
+    fn offer(&mut self, i: usize, message: Received) -> bool {
+        let stream = &self.streams[i];
+        // Keep per-stream order: once a message waits for a stream, later ones wait behind it.
+        if !self.blocked_deliveries.is_empty()
+            && self
+                .blocked_deliveries
+                .iter()
+                .any(|(s, _)| Arc::ptr_eq(s, stream))
+        {
+            self.blocked_deliveries.push_back((stream.clone(), message));
+            return false;
+        }
+        match stream.offer(message) {
+            Offer::Queued | Offer::Dropped => false,
+            Offer::Full(message) => {
+                self.blocked_deliveries.push_back((stream.clone(), message));
+                false
+            }
+            Offer::Closed => true,
+        }
+    }
+
+    /// After room was made (the front message was queued by `room`): queue what can be queued.
+    fn retry_blocked_deliveries(&mut self) {
+        while let Some((stream, message)) = self.blocked_deliveries.pop_front() {
+            match stream.offer(message) {
+                Offer::Queued | Offer::Dropped | Offer::Closed => {}
+                Offer::Full(message) => {
+                    self.blocked_deliveries.push_front((stream, message));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn refresh_streams(&mut self) {
+        let version = self.registry.version.load(Ordering::Acquire);
+        if version != self.registry_version {
+            let mut all = self
+                .registry
+                .streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            all.retain(|s| !s.is_closed());
+            self.streams = all.clone();
+            self.registry_version = version;
+        }
+    }
+
+    fn report_stream_drops(&mut self) {
+        for stream in &self.streams {
+            let total = stream.dropped();
+            if total == 0 {
+                continue;
+            }
+            let (reported, at) = self
+                .stream_reports
+                .entry(stream.id())
+                .or_insert((0, Instant::now() - REPORT_INTERVAL));
+            if total > *reported && at.elapsed() < REPORT_INTERVAL {
+                let due = *at + REPORT_INTERVAL;
+                self.reports_due = Some(self.reports_due.map_or(due, |d| d.min(due)));
+            }
+            if total > *reported && at.elapsed() >= REPORT_INTERVAL {
+                let event = NodeEvent::StreamOverflow {
+                    stream: stream.id(),
+                    policy: stream.overflow(),
+                    dropped: total - *reported,
+                    total,
+                };
+                *reported = total;
+                *at = Instant::now();
+                let _ = self.events_out.send(event);
+            }
+        }
+    }
+
+    fn report_send_drops(&mut self) {
+        if self.send_drops.is_empty() {
+            return;
+        }
+        let mut events = Vec::new();
+        for (peer, (dropped, at)) in &mut self.send_drops {
+            if *dropped > 0 && at.elapsed() < REPORT_INTERVAL {
+                let due = *at + REPORT_INTERVAL;
+                self.reports_due = Some(self.reports_due.map_or(due, |d| d.min(due)));
+            }
+            if *dropped > 0 && at.elapsed() >= REPORT_INTERVAL {
+                events.push(NodeEvent::SendDropped {
+                    peer: *peer,
+                    dropped: std::mem::take(dropped),
+                });
+                *at = Instant::now();
+            }
+        }
+        for event in events {
+            self.emit(event);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Commands from the handles.
+
+    /// Handles the commands taken from the queue, in order, until one must wait (a publication
+    /// whose send queue is full); returns the reply channel of a shutdown command.
+    fn drain_commands(&mut self) -> Option<oneshot::Sender<()>> {
+        while self.blocked_publish.is_none() {
+            let Some(command) = self.deferred.pop_front() else {
+                break;
+            };
+            match command {
+                Command::Publish {
+                    topic,
+                    payload,
+                    headers,
+                    delivery,
+                } => {
+                    self.publish(topic, payload, headers, delivery);
+                }
+                Command::Flush { reply } => {
+                    let _ = reply.send(());
+                }
+                Command::Subscribe { topic, reply } => {
+                    let now = self.now();
+                    let added = self.membership.subscribe(now, topic);
+                    self.update_hello();
+                    let _ = reply.send(added);
+                }
+                Command::Unsubscribe { topic, reply } => {
+                    let now = self.now();
+                    let removed = self.membership.unsubscribe(now, &topic);
+                    self.update_hello();
+                    let _ = reply.send(removed);
+                }
+                Command::Connect { addr, reply } => self.connect(addr, reply),
+                Command::Ping { peer, size, reply } => self.ping(peer, size, reply),
+                Command::Shutdown { reply } => return Some(reply),
+            }
+        }
+        None
+    }
+
+    fn publish(&mut self, topic: Topic, payload: Bytes, headers: Vec<Header>, delivery: Delivery) {
+        Counters::add(&self.counters.published, 1);
+        let publication = self.membership.publish(&topic);
+        let message = Message {
+            topic,
+            payload,
+            publisher: self.id,
+            sequence: publication.sequence,
+            timestamp_micros: wall_micros(),
+            hop_limit: publication.hop_limit,
+            hops: 0,
+            headers,
+        };
+        let deliver = publication.deliver;
+        if publication.forward.is_empty() && !deliver {
+            Counters::add(&self.counters.published_unrouted, 1);
+            let entry = self
+                .unrouted
+                .entry(message.topic.clone())
+                .or_insert((0, Instant::now() - Duration::from_secs(1)));
+            entry.0 += 1;
+            if entry.1.elapsed() >= Duration::from_secs(1) {
+                let count = std::mem::take(&mut entry.0);
+                entry.1 = Instant::now();
+                if self.unrouted.len() > 1024 {
+                    self.unrouted.clear();
+                }
+                self.emit(NodeEvent::NoSubscribers {
+                    topic: message.topic.clone(),
+                    count,
+                });
+            }
+            return;
+        }
+        if !publication.forward.is_empty() {
+            match delivery {
+                Delivery::BestEffort => {
+                    Self::send_message(
+                        &self.conns,
+                        &self.endpoint,
+                        &message,
+                        publication.forward,
+                        delivery,
+                        self.max_frame_len,
+                        &mut self.send_drops,
+                        &self.counters,
+                    );
+                }
+                _ => {
+                    if let Ok(frame) = EncodedFrame::from_message(&message, self.max_frame_len) {
+                        let mut waiting = Vec::new();
+                        for conn in publication.forward {
+                            let Some(connection) = self.conns.get(conn) else {
+                                continue;
+                            };
+                            if let Err(SendError::Full) = connection.try_send_encoded(frame.clone())
+                            {
+                                waiting.push(connection.clone());
+                            }
+                        }
+                        if !waiting.is_empty() {
+                            trace!(peers = waiting.len(), "send queues full: publishing waits");
+                            self.blocked_publish = Some(Box::pin(async move {
+                                for connection in waiting {
+                                    let _ = connection.send_encoded(frame.clone()).await;
+                                }
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        if deliver {
+            self.deliver(message, Delivery::Reliable);
+        }
+    }
+
+    fn update_hello(&mut self) {
+        if let Err(err) = self.endpoint.set_hello(self.membership.local_hello()) {
+            warn!(%err, "cannot update the hello");
+        }
+    }
+
+    fn connect(&mut self, addr: SocketAddr, reply: oneshot::Sender<Result<NodeId, Error>>) {
+        if let Some(connection) = self
+            .conns
+            .values()
+            .find(|c| c.remote_addr() == addr || c.remote_hello().listen_addrs.contains(&addr))
+        {
+            let _ = reply.send(Ok(connection.node_id()));
+            return;
+        }
+        if self.connects.len() >= MAX_PENDING_REQUESTS {
+            let _ = reply.send(Err(Error::Busy("connects")));
+            return;
+        }
+        self.connects.entry(addr).or_default().push(reply);
+        let now = self.now();
+        self.membership.connect(now, addr);
+    }
+
+    fn ping(&mut self, peer: NodeId, size: u32, reply: oneshot::Sender<Result<Duration, Error>>) {
+        if self.pings.len() >= MAX_PENDING_REQUESTS {
+            self.pings.retain(|_, reply| !reply.is_closed());
+            if self.pings.len() >= MAX_PENDING_REQUESTS {
+                let _ = reply.send(Err(Error::Busy("pings")));
+                return;
+            }
+        }
+        let now = self.now();
+        match self.membership.ping(now, peer, size) {
+            Ok(id) => {
+                self.pings.insert(id, reply);
+            }
+            Err(PingError::NotConnected(peer)) => {
+                let _ = reply.send(Err(Error::NotConnected(peer)));
+            }
+            Err(_) => {
+                let _ = reply.send(Err(Error::NotConnected(peer)));
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Membership actions.
+
+    fn run_actions(&mut self) {
+        while let Some(action) = self.membership.poll_action() {
+            match action {
+                Action::Send { conn, frame } => {
+                    let Some(connection) = self.conns.get(&conn) else {
+                        continue;
+                    };
+                    match connection.try_send(frame) {
+                        Ok(()) => {}
+                        Err(SendError::Full) => {
+                            Counters::add(&self.counters.send_dropped, 1);
+                            self.send_drops
+                                .entry(connection.node_id())
+                                .or_insert((0, Instant::now()))
+                                .0 += 1;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Action::Dial { addr, .. } => {
+                    let endpoint = self.endpoint.clone();
+                    self.dials
+                        .spawn(async move { (addr, endpoint.connect(addr).await) });
+                }
+                Action::Close { conn, reason } => {
+                    if let Some(connection) = self.conns.remove(&conn) {
+                        self.closing
+                            .spawn(async move { connection.close(reason, String::new()).await });
+                    }
+                    self.peers_dirty = true;
+                }
+                Action::SendDatagram { to, frame } => self.send_datagram(to, frame),
+                Action::Event(event) => self.membership_event(event),
+                _ => {}
+            }
+        }
+        self.report_send_drops();
+    }
+
+    fn send_datagram(&mut self, to: DatagramTarget, frame: Frame) {
+        let (socket, target) = match to {
+            DatagramTarget::Lan => match &self.lan {
+                Some(lan) => (&lan.socket, lan.group),
+                None => return,
+            },
+            DatagramTarget::Unicast(addr) => match self.endpoint.datagrams() {
+                Some(socket) => (socket, addr),
+                None => return,
+            },
+            _ => return,
+        };
+        match EncodedFrame::new(&frame, socket.max_datagram_len()) {
+            Ok(encoded) => {
+                if let Err(err) = socket.try_send_encoded_to(&encoded, target) {
+                    debug!(%err, %target, "datagram not sent");
+                }
+            }
+            Err(err) => debug!(%err, "datagram too large"),
+        }
+    }
+
+    fn membership_event(&mut self, event: MembershipEvent) {
+        match &event {
+            MembershipEvent::PingResult { id, rtt, .. } => {
+                if let Some(reply) = self.pings.remove(id) {
+                    let _ = reply.send(Ok(*rtt));
+                }
+            }
+            MembershipEvent::PeerUp { peer, .. } => {
+                info!(peer = %peer.short(), "peer up");
+                self.peers_dirty = true;
+            }
+            MembershipEvent::PeerDown { peer, reason, .. } => {
+                info!(peer = %peer.short(), ?reason, "peer down");
+                self.peers_dirty = true;
+            }
+            MembershipEvent::Paired { .. }
+            | MembershipEvent::Unpaired { .. }
+            | MembershipEvent::LatencyUpdated { .. } => self.peers_dirty = true,
+            _ => {}
+        }
+        self.emit(NodeEvent::Membership(event));
+    }
+
+    fn dial_finished(
+        &mut self,
+        addr: SocketAddr,
+        result: Result<Connection, chaski_transport::Error>,
+    ) {
+        let answer = match result {
+            Ok(connection) => Ok(connection.node_id()),
+            Err(chaski_transport::Error::Duplicate { node, .. }) => Ok(node),
+            Err(err) => {
+                debug!(%addr, %err, "dial failed");
+                let now = self.now();
+                self.membership.handle_dial_failed(now, addr);
+                Err(Error::Connect {
+                    addr,
+                    reason: err.to_string(),
+                })
+            }
+        };
+        for reply in self.connects.remove(&addr).unwrap_or_default() {
+            let _ = reply.send(match &answer {
+                Ok(id) => Ok(*id),
+                Err(Error::Connect { addr, reason }) => Err(Error::Connect {
+                    addr: *addr,
+                    reason: reason.clone(),
+                }),
+                Err(_) => Err(Error::Shutdown),
+            });
+        }
+    }
+
+    fn emit(&self, event: NodeEvent) {
+        // No receiver is not an error: events are for whoever listens.
+        let _ = self.events_out.send(event);
+    }
+
+    fn publish_peers(&mut self) {
+        if self.peers_dirty {
+            self.peers_dirty = false;
+            self.peers_out
+                .send_replace(Arc::new(self.membership.peers()));
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Shutdown.
+
+    async fn shutdown(mut self, reply: Option<oneshot::Sender<()>>) {
+        info!(node = %self.id.short(), name = %self.name, "node shutting down");
+        let now = self.now();
+        self.membership.shutdown(now);
+        self.run_actions();
+        // Everything the membership did not close itself gets a goodbye too.
+        for (_, connection) in self.conns.drain() {
+            self.closing.spawn(async move {
+                connection
+                    .close(GoodbyeReason::Shutdown, String::new())
+                    .await
+            });
+        }
+        let closing = async { while self.closing.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, closing).await.is_err() {
+            warn!("some connections did not close in time");
+        }
+        self.endpoint.shutdown().await;
+        self.dials.abort_all();
+        self.refresh_streams();
+        for stream in &self.streams {
+            stream.finish();
+        }
+        for stream in self
+            .registry
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            stream.finish();
+        }
+        for (_, reply) in self.pings.drain() {
+            let _ = reply.send(Err(Error::Shutdown));
+        }
+        let _ = self.stopped.send(true);
+        if let Some(reply) = reply {
+            let _ = reply.send(());
+        }
+    }
+}
+
+fn udp_target(connection: &Connection) -> Option<SocketAddr> {
+    let remote = connection.remote_addr();
+    let addrs = &connection.remote_hello().listen_addrs;
+    addrs
+        .iter()
+        .find(|a| a.ip() == remote.ip())
+        .or_else(|| addrs.iter().find(|a| a.is_ipv4() == remote.is_ipv4()))
+        .copied()
+}

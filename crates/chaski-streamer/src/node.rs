@@ -1,0 +1,443 @@
+//! The node handle: a cheap, cloneable front to the driver task that does the work.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use chaski_membership::PeerSnapshot;
+use chaski_wire::{Header, NodeId, Topic};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::{
+    Delivery, Error, EventStream, IntoTopic, MessageStream, NodeBuilder, StreamOptions,
+    driver::{self, Command},
+    stream::Shared,
+};
+
+/// Bytes a `Publish` frame adds around its topic, payload and headers, at most (length prefix,
+/// envelope, publisher id, sequence, timestamp, hop counts, field keys and lengths).
+pub(crate) const PUBLISH_OVERHEAD: usize = 72;
+
+/// A peer as seen by this node: id, name, addresses, subscriptions, round-trip statistics
+/// (`rtt.srtt`, `rtt.rttvar` as jitter, `rtt.min_rtt`), paired topics and how it was found.
+pub type Peer = PeerSnapshot;
+
+/// How to publish one message: reliably or best-effort, with headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// How to send it. `None`: the node's default for the topic (see
+    /// [`NodeBuilder::best_effort`]), reliable unless configured otherwise.
+    pub delivery: Option<Delivery>,
+    /// Application headers.
+    pub headers: Vec<Header>,
+}
+
+impl PublishOptions {
+    /// Reliable (TCP), whatever the topic's default.
+    pub fn reliable() -> PublishOptions {
+        PublishOptions {
+            delivery: Some(Delivery::Reliable),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Best-effort (one UDP datagram per peer), whatever the topic's default.
+    pub fn best_effort() -> PublishOptions {
+        PublishOptions {
+            delivery: Some(Delivery::BestEffort),
+            headers: Vec::new(),
+        }
+    }
+
+    /// With this header added.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> PublishOptions {
+        self.headers.push(Header {
+            key: key.into(),
+            value: value.into(),
+        });
+        self
+    }
+}
+
+/// Counters of a node, from [`Node::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Messages this node published.
+    pub published: u64,
+    /// Of which, published on a topic with no subscriber anywhere this node knows of.
+    pub published_unrouted: u64,
+    /// Messages that arrived from peers, duplicates included (every `Publish` frame or datagram).
+    pub messages_in: u64,
+    /// Messages delivered to this node's streams (counted once per message, not per stream).
+    pub received: u64,
+    /// Messages forwarded to other peers.
+    pub forwarded: u64,
+    /// Duplicates discarded.
+    pub duplicates: u64,
+    /// Frames dropped because a peer's send queue was full.
+    pub send_dropped: u64,
+    /// Best-effort datagrams ignored (unknown source or undecodable).
+    pub datagrams_ignored: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) published: AtomicU64,
+    pub(crate) published_unrouted: AtomicU64,
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) send_dropped: AtomicU64,
+    pub(crate) datagrams_ignored: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> NodeStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NodeStats {
+            published: get(&self.published),
+            published_unrouted: get(&self.published_unrouted),
+            messages_in: get(&self.messages_in),
+            received: get(&self.received),
+            forwarded: get(&self.forwarded),
+            duplicates: get(&self.duplicates),
+            send_dropped: get(&self.send_dropped),
+            datagrams_ignored: get(&self.datagrams_ignored),
+        }
+    }
+}
+
+/// The streams of a node, shared between the handles (which add) and the driver (which reads).
+/// The driver checks `version` (one atomic load per batch) and copies the list only when it
+/// changed, so delivering a message takes no lock.
+#[derive(Default)]
+pub(crate) struct StreamRegistry {
+    pub(crate) version: AtomicU64,
+    pub(crate) streams: Mutex<Vec<Arc<Shared>>>,
+    next_id: AtomicU64,
+}
+
+impl StreamRegistry {
+    fn open(&self, options: StreamOptions) -> MessageStream {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (stream, shared) = MessageStream::new(id, options);
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(shared);
+        self.version.fetch_add(1, Ordering::Release);
+        stream
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: NodeId,
+    pub(crate) name: Arc<str>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) events: broadcast::Sender<crate::NodeEvent>,
+    pub(crate) peers: watch::Receiver<Arc<Vec<Peer>>>,
+    pub(crate) streams: Arc<StreamRegistry>,
+    pub(crate) best_effort: HashSet<Topic>,
+    pub(crate) stream_defaults: StreamOptions,
+    pub(crate) max_frame_len: usize,
+    pub(crate) max_datagram_len: usize,
+    pub(crate) peer_timeout: Duration,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) stopped: watch::Receiver<bool>,
+}
+
+/// A Chaski node (the original's `ChaskiNode`): connects to peers, discovers and pairs with the
+/// subscribers of its topics, routes messages, measures latency and keeps connections alive.
+///
+/// `Node` is a handle: cheap to clone, usable from any task. The work is done by a driver task
+/// spawned by [`NodeBuilder::build`]. Dropping the last handle shuts the node down cleanly (a
+/// goodbye to every peer), as [`Node::shutdown`] does explicitly.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), chaski_streamer::Error> {
+/// use chaski_streamer::Node;
+///
+/// let node = Node::builder().name("sensor-7").subscribe(["temperature"]).build().await?;
+/// node.publish("temperature", "21.5").await?;
+/// let mut stream = node.stream();
+/// while let Some(message) = stream.recv().await {
+///     println!("{}: {:?}", message.topic, message.payload);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Node {
+    /// A builder with every setting at its default.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::new()
+    }
+
+    pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
+        builder.check()?;
+        driver::start(builder).await
+    }
+
+    /// This node's id (random, new at every start).
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The address the node listens on (TCP and UDP), with the port it actually got.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    fn delivery(&self, topic: &Topic, options: &PublishOptions) -> Delivery {
+        options
+            .delivery
+            .unwrap_or(if self.inner.best_effort.contains(topic) {
+                Delivery::BestEffort
+            } else {
+                Delivery::Reliable
+            })
+    }
+
+    fn publish_command(
+        &self,
+        topic: impl IntoTopic,
+        payload: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> Result<Command, Error> {
+        let topic = topic.into_topic()?;
+        let payload = payload.into();
+        let delivery = self.delivery(&topic, &options);
+        let headers: usize = options
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len() + 8)
+            .sum();
+        let len = topic.len() + payload.len() + headers + PUBLISH_OVERHEAD;
+        match delivery {
+            Delivery::BestEffort if len > self.inner.max_datagram_len => {
+                return Err(Error::TooLargeForDatagram {
+                    len,
+                    max: self.inner.max_datagram_len,
+                });
+            }
+            _ if len > self.inner.max_frame_len => {
+                return Err(Error::TooLarge {
+                    len,
+                    max: self.inner.max_frame_len,
+                });
+            }
+            _ => {}
+        }
+        Ok(Command::Publish {
+            topic,
+            payload,
+            headers: options.headers,
+            delivery,
+        })
+    }
+
+    /// Publishes `payload` on `topic`, reliably unless the topic is configured best-effort.
+    ///
+    /// Returns once the node has taken the message; waits while the node's queue is full (the
+    /// network is slower than the publisher: backpressure). Publishing on a topic that nobody
+    /// subscribes to is not an error: it is counted ([`NodeStats::published_unrouted`]).
+    pub async fn publish(
+        &self,
+        topic: impl IntoTopic,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        self.publish_with(topic, payload, PublishOptions::default())
+            .await
+    }
+
+    /// Publishes with options: best-effort or reliable, headers.
+    pub async fn publish_with(
+        &self,
+        topic: impl IntoTopic,
+        payload: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> Result<(), Error> {
+        let command = self.publish_command(topic, payload, options)?;
+        self.inner
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| Error::Shutdown)
+    }
+
+    /// Publishes without waiting: fails with [`Error::Full`] when the node's queue is full.
+    pub fn try_publish(
+        &self,
+        topic: impl IntoTopic,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        self.try_publish_with(topic, payload, PublishOptions::default())
+    }
+
+    /// [`try_publish`](Node::try_publish) with options.
+    pub fn try_publish_with(
+        &self,
+        topic: impl IntoTopic,
+        payload: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> Result<(), Error> {
+        let command = self.publish_command(topic, payload, options)?;
+        self.inner.commands.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Full,
+            mpsc::error::TrySendError::Closed(_) => Error::Shutdown,
+        })
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)
+    }
+
+    /// Waits until every message published through this node before the call has been handed to
+    /// the connections' send queues (not necessarily received yet).
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.request(|reply| Command::Flush { reply }).await
+    }
+
+    /// Subscribes to `topic` at run time: peers are told at once, and the node searches for the
+    /// topic's subscribers and pairs with them. Returns `false` if already subscribed.
+    pub async fn subscribe(&self, topic: impl IntoTopic) -> Result<bool, Error> {
+        let topic = topic.into_topic()?;
+        self.request(|reply| Command::Subscribe { topic, reply })
+            .await
+    }
+
+    /// Unsubscribes from `topic`: peers are told at once and stop sending it. Returns `false` if
+    /// not subscribed.
+    pub async fn unsubscribe(&self, topic: impl IntoTopic) -> Result<bool, Error> {
+        let topic = topic.into_topic()?;
+        self.request(|reply| Command::Unsubscribe { topic, reply })
+            .await
+    }
+
+    /// Connects to the node at `addr` (`host:port`) and returns its id once the handshake is done.
+    /// The connection is kept as long as membership wants it (shared topics, relay).
+    pub async fn connect(&self, addr: &str) -> Result<NodeId, Error> {
+        let addr = crate::config::resolve(addr).await?;
+        self.request(|reply| Command::Connect { addr, reply })
+            .await?
+    }
+
+    /// Measures the round trip to a connected peer with an empty ping.
+    pub async fn ping(&self, peer: NodeId) -> Result<Duration, Error> {
+        self.ping_with_size(peer, 0).await
+    }
+
+    /// Measures the round trip to a connected peer with `size` bytes of padding each way (the
+    /// original's `ping(size=...)`, to see bandwidth as well as latency). Fails with
+    /// [`Error::Timeout`] after the peer timeout.
+    pub async fn ping_with_size(&self, peer: NodeId, size: u32) -> Result<Duration, Error> {
+        let timeout = self.inner.peer_timeout;
+        let answer = self.request(|reply| Command::Ping { peer, size, reply });
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(result) => result?,
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// The connected peers: id, name, addresses, subscriptions, round-trip statistics, paired
+    /// topics. A snapshot, refreshed by the driver whenever something changes.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.inner.peers.borrow().as_ref().clone()
+    }
+
+    /// Waits until the peer table changes, and returns the new one.
+    pub async fn peers_changed(&self) -> Result<Vec<Peer>, Error> {
+        let mut peers = self.inner.peers.clone();
+        peers.changed().await.map_err(|_| Error::Shutdown)?;
+        Ok(peers.borrow_and_update().as_ref().clone())
+    }
+
+    /// A stream of the node's events (peers up and down, pairing, latency, drops).
+    pub fn events(&self) -> EventStream {
+        EventStream::new(self.inner.events.subscribe())
+    }
+
+    /// A new stream of every message the node receives on its subscriptions, with the node's
+    /// default capacity and overflow policy. Streams are independent: each sees every message.
+    pub fn stream(&self) -> MessageStream {
+        self.inner.streams.open(self.inner.stream_defaults.clone())
+    }
+
+    /// A new stream with its own topic filter, capacity and overflow policy.
+    pub fn stream_with(&self, options: StreamOptions) -> MessageStream {
+        self.inner.streams.open(options)
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> NodeStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Shuts the node down: a goodbye to every peer (who will not try to reconnect), everything
+    /// queued flushed, connections closed, streams ended. Idempotent; other handles see
+    /// [`Error::Shutdown`] afterwards.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        // If the driver is already gone, the node is already shut down.
+        if self
+            .inner
+            .commands
+            .send(Command::Shutdown { reply: tx })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        self.stopped().await;
+        Ok(())
+    }
+
+    /// Waits until the node has stopped (after [`Node::shutdown`] from any handle).
+    pub async fn stopped(&self) {
+        let mut stopped = self.inner.stopped.clone();
+        let _ = stopped.wait_for(|s| *s).await;
+    }
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .field("name", &self.inner.name)
+            .field("local_addr", &self.inner.local_addr)
+            .finish()
+    }
+}

@@ -1,0 +1,603 @@
+//! End-to-end tests of the node over real loopback sockets, through the `chaski` facade.
+//!
+//! Every test is bounded by [`LIMIT`] and waits for events, never for time, except where it
+//! checks that something does *not* happen (then it waits a bounded time and says why).
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    future::Future,
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use chaski::{
+    Delivery, Error, MessageStream, Node, NodeBuilder, NodeEvent, NodeId, Overflow, PublishOptions,
+    StreamOptions, Topic, membership::Event as MembershipEvent,
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
+
+/// The longest any test here may take.
+const LIMIT: Duration = Duration::from_secs(60);
+
+async fn bounded<T>(what: &str, future: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(LIMIT, future)
+        .await
+        .with_context(|| format!("{what}: timed out after {LIMIT:?}"))?
+}
+
+/// A node on loopback with LAN discovery off (tests in one process must not find each other).
+fn builder(name: &str, topics: &[&str]) -> NodeBuilder {
+    Node::builder()
+        .name(name)
+        .lan_discovery(false)
+        .subscribe(topics.iter().copied())
+}
+
+/// Waits until `done` holds for the node's peer table.
+async fn until_peers(node: &Node, mut done: impl FnMut(&[chaski::Peer]) -> bool) -> Result<()> {
+    loop {
+        if done(&node.peers()) {
+            return Ok(());
+        }
+        node.peers_changed().await?;
+    }
+}
+
+/// A node and the topics it subscribes to (the peer table shows only the peers' side).
+struct Member {
+    node: Node,
+    topics: Vec<String>,
+}
+
+/// Whether the members subscribed to `topic` form one connected graph over their pairing links.
+fn topic_connected(members: &[Member], topic: &str) -> bool {
+    let subscribers: HashSet<NodeId> = members
+        .iter()
+        .filter(|m| m.topics.iter().any(|t| t == topic))
+        .map(|m| m.node.id())
+        .collect();
+    let links: HashMap<NodeId, Vec<NodeId>> = members
+        .iter()
+        .map(|m| {
+            let paired = m
+                .node
+                .peers()
+                .iter()
+                .filter(|p| p.paired_topics.iter().any(|t| t == topic))
+                .map(|p| p.id)
+                .collect();
+            (m.node.id(), paired)
+        })
+        .collect();
+    let Some(&start) = subscribers.iter().next() else {
+        return true;
+    };
+    let mut seen = HashSet::from([start]);
+    let mut queue = VecDeque::from([start]);
+    while let Some(id) = queue.pop_front() {
+        for next in links.get(&id).into_iter().flatten() {
+            if subscribers.contains(next) && seen.insert(*next) {
+                queue.push_back(*next);
+            }
+        }
+    }
+    seen.len() == subscribers.len()
+}
+
+async fn start(builder: NodeBuilder) -> Result<Node> {
+    Ok(builder.build().await?)
+}
+
+/// Waits until every topic's subscribers are connected, re-checking on every peer change of any
+/// member.
+async fn until_connected(members: &[Member], topics: &[&str]) -> Result<()> {
+    loop {
+        if topics.iter().all(|t| topic_connected(members, t)) {
+            return Ok(());
+        }
+        let changes = members.iter().map(|m| Box::pin(m.node.peers_changed()));
+        futures_util::future::select_all(changes).await.0?;
+    }
+}
+
+async fn next(stream: &mut MessageStream) -> Result<chaski::Received> {
+    stream.recv().await.context("the stream ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_originals_demo_pairs_sharers_and_reaches_only_subscribers() -> Result<()> {
+    bounded("demo", async {
+        let root = start(builder("root", &[]).relay(true)).await?;
+        let seed = root.local_addr().to_string();
+        let a = start(builder("a", &["news"]).seeds([seed.clone()])).await?;
+        let b = start(builder("b", &["news"]).seeds([seed.clone()])).await?;
+        let c = start(builder("c", &["weather"]).seeds([seed])).await?;
+
+        // The two that share a topic pair directly.
+        until_peers(&a, |peers| {
+            peers
+                .iter()
+                .any(|p| p.id == b.id() && p.paired_topics.iter().any(|t| t == "news"))
+        })
+        .await?;
+
+        let mut at_b = b.stream();
+        let mut at_c = c.stream();
+        a.publish("news", "extra! extra!").await?;
+        let message = next(&mut at_b).await?;
+        assert_eq!(message.payload, "extra! extra!");
+        assert_eq!(message.publisher, a.id());
+        assert_eq!(message.publisher_name.as_deref(), Some("a"));
+        assert_eq!(message.delivery, Delivery::Reliable);
+
+        // c publishes on its own topic after a's message; its own stream sees only its own topic,
+        // and no "news" frame ever reached it.
+        c.publish("weather", "sunny").await?;
+        assert_eq!(next(&mut at_c).await?.payload, "sunny");
+        assert_eq!(
+            c.stats().messages_in,
+            0,
+            "a news message reached c, which does not subscribe"
+        );
+        for node in [&a, &b, &c, &root] {
+            node.shutdown().await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_through_one_relay_deliver_every_message_once_in_order() -> Result<()> {
+    bounded("twenty nodes", async {
+        const TOPICS: [&str; 4] = ["t0", "t1", "t2", "t3"];
+        const PER_NODE: u64 = 20;
+        let relay = start(builder("relay", &[]).relay(true)).await?;
+        let seed = relay.local_addr().to_string();
+        let mut nodes = Vec::new();
+        for i in 0..20 {
+            let topic = TOPICS[i % 4];
+            let node = start(
+                builder(&format!("n{i}"), &[topic])
+                    .max_connections(5)
+                    .seeds([seed.clone()]),
+            )
+            .await?;
+            nodes.push((node, topic));
+        }
+        let all: Vec<Node> = nodes
+            .iter()
+            .map(|(n, _)| n.clone())
+            .chain([relay.clone()])
+            .collect();
+        let members: Vec<Member> = nodes
+            .iter()
+            .map(|(node, topic)| Member {
+                node: node.clone(),
+                topics: vec![topic.to_string()],
+            })
+            .chain([Member {
+                node: relay.clone(),
+                topics: Vec::new(),
+            }])
+            .collect();
+        until_connected(&members, &TOPICS).await?;
+
+        let mut streams: Vec<MessageStream> = nodes.iter().map(|(n, _)| n.stream()).collect();
+        for (node, topic) in &nodes {
+            for seq in 0..PER_NODE {
+                node.publish(*topic, seq.to_string()).await?;
+            }
+        }
+        // Each node receives every message of the 4 others on its topic, once, in order.
+        for (i, stream) in streams.iter_mut().enumerate() {
+            let (me, topic) = &nodes[i];
+            let mut next_expected: HashMap<NodeId, u64> = nodes
+                .iter()
+                .filter(|(n, t)| t == topic && n.id() != me.id())
+                .map(|(n, _)| (n.id(), 0))
+                .collect();
+            let mut own = 0;
+            let total = PER_NODE as usize * 5;
+            for _ in 0..total {
+                let message = next(stream).await?;
+                if message.publisher == me.id() {
+                    own += 1;
+                    continue;
+                }
+                let expected = next_expected
+                    .get_mut(&message.publisher)
+                    .context("a message from a non-subscriber")?;
+                assert_eq!(
+                    message.payload,
+                    expected.to_string(),
+                    "out of order or duplicated at {}",
+                    me.name()
+                );
+                *expected += 1;
+            }
+            assert_eq!(
+                own, PER_NODE,
+                "a node receives its own publications once each"
+            );
+            assert!(next_expected.values().all(|&n| n == PER_NODE));
+            assert!(
+                stream.try_recv().is_none(),
+                "a message was delivered twice at {}",
+                me.name()
+            );
+        }
+        for node in &all {
+            node.shutdown().await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_to_ten_subscribers_loses_nothing_under_block() -> Result<()> {
+    bounded("fan-out", async {
+        const COUNT: u64 = 100_000;
+        let publisher = start(builder("publisher", &["firehose"]).max_connections(10)).await?;
+        let seed = publisher.local_addr().to_string();
+        let mut subscribers = Vec::new();
+        for i in 0..10 {
+            let node = start(
+                builder(&format!("s{i}"), &["firehose"])
+                    .max_connections(10)
+                    .seeds([seed.clone()]),
+            )
+            .await?;
+            subscribers.push(node);
+        }
+        until_peers(&publisher, |peers| {
+            peers
+                .iter()
+                .filter(|p| p.paired_topics.iter().any(|t| t == "firehose"))
+                .count()
+                == 10
+        })
+        .await?;
+
+        let readers: Vec<_> = subscribers
+            .iter()
+            .map(|node| {
+                let mut stream = node.stream_with(
+                    StreamOptions::new()
+                        .capacity(1024)
+                        .overflow(Overflow::Block),
+                );
+                let publisher = publisher.id();
+                tokio::spawn(async move {
+                    let mut expected = 0u64;
+                    while expected < COUNT {
+                        let message = next(&mut stream).await?;
+                        ensure!(message.publisher == publisher);
+                        ensure!(message.sequence > 0);
+                        let n: u64 = std::str::from_utf8(&message.payload)?.parse()?;
+                        ensure!(n == expected, "expected message {expected}, got {n}");
+                        expected += 1;
+                    }
+                    ensure!(stream.dropped() == 0);
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for n in 0..COUNT {
+            publisher.publish("firehose", n.to_string()).await?;
+        }
+        for reader in readers {
+            reader.await??;
+        }
+        for node in subscribers.iter().chain([&publisher]) {
+            node.shutdown().await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_is_noticed_and_a_restarted_one_streams_again() -> Result<()> {
+    bounded("kill and restart", async {
+        let listener =
+            start(builder("watcher", &["ticks"]).peer_timeout(Duration::from_secs(3))).await?;
+        let mut events = listener.events();
+        let mut stream = listener.stream();
+        // A free port for the child, reused for its restart.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child_addr = format!("127.0.0.1:{port}");
+        let spawn = || -> Result<tokio::process::Child> {
+            Ok(Command::new(env!("CARGO_BIN_EXE_chaski-test-node"))
+                .args([
+                    child_addr.as_str(),
+                    "ticker",
+                    "ticks",
+                    &listener.local_addr().to_string(),
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?)
+        };
+        let ready = |child: &mut tokio::process::Child| {
+            let stdout = child.stdout.take().expect("piped");
+            async move {
+                let line = BufReader::new(stdout)
+                    .lines()
+                    .next_line()
+                    .await?
+                    .context("the child said nothing")?;
+                let id: NodeId = line.split_whitespace().nth(1).context("no id")?.parse()?;
+                anyhow::Ok(id)
+            }
+        };
+
+        let mut child = spawn()?;
+        let first_id = ready(&mut child).await?;
+        let first = next(&mut stream).await?;
+        assert_eq!(first.publisher, first_id);
+
+        child.start_kill()?;
+        child.wait().await?;
+        // Its peer notices (EOF from the kernel, or the keep-alive timeout at worst).
+        loop {
+            match events.recv().await.context("events ended")? {
+                NodeEvent::Membership(MembershipEvent::PeerDown { peer, reason, .. })
+                    if peer == first_id =>
+                {
+                    assert!(
+                        reason.is_failure(),
+                        "a killed peer is a failure, not a goodbye: {reason:?}"
+                    );
+                    break;
+                }
+                _ => {}
+            }
+        }
+
+        // Restarted on the same address (a new process, a new node id): the watcher reconnects by
+        // itself and the stream resumes.
+        let mut child = spawn()?;
+        let second_id = ready(&mut child).await?;
+        assert_ne!(second_id, first_id);
+        loop {
+            let message = next(&mut stream).await?;
+            if message.publisher == second_id {
+                break;
+            }
+        }
+        drop(child.stdin.take());
+        child.wait().await?;
+        listener.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_is_a_goodbye_and_is_not_redialed() -> Result<()> {
+    bounded("graceful shutdown", async {
+        let stayer = start(
+            builder("stayer", &["t"])
+                .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(100)),
+        )
+        .await?;
+        let leaver =
+            start(builder("leaver", &["t"]).seeds([stayer.local_addr().to_string()])).await?;
+        let leaver_addr = leaver.local_addr();
+        until_peers(&stayer, |peers| peers.iter().any(|p| p.id == leaver.id())).await?;
+        let mut events = stayer.events();
+        leaver.shutdown().await?;
+        loop {
+            if let NodeEvent::Membership(MembershipEvent::PeerDown { peer, reason, .. }) =
+                events.recv().await.context("events")?
+            {
+                assert_eq!(peer, leaver.id());
+                assert!(!reason.is_failure(), "a shutdown is a goodbye: {reason:?}");
+                break;
+            }
+        }
+        // Nothing may dial the leaver's address again. A re-dial would come within the backoff
+        // (50-100 ms); listen there for ten times as long.
+        let watch = tokio::net::TcpListener::bind(leaver_addr).await?;
+        let redial = tokio::time::timeout(Duration::from_secs(1), watch.accept()).await;
+        assert!(
+            redial.is_err(),
+            "the stayer re-dialed a node that said goodbye"
+        );
+        stayer.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
+async fn slow_consumer(overflow: Overflow) -> Result<()> {
+    const SENT: u64 = 1000;
+    const CAPACITY: usize = 10;
+    let receiver = start(builder("receiver", &["t"])).await?;
+    let sender =
+        start(builder("sender", &["t"]).seeds([receiver.local_addr().to_string()])).await?;
+    until_peers(&receiver, |peers| {
+        peers
+            .iter()
+            .any(|p| p.paired_topics.iter().any(|t| t == "t"))
+    })
+    .await?;
+    let mut events = receiver.events();
+    let mut stream =
+        receiver.stream_with(StreamOptions::new().capacity(CAPACITY).overflow(overflow));
+    for n in 0..SENT {
+        sender.publish("t", n.to_string()).await?;
+    }
+    let received: Vec<u64> = match overflow {
+        Overflow::Block => {
+            let mut all = Vec::new();
+            for _ in 0..SENT {
+                all.push(std::str::from_utf8(&next(&mut stream).await?.payload)?.parse()?);
+                // A slow consumer: yield between messages so the queue stays full.
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(all, (0..SENT).collect::<Vec<_>>());
+            assert_eq!(stream.dropped(), 0);
+            all
+        }
+        _ => {
+            // The drops are reported (at most every 100 ms): wait until all of them are.
+            let mut overflowed = 0;
+            while overflowed < SENT - CAPACITY as u64 {
+                if let NodeEvent::StreamOverflow {
+                    stream: id, total, ..
+                } = events.recv().await.context("events")?
+                {
+                    assert_eq!(id, stream.id());
+                    overflowed = total;
+                }
+            }
+            assert_eq!(stream.dropped(), SENT - CAPACITY as u64);
+            std::iter::from_fn(|| stream.try_recv())
+                .map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap())
+                .collect()
+        }
+    };
+    match overflow {
+        Overflow::DropOldest => {
+            assert_eq!(received, (SENT - CAPACITY as u64..SENT).collect::<Vec<_>>())
+        }
+        Overflow::DropNewest => assert_eq!(received, (0..CAPACITY as u64).collect::<Vec<_>>()),
+        _ => {}
+    }
+    sender.shutdown().await?;
+    receiver.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumers_follow_their_overflow_policy() -> Result<()> {
+    for overflow in [Overflow::Block, Overflow::DropOldest, Overflow::DropNewest] {
+        bounded(&format!("{overflow:?}"), slow_consumer(overflow)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_change_at_run_time() -> Result<()> {
+    bounded("run-time subscriptions", async {
+        let a = start(builder("a", &["sync"])).await?;
+        let b = start(builder("b", &["sync"]).seeds([a.local_addr().to_string()])).await?;
+        until_peers(&a, |peers| {
+            peers
+                .iter()
+                .any(|p| p.paired_topics.iter().any(|t| t == "sync"))
+        })
+        .await?;
+        let mut at_a = a.stream();
+
+        // a subscribes at run time: b's next publications on the topic reach it.
+        assert!(a.subscribe("late").await?);
+        let mut tries = 0;
+        loop {
+            b.publish("late", "hello").await?;
+            b.publish("sync", "marker").await?;
+            let mut got_late = false;
+            loop {
+                let message = next(&mut at_a).await?;
+                if message.topic == "late" {
+                    got_late = true;
+                } else if message.publisher == b.id() && message.payload == "marker" {
+                    break;
+                }
+            }
+            if got_late {
+                break;
+            }
+            tries += 1;
+            ensure!(tries < 1000, "the subscription never took effect");
+            b.peers_changed().await.ok();
+        }
+
+        // a unsubscribes: once b has seen a's marker (sent after the unsubscription, on the same
+        // connection), nothing b publishes on the topic reaches a.
+        assert!(a.unsubscribe("late").await?);
+        let mut at_b = b.stream_with(StreamOptions::new().topics([Topic::new("sync")?]));
+        a.publish("sync", "unsubscribed").await?;
+        while next(&mut at_b).await?.payload != "unsubscribed" {}
+        let seen = a.stats().messages_in;
+        b.publish("late", "too late").await?;
+        b.publish("sync", "done").await?;
+        loop {
+            let message = next(&mut at_a).await?;
+            assert_ne!(
+                message.topic, "late",
+                "a message for a dropped subscription arrived"
+            );
+            if message.payload == "done" {
+                break;
+            }
+        }
+        assert_eq!(a.stats().messages_in, seen + 1, "only the marker arrived");
+        a.shutdown().await?;
+        b.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn best_effort_messages_arrive_marked_and_oversized_ones_are_refused() -> Result<()> {
+    bounded("best effort", async {
+        let a = start(builder("a", &["video"])).await?;
+        let b = start(
+            builder("b", &["video"])
+                .best_effort(["video"])
+                .seeds([a.local_addr().to_string()]),
+        )
+        .await?;
+        until_peers(&b, |peers| {
+            peers
+                .iter()
+                .any(|p| p.paired_topics.iter().any(|t| t == "video"))
+        })
+        .await?;
+        let mut at_a = a.stream();
+        // Datagrams may be lost (not on loopback in practice): send until one arrives.
+        let mut sent = 0;
+        let message = loop {
+            b.publish("video", "frame").await?;
+            sent += 1;
+            let arrived = tokio::time::timeout(Duration::from_millis(200), at_a.recv()).await;
+            if let Ok(Some(message)) = arrived {
+                break message;
+            }
+            ensure!(sent < 50, "no best-effort message arrived");
+        };
+        assert_eq!(message.delivery, Delivery::BestEffort);
+        assert_eq!(message.payload, "frame");
+        // Reliable on request, on the same stream.
+        b.publish_with("video", "keyframe", PublishOptions::reliable())
+            .await?;
+        loop {
+            let message = next(&mut at_a).await?;
+            if message.payload == "keyframe" {
+                assert_eq!(message.delivery, Delivery::Reliable);
+                break;
+            }
+        }
+        // Too large for a datagram: a clear error, no silent fallback.
+        match b.publish("video", vec![0u8; 64 * 1024]).await {
+            Err(Error::TooLargeForDatagram { len, max }) => assert!(len > max),
+            other => bail!("expected TooLargeForDatagram, got {other:?}"),
+        }
+        a.shutdown().await?;
+        b.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
