@@ -88,6 +88,7 @@ pub struct Config {
     pub(crate) search_initial: Duration,
     pub(crate) search_max: Duration,
     pub(crate) max_pending_searches: usize,
+    pub(crate) component_search_max: Duration,
     pub(crate) message_hop_limit: u32,
     pub(crate) dedup_publishers: usize,
     pub(crate) pair_retry: Duration,
@@ -134,6 +135,7 @@ impl Config {
                 search_initial: Duration::from_millis(500),
                 search_max: Duration::from_secs(30),
                 max_pending_searches: 1024,
+                component_search_max: Duration::from_secs(300),
                 message_hop_limit: 64,
                 dedup_publishers: 4096,
                 pair_retry: Duration::from_secs(1),
@@ -381,6 +383,13 @@ impl ConfigBuilder {
         max_pending_searches: usize
     }
     setter! {
+        /// Cap of the backoff of the component search: without a connected relay, the node with
+        /// the smallest id among the known subscribers of a topic searches for other
+        /// subscribers from time to time (from `search_initial`, doubling), so that groups that
+        /// do not know each other merge. Default: 5 min. Positive.
+        component_search_max: Duration
+    }
+    setter! {
         /// Hop limit given to published messages; must exceed the diameter of the topic graph
         /// (about `subscribers / (2 * ring_neighbours)` in the worst case). Default: 64. At least 1.
         message_hop_limit: u32
@@ -434,6 +443,7 @@ impl ConfigBuilder {
             (c.exchange_delay, "exchange_delay"),
             (c.search_initial, "search_initial"),
             (c.search_max, "search_max"),
+            (c.component_search_max, "component_search_max"),
             (c.pair_retry, "pair_retry"),
         ] {
             if d.is_zero() {

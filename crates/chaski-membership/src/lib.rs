@@ -107,16 +107,23 @@
 //!    nearest to it in each of its rings, and tells the ring neighbours of a newcomer about it.
 //!    Without a relay, searches find subscribers through the connection graph, and every node
 //!    tells each connected peer about the subscribers nearest to *that peer* (plus the smallest
-//!    and largest ids, which closes the ring) whenever it learns a new one. This is the
+//!    and largest ids, which closes the ring) whenever it learns a new one, for every topic the
+//!    peer wants, whether or not the node itself subscribes (so nodes in between, such as seeds,
+//!    introduce subscribers to each other). Two groups of subscribers that know nobody in
+//!    common are merged by the *component search*: in each group, the node with the smallest id
+//!    it knows of searches from time to time (backoff up to `component_search_max`, 5 min),
+//!    every subscriber within the hop limit answers, and the groups learn of each other. This is the
 //!    linearization of self-stabilizing overlays: a node that knows someone nearer to a peer
 //!    than the peer's current neighbours tells it; knowledge only grows (for live nodes) and is
 //!    finite, so it stops, and at that point no node knows anyone nearer to a neighbour than
 //!    that neighbour's own choice, which (with the extremes exchanged) means each node has its
 //!    true ring neighbours.
 //! 4. *Failures.* A lost peer is not a ring candidate while it is re-dialed, so its neighbours
-//!    link around it, and the ring re-forms over the live nodes. A peer given up on is buried
-//!    for [`TOMBSTONE_TTL`] so that stale peer exchanges do not bring it back; a peer that was
-//!    never reached is given up after [`UNVERIFIED_ATTEMPTS`] dials. After a partition heals,
+//!    link around it, and the ring re-forms over the live nodes. A node only advertises peers it
+//!    has heard from first-hand within [`FRESHNESS`] (connected, or its own search or search
+//!    reply), so rumours of a dead peer die out; a peer re-dialed in vain for minutes is buried
+//!    for [`TOMBSTONE_TTL`] (until first-hand news of it); a peer that was never reached is
+//!    forgotten after [`UNVERIFIED_ATTEMPTS`] dials. After a partition heals,
 //!    re-dials of the lost neighbours reconnect the two sides and the rings merge.
 //!
 //! The simulator tests and property tests check this by breadth-first search over the links
@@ -145,8 +152,10 @@
 //! Per connected peer and direction: one `Ping` and one `Pong` per `ping_interval` (1 s); one
 //! `PeerExchange` (at most `max_exchange_peers` entries) and, if the connection carries links,
 //! one `PairRequest`/`PairResponse` pair per `exchange_interval` (10 s). Per node: one beacon per
-//! `beacon_interval` (5 s) when LAN discovery is on. Searches run only while a topic has no
-//! known subscriber: at most one flood per topic per `search_max` (30 s). A refused extra link is
+//! `beacon_interval` (5 s) when LAN discovery is on. Searches run while a topic has no known
+//! subscriber (at most one flood per topic per `search_max`, 30 s) and, without a connected
+//! relay, from one node per group of subscribers (at most one flood per topic per
+//! `component_search_max`, 5 min). A refused extra link is
 //! asked again at most every [`EXTRA_RETRY`] (30 s). Nothing else is sent while the network is
 //! quiet.
 
@@ -166,7 +175,7 @@ pub use crate::{
         Action, ConnId, Counters, DatagramTarget, Disconnect, DiscoverySource, DownReason,
         DropKind, Event, LostCause, PeerSnapshot, PingId, Publication, Route,
     },
-    machine::{EXTRA_RETRY, Membership, PingError, TOMBSTONE_TTL, UNVERIFIED_ATTEMPTS},
+    machine::{EXTRA_RETRY, FRESHNESS, Membership, PingError, TOMBSTONE_TTL, UNVERIFIED_ATTEMPTS},
     rtt::RttStats,
     time::Instant,
 };

@@ -37,6 +37,11 @@ pub const EXTRA_RETRY: Duration = Duration::from_secs(30);
 /// most `max_known_peers` entries, the oldest forgotten first.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
 
+/// How long after the last first-hand sign of a peer (a connection, its own search or search
+/// reply) this node still tells others about it in peer exchanges. Rumours therefore travel one
+/// hop from a node that has really heard from the peer, and a dead peer stops being advertised.
+pub const FRESHNESS: Duration = Duration::from_secs(30);
+
 /// Dial attempts for a peer this node has never been connected to (learnt of through peer
 /// exchange, a search or a beacon) before it is given up; a peer that was connected gets
 /// `reconnect_attempts`.
@@ -76,6 +81,8 @@ struct Known {
     keep: bool,
     /// Was connected at least once.
     verified: bool,
+    /// Last first-hand sign of life (connection, its own search or search reply).
+    heard_at: Option<Instant>,
     /// No pairing request for these topics before these instants.
     cooldown: Vec<(Topic, Instant)>,
     sub_revision: u64,
@@ -103,6 +110,9 @@ struct TopicState {
     isolated_reported: bool,
     search_delay: Duration,
     next_search: Option<Instant>,
+    /// Component search (see `after`): backoff and next time.
+    leader_delay: Duration,
+    next_leader_search: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -279,6 +289,14 @@ impl Membership {
         let mut v: Vec<NodeId> = self.conns.values().map(|c| c.peer).collect();
         v.sort();
         v
+    }
+
+    /// The live subscribers of `topic` this node knows of (pairing candidates), sorted.
+    pub fn known_subscribers(&self, topic: &Topic) -> Vec<NodeId> {
+        self.subscribers
+            .get(topic)
+            .map(|m| m.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// The peer on connection `conn`, if it is open.
@@ -561,10 +579,12 @@ impl Membership {
             failures: 0,
             keep: false,
             verified: true,
+            heard_at: Some(now),
             cooldown: Vec::new(),
             sub_revision: 0,
         });
         k.verified = true;
+        k.heard_at = Some(now);
         k.info = info;
         k.last_seen = now;
         k.conn = Some(conn);
@@ -915,6 +935,8 @@ impl Membership {
                 isolated_reported: false,
                 search_delay: self.config.search_initial,
                 next_search: Some(now + self.config.search_initial),
+                leader_delay: self.config.search_initial,
+                next_leader_search: None,
             },
         );
         self.arm_search(now + self.config.search_initial);
@@ -1238,11 +1260,14 @@ impl Membership {
             UNVERIFIED_ATTEMPTS.min(self.config.reconnect_attempts)
         };
         if failures >= limit {
-            if k.verified {
-                self.event(Event::ReconnectGaveUp { peer });
-            }
+            let verified = k.verified;
             self.forget(peer);
-            self.bury(peer, now);
+            if verified {
+                // Re-dialed for minutes: dead. A peer never reached is only forgotten (it may
+                // have been behind a partition); freshness keeps rumours of it short-lived.
+                self.event(Event::ReconnectGaveUp { peer });
+                self.bury(peer, now);
+            }
             return;
         }
         if !was_down {
@@ -1291,6 +1316,20 @@ impl Membership {
     }
 
     fn run_searches(&mut self, now: Instant) {
+        let leaders: Vec<Topic> = self
+            .topics
+            .iter()
+            .filter(|(_, s)| s.next_leader_search.is_some_and(|t| t <= now))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in leaders {
+            let state = self.topics.get_mut(&topic).expect("topic");
+            let delay = state.leader_delay;
+            state.leader_delay = (delay * 2).min(self.config.component_search_max);
+            state.next_leader_search = Some(now + delay);
+            self.arm_search(now + delay);
+            self.start_search(topic);
+        }
         let due: Vec<Topic> = self
             .topics
             .iter()
@@ -1697,8 +1736,17 @@ impl Membership {
         if id == self.me {
             return;
         }
+        // A search or search reply comes from the node itself: first-hand, it proves the node
+        // is alive (even if we had given up on it). A peer exchange is hearsay.
+        let first_hand = source == DiscoverySource::Search;
+        if first_hand && self.dead.remove(&id).is_some() {
+            self.dead_order.retain(|d| *d != id);
+        }
         if let Some(k) = self.known.get_mut(&id) {
             k.last_seen = now;
+            if first_hand {
+                k.heard_at = Some(now);
+            }
             if k.conn.is_some() || k.down || k.info.subscriptions == info.subscriptions {
                 if k.conn.is_none() && !k.down {
                     k.info.listen_addrs = info.listen_addrs;
@@ -1736,6 +1784,7 @@ impl Membership {
                 failures: 0,
                 keep: false,
                 verified: false,
+                heard_at: first_hand.then_some(now),
                 cooldown: Vec::new(),
                 sub_revision: 0,
             },
@@ -1785,10 +1834,10 @@ impl Membership {
         };
         let mut chosen: Vec<NodeId> = Vec::new();
         let half = self.config.exchange_per_topic.div_ceil(2);
+        // Every topic the receiver wants, subscribed here or not: nodes in between carry
+        // knowledge across (a seed that does not share a topic still introduces its
+        // subscribers to each other).
         for t in &rk.info.subscriptions {
-            if !self.config.relay && !self.topics.contains_key(t) {
-                continue;
-            }
             let Some(members) = self.subscribers.get(t) else {
                 continue;
             };
@@ -1804,6 +1853,12 @@ impl Membership {
                 break;
             }
         }
+        let now = self.now;
+        chosen.retain(|id| {
+            self.known.get(id).is_some_and(|k| {
+                k.conn.is_some() || k.heard_at.is_some_and(|h| now - h <= FRESHNESS)
+            })
+        });
         chosen.truncate(self.config.max_exchange_peers);
         if chosen.is_empty() {
             return;
@@ -1854,6 +1909,7 @@ impl Membership {
             if k.conn == Some(conn) {
                 k.conn = None;
             }
+            k.heard_at = Some(c.last_rx);
         }
         match reason {
             DownReason::Goodbye(GoodbyeReason::Shutdown) => self.forget(peer),
@@ -1887,7 +1943,34 @@ impl Membership {
         self.dirty = false;
         let topics: Vec<Topic> = self.topics.keys().cloned().collect();
         let mut requests: BTreeMap<ConnId, Vec<Topic>> = BTreeMap::new();
+        let relay_connected = !topics.is_empty()
+            && self.conns.values().any(|c| {
+                self.known
+                    .get(&c.peer)
+                    .is_some_and(|k| k.info.capabilities.contains(Capabilities::RELAY))
+            });
         for t in topics {
+            // Component search: without a relay, two groups of subscribers of a topic may not
+            // know each other. The node with the smallest id among the subscribers it knows
+            // searches now and then (backoff up to `component_search_max`), so that another
+            // group's members answer and the rings merge. One such node per group, none when a
+            // relay (which knows everyone) is connected.
+            let leader = !relay_connected
+                && self
+                    .subscribers
+                    .get(&t)
+                    .and_then(|m| m.first())
+                    .is_some_and(|&first| self.me < first);
+            let initial = self.config.search_initial;
+            let state = self.topics.get_mut(&t).expect("topic");
+            if !leader {
+                state.next_leader_search = None;
+                state.leader_delay = initial;
+            } else if state.next_leader_search.is_none() {
+                let at = now + state.leader_delay;
+                state.next_leader_search = Some(at);
+                self.arm_search(at);
+            }
             let desired = self.desired(&t);
             for &y in &desired {
                 let Some(k) = self.known.get(&y) else {

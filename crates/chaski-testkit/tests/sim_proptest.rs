@@ -188,3 +188,107 @@ proptest! {
         run(&s)?;
     }
 }
+
+#[derive(Debug, Clone)]
+struct Chain {
+    seed: u64,
+    topics: usize,
+    /// Per node: topic bit set, which earlier node it uses as its seed, and its join delay.
+    nodes: Vec<(u8, usize, u64)>,
+    partitions: Vec<(u64, u64, u64)>,
+}
+
+fn chain() -> impl Strategy<Value = Chain> {
+    (
+        any::<u64>(),
+        1usize..=4,
+        prop::collection::vec((1u8..16, any::<usize>(), 0u64..300), 2..=25),
+        prop::collection::vec((any::<u64>(), 0u64..5_000, 100u64..8_000), 0..2),
+    )
+        .prop_map(|(seed, topics, nodes, partitions)| Chain {
+            seed,
+            topics,
+            nodes,
+            partitions,
+        })
+}
+
+/// Without a relay: each node's only seed is a random earlier node, so subscribers find each
+/// other through searches and peer exchange alone; partitions come and go.
+fn run_chain(c: &Chain) -> Result<(), TestCaseError> {
+    let mut sim = Sim::new(SimConfig {
+        seed: c.seed,
+        ..SimConfig::default()
+    });
+    for (i, &(bits, seed_of, delay)) in c.nodes.iter().enumerate() {
+        sim.run_for(Duration::from_millis(delay));
+        let seed_addr = (i > 0).then(|| Sim::addr_of(seed_of % i));
+        let topics = c.topics;
+        sim.add_node(|id, a| {
+            // The quiet window (5 s) must exceed the component search's longest backoff.
+            let mut b = Config::builder(id)
+                .listen_addr(a)
+                .lan_discovery(false)
+                .component_search_max(Duration::from_secs(2));
+            if let Some(s) = seed_addr {
+                b = b.seed(s);
+            }
+            for t in 0..topics {
+                if bits & (1 << t) != 0 || (t == 0 && bits as usize % (1 << topics) == 0) {
+                    b = b.subscribe(Topic::new(&format!("topic{t}")).unwrap());
+                }
+            }
+            b.build().unwrap()
+        });
+    }
+    let start = sim.now();
+    let mut parts = c.partitions.clone();
+    parts.sort_by_key(|p| p.1);
+    for (split, at_ms, for_ms) in parts {
+        sim.run_until(start + Duration::from_millis(at_ms));
+        let (a, b): (Vec<usize>, Vec<usize>) =
+            (0..sim.len()).partition(|&i| split >> (i % 64) & 1 == 0);
+        sim.partition(&[&a, &b]);
+        sim.run_for(Duration::from_millis(for_ms));
+        sim.heal();
+        sim.check_invariants(false).map_err(TestCaseError::fail)?;
+    }
+    let quiet = sim.run_until_quiet(Duration::from_secs(5), sim.now() + Duration::from_secs(400));
+    prop_assert!(quiet.is_some(), "no convergence");
+    sim.check_invariants(true).map_err(TestCaseError::fail)?;
+    if let Err(e) = sim.check_topics_connected() {
+        let mut lines = vec![e];
+        for i in 0..sim.len() {
+            let m = sim.node(i).unwrap();
+            let subs: Vec<String> = m.subscriptions().map(|t| t.to_string()).collect();
+            let known: Vec<String> = m
+                .subscriptions()
+                .map(|t| {
+                    format!(
+                        "{t}: {:?}",
+                        m.known_subscribers(t)
+                            .iter()
+                            .map(|n| n.short())
+                            .collect::<Vec<_>>()
+                    )
+                })
+                .collect();
+            let conns: Vec<String> = m.connected_peers().iter().map(|n| n.short()).collect();
+            lines.push(format!(
+                "node {i} {} subs {subs:?} conns {conns:?} known {known:?}",
+                m.node_id().short()
+            ));
+        }
+        return Err(TestCaseError::fail(lines.join("\n")));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn relay_less_seed_chains_converge(c in chain()) {
+        run_chain(&c)?;
+    }
+}
