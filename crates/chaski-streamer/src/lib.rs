@@ -41,6 +41,15 @@
 //! fallback to TCP. Subscribers receive both kinds on the same streams, each message marked with
 //! its [`Delivery`].
 //!
+//! # Order and duplicates
+//!
+//! A subscriber never receives a message twice (the duplicate filter is keyed by publisher and
+//! sequence number). Messages keep their publisher's order along each path of the topic's graph.
+//! When the graph offers several paths (subscribers paired with each other as well as with the
+//! publisher), a copy forwarded by a neighbour can overtake the publisher's own copy while the
+//! publisher's queue to this subscriber is the fuller one: order across paths is not guaranteed,
+//! as in other flooding overlays (gossipsub). Compare [`Received::sequence`] to restore it.
+//!
 //! # Streams
 //!
 //! [`Node::stream`] opens a [`MessageStream`] (a `futures::Stream` of [`Received`] messages); a
