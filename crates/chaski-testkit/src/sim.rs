@@ -8,8 +8,11 @@
 //! The network model:
 //!
 //! * **Connections** behave as TCP: reliable and in order. A frame takes the link's one-way
-//!   latency, fixed per pair of nodes and drawn from `[min_latency, max_latency]`. A dial
-//!   completes after one round trip (the acceptor sees the connection after one way).
+//!   latency, fixed per pair of nodes and drawn from `[min_latency, max_latency]`. With
+//!   [`SimConfig::link_loss`], a frame is lost with that probability and retransmitted after
+//!   [`SimConfig::retransmit_delay`], and the frames behind it wait (head-of-line blocking, as
+//!   TCP). A dial completes after one round trip (the acceptor sees the connection after one
+//!   way).
 //! * **Datagrams** (beacons) reach every live node on the same LAN segment, each lost with
 //!   probability [`SimConfig::datagram_loss`].
 //! * **Partitions** ([`Sim::partition`]) put nodes in groups: frames and datagrams between
@@ -47,6 +50,10 @@ pub struct SimConfig {
     pub max_latency: Duration,
     /// Probability that a datagram is lost. Default: 0.
     pub datagram_loss: f64,
+    /// Probability that a frame on a connection is lost once (then retransmitted). Default: 0.
+    pub link_loss: f64,
+    /// Extra delay of a frame lost once on a connection. Default: 200 ms.
+    pub retransmit_delay: Duration,
     /// How long a dial into a partition takes to fail. Default: 1 s.
     pub connect_timeout: Duration,
     /// Keep every event of every node (except latency updates) for [`Sim::events`]. Default:
@@ -61,6 +68,8 @@ impl Default for SimConfig {
             min_latency: Duration::from_millis(1),
             max_latency: Duration::from_millis(20),
             datagram_loss: 0.0,
+            link_loss: 0.0,
+            retransmit_delay: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(1),
             record_events: true,
         }
@@ -125,6 +134,8 @@ struct Node {
 struct SimConn {
     ends: [(usize, u64); 2],
     open: [bool; 2],
+    /// Arrival time of the last frame sent from each end (keeps each direction in order).
+    last_arrival: [Instant; 2],
 }
 
 enum Ev {
@@ -630,7 +641,18 @@ impl Sim {
         if self.nodes[peer].incarnation != inc || !self.reachable(index, peer) {
             return;
         }
-        let at = self.now + self.latency(index, peer);
+        let mut at = self.now + self.latency(index, peer);
+        if self.config.link_loss > 0.0 {
+            let r = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            if r < self.config.link_loss {
+                at = at + self.config.retransmit_delay;
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            let side = usize::from(c.ends[0].0 != index);
+            at = at.max(c.last_arrival[side]);
+            c.last_arrival[side] = at;
+        }
         self.schedule_at(at, peer, inc, Ev::Frame { conn, frame });
     }
 
@@ -671,6 +693,7 @@ impl Sim {
             SimConn {
                 ends: [(index, my_inc), (peer, peer_inc)],
                 open: [true, true],
+                last_arrival: [Instant::ZERO; 2],
             },
         );
         let my_hello = self.nodes[index]
