@@ -7,10 +7,12 @@ use std::{
     fmt,
     io::{self, IoSlice},
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -21,8 +23,9 @@ use chaski_wire::{
     peek_frame_len,
 };
 use tokio::{
+    io::ReadHalf,
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    sync::{mpsc, oneshot},
+    sync::{Notify, mpsc, oneshot},
     task::JoinHandle,
 };
 use tracing::{debug, trace};
@@ -30,12 +33,17 @@ use tracing::{debug, trace};
 use crate::{
     LostCause, SendError,
     endpoint::Inner,
+    handshake,
     stats::{Traffic, TrafficStats, add, raise},
 };
 
 /// Payloads (and pre-encoded frames) at least this large are written straight from their
 /// `Bytes` with a vectored write instead of being copied into the write buffer.
 const ZERO_COPY_MIN: usize = 4 << 10;
+
+/// A sender writes its frame itself only if the connection wrote nothing for this long; a
+/// shorter gap means frames are streaming and the writer task should coalesce them.
+const DIRECT_IDLE: Duration = Duration::from_micros(10);
 
 /// Queue items the writer takes per channel operation.
 const RECV_BATCH: usize = 512;
@@ -199,6 +207,91 @@ pub(crate) struct Shared {
     pub(crate) established_at: Instant,
     pub(crate) traffic: Traffic,
     pub(crate) closed: AtomicBool,
+    pub(crate) write: WriteSide,
+    /// The endpoint's totals, which the direct path adds to.
+    pub(crate) endpoint_traffic: Arc<Traffic>,
+}
+
+/// The write half of a connection, shared by its writer task and by senders that find the
+/// connection idle and write their frame themselves (saving a task wake-up per lone frame).
+pub(crate) struct WriteSide {
+    state: tokio::sync::Mutex<WriteState>,
+    /// Frames queued, or taken by the writer task, and not yet written. A sender writes directly
+    /// only when this is 0 (under the lock), which keeps each sender's frames in order.
+    inflight: AtomicUsize,
+    /// Tells the writer task that the direct path left bytes (or an error) for it.
+    wake: Notify,
+    /// The writer has taken a `Close` and is sending our goodbye.
+    goodbye_sent: AtomicBool,
+}
+
+struct WriteState {
+    io: Pin<Box<dyn AsyncWrite + Send>>,
+    buf: BytesMut,
+    /// Bytes a direct write could not write at once; the writer task writes them first.
+    leftover: Vec<Bytes>,
+    /// A direct write could not complete its flush.
+    needs_flush: bool,
+    /// A direct write failed.
+    error: Option<io::Error>,
+    /// The writer has stopped: nothing more may be written.
+    done: bool,
+    /// When the last write call was made (by either path).
+    last_write: Option<Instant>,
+}
+
+impl WriteSide {
+    pub(crate) fn new<W>(io: W) -> WriteSide
+    where
+        W: AsyncWrite + Send + 'static,
+    {
+        WriteSide {
+            state: tokio::sync::Mutex::new(WriteState {
+                io: Box::pin(io),
+                buf: BytesMut::new(),
+                leftover: Vec::new(),
+                needs_flush: false,
+                error: None,
+                done: false,
+                last_write: None,
+            }),
+            inflight: AtomicUsize::new(0),
+            wake: Notify::new(),
+            goodbye_sent: AtomicBool::new(false),
+        }
+    }
+}
+
+impl WriteSide {
+    /// Says goodbye on a connection that never started (best effort, within `within`), then shuts
+    /// it down.
+    pub(crate) async fn refuse(&self, reason: GoodbyeReason, message: &str, within: Duration) {
+        let mut state = self.state.lock().await;
+        state.done = true;
+        handshake::refuse(&mut state.io, reason, message, within).await;
+    }
+}
+
+/// Counts a frame as in flight until it is queued (or dropped with its error).
+struct InFlight<'a>(&'a AtomicUsize, bool);
+
+impl<'a> InFlight<'a> {
+    fn new(counter: &'a AtomicUsize) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter, true)
+    }
+
+    fn queued(mut self) {
+        self.1 = false;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// A handle on an established connection: cheap to clone, usable from any task.
@@ -283,7 +376,7 @@ impl Connection {
     /// [`SendError::Closed`] when the connection is closed.
     pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
         let item = self.prepare(frame)?;
-        self.tx.send(item).await.map_err(|_| SendError::Closed)
+        self.queue(item).await
     }
 
     /// Queues `frame` if the send queue has room, or fails at once with [`SendError::Full`].
@@ -296,10 +389,7 @@ impl Connection {
     /// written straight from their bytes, without a copy.
     pub async fn send_encoded(&self, frame: EncodedFrame) -> Result<(), SendError> {
         self.check_encoded(&frame)?;
-        self.tx
-            .send(Outgoing::Encoded(frame.0))
-            .await
-            .map_err(|_| SendError::Closed)
+        self.queue(Outgoing::Encoded(frame.0)).await
     }
 
     /// Queues an already encoded frame if the send queue has room, or fails with
@@ -318,14 +408,93 @@ impl Connection {
             reason,
             message: message.into(),
         };
-        let _ = self.tx.send(Outgoing::Close(goodbye)).await;
+        let _ = self.queue(Outgoing::Close(goodbye)).await;
+    }
+
+    async fn queue(&self, item: Outgoing) -> Result<(), SendError> {
+        if let Some(result) = self.try_direct(&item) {
+            return result;
+        }
+        let in_flight = InFlight::new(&self.shared.write.inflight);
+        self.tx.send(item).await.map_err(|_| SendError::Closed)?;
+        in_flight.queued();
+        Ok(())
     }
 
     fn try_queue(&self, item: Outgoing) -> Result<(), SendError> {
+        if let Some(result) = self.try_direct(&item) {
+            return result;
+        }
+        let in_flight = InFlight::new(&self.shared.write.inflight);
         self.tx.try_send(item).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+        })?;
+        in_flight.queued();
+        Ok(())
+    }
+
+    /// The direct path: when nothing is queued or being written, write a small frame from the
+    /// caller's task (one non-blocking write call) instead of waking the writer task. Whatever the
+    /// socket does not take at once is left to the writer task. `None`: use the queue.
+    fn try_direct(&self, item: &Outgoing) -> Option<Result<(), SendError>> {
+        let side = &self.shared.write;
+        if side.inflight.load(Ordering::Acquire) != 0 || self.shared.closed.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        let mut state = side.state.try_lock().ok()?;
+        if state.done || !state.leftover.is_empty() || side.inflight.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        // A write moments ago means frames are streaming: leave them to the writer task, which
+        // coalesces them, rather than making a write call per frame.
+        let now = Instant::now();
+        if state.last_write.is_some_and(|at| now - at < DIRECT_IDLE) {
+            return None;
+        }
+        let state = &mut *state;
+        state.last_write = Some(now);
+        match item {
+            Outgoing::Message(m) if m.payload.len() < ZERO_COPY_MIN => {
+                encode_message(m, &mut state.buf, self.shared.max_frame_len).ok()?;
+            }
+            Outgoing::Encoded(bytes) if bytes.len() < ZERO_COPY_MIN => {
+                state.buf.extend_from_slice(bytes);
+            }
+            _ => return None,
+        }
+        let bytes = state.buf.split().freeze();
+        let mut cx = Context::from_waker(Waker::noop());
+        for traffic in [&self.shared.traffic, &*self.shared.endpoint_traffic] {
+            add(&traffic.write_calls, 1);
+            add(&traffic.frames_out, 1);
+            add(&traffic.bytes_out, bytes.len() as u64);
+        }
+        match state.io.as_mut().poll_write(&mut cx, &bytes) {
+            Poll::Ready(Ok(n)) if n == bytes.len() => {
+                if !matches!(state.io.as_mut().poll_flush(&mut cx), Poll::Ready(Ok(()))) {
+                    state.needs_flush = true;
+                    side.wake.notify_one();
+                }
+            }
+            Poll::Ready(Ok(n)) => {
+                state.leftover.push(bytes.slice(n..));
+                side.wake.notify_one();
+            }
+            Poll::Pending => {
+                state.leftover.push(bytes);
+                side.wake.notify_one();
+            }
+            Poll::Ready(Err(error)) => {
+                state.error = Some(error);
+                state.done = true;
+                side.wake.notify_one();
+                return Some(Err(SendError::Closed));
+            }
+        }
+        state.buf.clear();
+        Some(Ok(()))
     }
 
     fn check_encoded(&self, frame: &EncodedFrame) -> Result<(), SendError> {
@@ -377,7 +546,7 @@ fn check_message_len(message: &Message, max: usize) -> Result<(), EncodeError> {
 
 /// Everything a connection's task needs.
 pub(crate) struct Parts<S> {
-    pub(crate) stream: S,
+    pub(crate) reader: ReadHalf<S>,
     pub(crate) leftover: BytesMut,
     pub(crate) connection: Connection,
     pub(crate) rx: mpsc::Receiver<Outgoing>,
@@ -393,7 +562,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Parts {
-        stream,
+        mut reader,
         leftover,
         connection,
         rx,
@@ -402,10 +571,8 @@ where
     } = parts;
     let shared = connection.shared.clone();
     let config = inner.config.clone();
-    let (mut reader, writer) = tokio::io::split(stream);
     let (stop_tx, stop_rx) = oneshot::channel();
     let mut writer: JoinHandle<WriterExit> = tokio::spawn(write_loop(
-        writer,
         rx,
         stop_rx,
         shared.clone(),
@@ -493,16 +660,35 @@ where
                     )),
                 };
             }
-            read = reader.read_buf(&mut buf) => match read {
-                Ok(0) if buf.is_empty() => break CloseReason::Lost(LostCause::Eof),
-                Ok(0) => break CloseReason::Lost(LostCause::Truncated { buffered: buf.len() }),
-                Ok(n) => {
-                    batch_bytes = n as u64;
-                    // Counted once decoded, at the top of the loop.
-                    add(&shared.traffic.read_calls, 1);
+            read = reader.read_buf(&mut buf) => {
+                let lost = match read {
+                    Ok(0) if buf.is_empty() => LostCause::Eof,
+                    Ok(0) => LostCause::Truncated { buffered: buf.len() },
+                    Ok(n) => {
+                        // Counted once decoded, at the top of the loop.
+                        batch_bytes = n as u64;
+                        add(&shared.traffic.read_calls, 1);
+                        continue;
+                    }
+                    Err(e) => LostCause::Read(e),
+                };
+                // After our goodbye, the peer closing is the expected answer: report the goodbye
+                // once the writer has finished with it.
+                if shared.write.goodbye_sent.load(Ordering::Acquire) {
+                    let wait = config.linger.max(Duration::from_millis(100));
+                    if let Ok(exit) = tokio::time::timeout(wait, &mut writer).await {
+                        writer_done = Some(());
+                        if let Ok(WriterExit::Goodbye(g)) = exit {
+                            break CloseReason::Goodbye {
+                                by: Side::Local,
+                                reason: g.reason,
+                                message: g.message,
+                            };
+                        }
+                    }
                 }
-                Err(e) => break CloseReason::Lost(LostCause::Read(e)),
-            },
+                break CloseReason::Lost(lost);
+            }
         }
     };
     shared.closed.store(true, Ordering::Release);
@@ -599,21 +785,17 @@ fn local_goodbye(reason: GoodbyeReason, message: &str) -> CloseReason {
 
 /// The writer task: drains the send queue in batches, encodes into one buffer (large payloads
 /// stay separate slices) and writes each batch with as few (vectored) write calls as possible.
-async fn write_loop<W>(
-    mut writer: W,
+async fn write_loop(
     mut rx: mpsc::Receiver<Outgoing>,
     mut stop: oneshot::Receiver<Stop>,
     shared: Arc<Shared>,
     inner: Arc<Inner>,
     max_batch: usize,
-) -> WriterExit
-where
-    W: AsyncWrite + Unpin,
-{
+) -> WriterExit {
+    let side = &shared.write;
     let max_frame_len = shared.max_frame_len.min(MAX_FRAME_LEN_LIMIT);
-    let zero_copy = writer.is_write_vectored();
+    let zero_copy = side.state.lock().await.io.is_write_vectored();
     let mut items: Vec<Outgoing> = Vec::with_capacity(RECV_BATCH);
-    let mut buf = BytesMut::with_capacity(max_batch.min(64 << 10));
     let mut segments: Vec<Bytes> = Vec::new();
     loop {
         let received = tokio::select! {
@@ -621,18 +803,22 @@ where
             stop = &mut stop => {
                 let goodbye = stop.ok().and_then(|s| s.goodbye);
                 count_unsent(&mut rx, &items, &shared, &inner);
+                let mut state = side.state.lock().await;
+                state.done = true;
                 if let Some(goodbye) = goodbye {
                     let mut out = BytesMut::new();
                     if encode_frame(&Frame::Goodbye(goodbye), &mut out, max_frame_len).is_ok() {
-                        let _ = writer.write_all(&out).await;
+                        let _ = state.io.write_all(&out).await;
                     }
                 }
-                let _ = writer.shutdown().await;
+                let _ = state.io.shutdown().await;
                 return WriterExit::Stopped;
             }
-            n = rx.recv_many(&mut items, RECV_BATCH) => n,
+            () = side.wake.notified() => None,
+            n = rx.recv_many(&mut items, RECV_BATCH) => Some(n),
         };
-        if received == 0 {
+        let mut taken = received.unwrap_or(0);
+        if received == Some(0) {
             // Every handle is gone (the endpoint dropped the connection): close politely.
             items.push(Outgoing::Close(Goodbye {
                 reason: GoodbyeReason::NotNeeded,
@@ -644,6 +830,17 @@ where
         raise(&shared.traffic.queue_high_water, depth);
         raise(&inner.traffic.queue_high_water, depth);
 
+        let mut guard = side.state.lock().await;
+        let state = &mut *guard;
+        if let Some(error) = state.error.take() {
+            count_unsent(&mut rx, &items, &shared, &inner);
+            return WriterExit::Error(error);
+        }
+        // What a direct write left goes first (already counted as sent by the direct path).
+        let leftover: u64 = state.leftover.iter().map(|s| s.len() as u64).sum();
+        segments.append(&mut state.leftover);
+        let needs_flush = std::mem::take(&mut state.needs_flush);
+        let buf = &mut state.buf;
         let mut frames = 0u64;
         let mut pending = 0usize;
         let mut goodbye = None;
@@ -653,13 +850,13 @@ where
                 match item {
                     Outgoing::Message(message) => {
                         let result = if zero_copy && message.payload.len() >= ZERO_COPY_MIN {
-                            encode_message_head(&message, &mut buf, max_frame_len).map(|()| {
+                            encode_message_head(&message, buf, max_frame_len).map(|()| {
                                 segments.push(buf.split().freeze());
                                 pending += message.payload.len();
                                 segments.push(message.payload);
                             })
                         } else {
-                            encode_message(&message, &mut buf, max_frame_len)
+                            encode_message(&message, buf, max_frame_len)
                         };
                         match result {
                             Ok(()) => frames += 1,
@@ -683,6 +880,7 @@ where
                         frames += 1;
                     }
                     Outgoing::Close(g) => {
+                        side.goodbye_sent.store(true, Ordering::Release);
                         goodbye = Some(g);
                         break;
                     }
@@ -698,25 +896,25 @@ where
                 break 'gather;
             }
             // More was queued meanwhile: take it into this write without waiting.
-            rx.recv_many(&mut items, RECV_BATCH).await;
+            taken += rx.recv_many(&mut items, RECV_BATCH).await;
         }
         if let Some(g) = &goodbye {
-            if encode_frame(&Frame::Goodbye(g.clone()), &mut buf, max_frame_len).is_err() {
+            if encode_frame(&Frame::Goodbye(g.clone()), buf, max_frame_len).is_err() {
                 // An over-long goodbye message: say goodbye without it.
                 let bare = Goodbye {
                     reason: g.reason,
                     message: String::new(),
                 };
-                let _ = encode_frame(&Frame::Goodbye(bare), &mut buf, max_frame_len);
+                let _ = encode_frame(&Frame::Goodbye(bare), buf, max_frame_len);
             }
         }
         if !buf.is_empty() {
             segments.push(buf.split().freeze());
         }
-        let bytes: u64 = segments.iter().map(|s| s.len() as u64).sum();
-        let written = match write_segments(&mut writer, &mut segments).await {
-            Ok(calls) => writer.flush().await.map(|()| calls),
-            Err(error) => Err(error),
+        let bytes: u64 = segments.iter().map(|s| s.len() as u64).sum::<u64>() - leftover;
+        let written = match write_segments(state.io.as_mut(), &mut segments).await {
+            Ok(calls) if calls > 0 || needs_flush => state.io.flush().await.map(|()| calls),
+            other => other,
         };
         match written {
             Ok(calls) => {
@@ -729,17 +927,22 @@ where
                 trace!(connection = %shared.id, frames, bytes, calls, "wrote a batch");
             }
             Err(error) => {
+                state.done = true;
                 add(&shared.traffic.unsent, frames);
                 count_unsent(&mut rx, &items, &shared, &inner);
                 return WriterExit::Error(error);
             }
         }
+        state.last_write = Some(Instant::now());
         // Reclaim the buffer (the written slices are gone) for the next batch.
-        buf.reserve(max_batch.min(64 << 10));
+        state.buf.reserve(max_batch.min(64 << 10));
+        // Written: the direct path may be used again once nothing else is in flight.
+        side.inflight.fetch_sub(taken, Ordering::AcqRel);
         if let Some(goodbye) = goodbye {
+            state.done = true;
             count_unsent(&mut rx, &items, &shared, &inner);
-            let _ = writer.flush().await;
-            let _ = writer.shutdown().await;
+            let _ = state.io.flush().await;
+            let _ = state.io.shutdown().await;
             return WriterExit::Goodbye(goodbye);
         }
     }
@@ -763,10 +966,10 @@ fn count_unsent(
 
 /// Writes every segment, with vectored writes of up to [`MAX_IOVECS`] slices; returns the number
 /// of write calls. Empties `segments`.
-async fn write_segments<W>(writer: &mut W, segments: &mut Vec<Bytes>) -> io::Result<u64>
-where
-    W: AsyncWrite + Unpin,
-{
+async fn write_segments(
+    mut writer: Pin<&mut (dyn AsyncWrite + Send)>,
+    segments: &mut Vec<Bytes>,
+) -> io::Result<u64> {
     let mut calls = 0;
     let mut first = 0;
     while first < segments.len() {

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::{
     Config, Connection, ConnectionId, DatagramSocket, Direction, EndpointStats, Error, Event,
     HandshakeError, MAX_HELLO_LEN,
-    connection::{self, Parts, Shared},
+    connection::{self, Parts, Shared, WriteSide},
     handshake,
     stats::{EndpointCounters, Traffic, add},
 };
@@ -97,7 +97,7 @@ pub(crate) struct Inner {
     outbound: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
     pub(crate) counters: EndpointCounters,
-    pub(crate) traffic: Traffic,
+    pub(crate) traffic: Arc<Traffic>,
     inbound_open: AtomicU64,
     outbound_open: AtomicU64,
     datagrams: Option<DatagramSocket>,
@@ -134,7 +134,7 @@ impl Endpoint {
             outbound: Arc::new(Semaphore::new(config.max_outbound)),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             counters: EndpointCounters::default(),
-            traffic: Traffic::default(),
+            traffic: Arc::default(),
             inbound_open: AtomicU64::new(0),
             outbound_open: AtomicU64::new(0),
             datagrams,
@@ -549,6 +549,7 @@ where
     };
 
     let (tx, rx) = mpsc::channel(config.send_queue);
+    let (reader, writer) = tokio::io::split(stream);
     let connection = Connection {
         shared: Arc::new(Shared {
             id: ConnectionId(inner.next_id.fetch_add(1, Ordering::Relaxed)),
@@ -560,6 +561,8 @@ where
             established_at: Instant::now(),
             traffic: Traffic::default(),
             closed: AtomicBool::new(false),
+            write: WriteSide::new(writer),
+            endpoint_traffic: inner.traffic.clone(),
         }),
         tx,
     };
@@ -587,25 +590,29 @@ where
     let loser = match decision {
         Decision::Registered(loser) => loser,
         Decision::Shutdown => {
-            handshake::refuse(
-                &mut stream,
-                GoodbyeReason::Shutdown,
-                "shutting down",
-                Duration::from_millis(200),
-            )
-            .await;
+            connection
+                .shared
+                .write
+                .refuse(
+                    GoodbyeReason::Shutdown,
+                    "shutting down",
+                    Duration::from_millis(200),
+                )
+                .await;
             return Err(Error::Shutdown);
         }
         Decision::Duplicate(existing) => {
             add(&inner.counters.duplicates, 1);
             debug!(%remote_addr, node = %node.short(), %existing, "duplicate connection closed");
-            handshake::refuse(
-                &mut stream,
-                GoodbyeReason::Duplicate,
-                "duplicate connection",
-                Duration::from_millis(200),
-            )
-            .await;
+            connection
+                .shared
+                .write
+                .refuse(
+                    GoodbyeReason::Duplicate,
+                    "duplicate connection",
+                    Duration::from_millis(200),
+                )
+                .await;
             return Err(Error::Duplicate { node, existing });
         }
     };
@@ -626,7 +633,7 @@ where
     }
     debug!(connection = %connection.id(), %remote_addr, ?direction, node = %node.short(), "connection established");
     tokio::spawn(connection::run(Parts {
-        stream,
+        reader,
         leftover,
         connection: connection.clone(),
         rx,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use anyhow::{Result, bail, ensure};
 use bytes::{Bytes, BytesMut};
@@ -58,9 +58,15 @@ async fn a_million_small_frames_arrive_in_order() -> Result<()> {
             }
         }
         let connection = sender.await??;
+        // The counters are final once the writer has stopped.
+        connection.close(GoodbyeReason::NotNeeded, "").await;
+        connection.closed().await;
+        let (rest, _) = until_closed(&mut server_events, inbound.id()).await?;
+        assert!(rest.is_empty());
         let out = connection.stats();
         assert_eq!(out.frames_out, N);
         assert_eq!(inbound.stats().frames_in, N);
+        // Every byte written (the goodbye included) was read.
         assert_eq!(inbound.stats().bytes_in, out.bytes_out);
         // Coalescing: far fewer write calls than frames.
         assert!(
@@ -381,8 +387,16 @@ async fn the_inbound_limit_refuses_and_counts_only_the_excess() -> Result<()> {
         // The others are untouched.
         to_a.send(Frame::Ping(Ping::default())).await?;
         to_b.send(Frame::Ping(Ping::default())).await?;
-        frames(&mut events, a_in.id(), 1).await?;
-        frames(&mut events, b_in.id(), 1).await?;
+        let mut pinged = HashSet::new();
+        while pinged.len() < 2 {
+            match events.recv().await {
+                Some(Event::Frames { connection, .. }) => {
+                    ensure!(connection == a_in.id() || connection == b_in.id());
+                    pinged.insert(connection);
+                }
+                other => bail!("unexpected {other:?}"),
+            }
+        }
 
         // A slot freed by a close can be taken again.
         to_a.close(GoodbyeReason::NotNeeded, "").await;

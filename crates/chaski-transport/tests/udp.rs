@@ -140,7 +140,11 @@ async fn multicast_v6_on(index: u32) -> Result<std::result::Result<(), String>> 
     if let Err(e) = receiver.join_multicast_v6(&group, index) {
         return Ok(Err(format!("cannot join the group: {e}")));
     }
-    let sender = DatagramSocket::bind("[::]:0".parse()?, 1024)?;
+    let sender = match DatagramSocket::bind("[fd00:4348::1]:0".parse()?, 1024) {
+        Ok(sender) => sender,
+        // Not in the test's namespace: let the system choose the source.
+        Err(_) => DatagramSocket::bind("[::]:0".parse()?, 1024)?,
+    };
     sender.set_multicast_if_v6(index)?;
     sender.set_multicast_loop_v6(true)?;
     let target = SocketAddr::V6(std::net::SocketAddrV6::new(group, port, 0, index));
@@ -185,6 +189,17 @@ async fn multicast_v6_on_loopback_or_in_a_namespace() -> Result<()> {
             ])?;
             sh(&["ip", "link", "set", "ck0", "up"])?;
             sh(&["ip", "link", "set", "ck1", "up"])?;
+            // An address usable at once (no DAD) for the sender.
+            sh(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "fd00:4348::1/64",
+                "dev",
+                "ck0",
+                "nodad",
+            ])?;
             return match multicast_v6_on(if_index("ck0")?).await? {
                 Ok(()) => Ok(()),
                 Err(reason) => bail!("IPv6 multicast failed in the namespace: {reason}"),

@@ -113,6 +113,7 @@ pub async fn frames(events: &mut Events, connection: ConnectionId, n: usize) -> 
                 reason,
                 ..
             } if id == connection => bail!("connection closed early: {reason:?}"),
+            Event::Frames { connection: id, .. } => bail!("unexpected frames from {id}"),
             _ => {}
         }
     }
