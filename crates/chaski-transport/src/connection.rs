@@ -416,7 +416,14 @@ impl Connection {
             return result;
         }
         let in_flight = InFlight::new(&self.shared.write.inflight);
-        self.tx.send(item).await.map_err(|_| SendError::Closed)?;
+        // Most of the time there is room: skip the machinery of waiting.
+        match self.tx.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                self.tx.send(item).await.map_err(|_| SendError::Closed)?;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(SendError::Closed),
+        }
         in_flight.queued();
         Ok(())
     }
@@ -586,8 +593,12 @@ where
     let mut writer_done = None;
     let mut batch_bytes = buf.len() as u64;
     let reason = 'conn: loop {
-        // Decode everything buffered.
-        let mut frames = Vec::new();
+        // Decode everything buffered, into a vector sized from the first frame's length.
+        let estimate = peek_frame_len(&buf, shared.max_frame_len)
+            .ok()
+            .flatten()
+            .map_or(0, |len| buf.len() / (LENGTH_PREFIX_LEN + len.max(1)) + 1);
+        let mut frames = Vec::with_capacity(estimate.min(4096));
         let mut end = None;
         loop {
             match decode_frame(&mut buf, shared.max_frame_len) {
