@@ -26,10 +26,11 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     pin::Pin,
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use chaski_membership::{
     Action, ConnId, DatagramTarget, Disconnect, Event as MembershipEvent, LostCause as MLostCause,
@@ -49,7 +50,7 @@ use tracing::{debug, info, trace, warn};
 
 use crate::{
     Delivery, Error, NodeBuilder, NodeEvent, Received,
-    node::{Counters, Inner, Node, Peer, StreamRegistry},
+    node::{Counters, Inner, Node, Peer, Routes, StreamRegistry, TopicRoute},
     stream::{Offer, Shared},
 };
 
@@ -60,6 +61,12 @@ pub(crate) enum Command {
         payload: Bytes,
         headers: Vec<Header>,
         delivery: Delivery,
+        sequence: u64,
+    },
+    /// Route this topic in the routing snapshot from now on; `false` if the table is full.
+    Route {
+        topic: Topic,
+        reply: oneshot::Sender<bool>,
     },
     Flush {
         reply: oneshot::Sender<()>,
@@ -94,6 +101,11 @@ const COMMAND_BATCH: usize = 256;
 const MAX_PENDING_REQUESTS: usize = 1024;
 /// Drop reports are sent at most this often per stream or peer.
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// Topics this node publishes on without subscribing, kept in the routing snapshot; beyond this,
+/// the oldest is forgotten (its publications then go through the driver once more).
+const MAX_PUBLISHED_TOPICS: usize = 4096;
+/// How often the routing snapshot is rebuilt even when nothing signalled a change.
+const ROUTES_REFRESH: Duration = Duration::from_secs(1);
 /// How long shutdown waits for goodbyes to be flushed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -146,8 +158,11 @@ struct Driver {
     udp_peers: HashMap<SocketAddr, ConnId>,
     names: HashMap<NodeId, Arc<str>>,
     registry: Arc<StreamRegistry>,
-    registry_version: u64,
-    streams: Vec<Arc<Shared>>,
+    routes: Arc<ArcSwap<Routes>>,
+    routes_dirty: bool,
+    routes_built: Instant,
+    /// Topics published on without subscribing, oldest first (bounded).
+    published: VecDeque<Topic>,
     stream_reports: HashMap<u64, (u64, Instant)>,
     send_drops: HashMap<NodeId, (u64, Instant)>,
     unknown_datagrams: (u64, Instant),
@@ -257,6 +272,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
     let (peers_out, peers) = watch::channel(Arc::new(Vec::new()));
     let (stopped, stopped_rx) = watch::channel(false);
     let registry = Arc::new(StreamRegistry::default());
+    let routes = Arc::new(ArcSwap::from_pointee(Routes::default()));
     let counters = Arc::new(Counters::default());
     let now = Instant::now();
     let max_frame_len = builder.transport.max_frame_len();
@@ -269,12 +285,20 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         events: events_out.clone(),
         peers,
         streams: registry.clone(),
+        routes: routes.clone(),
+        sequence: std::sync::atomic::AtomicU64::new(0),
+        unrouted: (
+            std::sync::atomic::AtomicU64::new(0),
+            std::sync::atomic::AtomicU64::new(0),
+        ),
+        started: std::time::Instant::now(),
         best_effort: builder.best_effort.clone(),
         stream_defaults: crate::StreamOptions::new()
             .capacity(builder.stream_capacity)
             .overflow(builder.stream_overflow),
         max_frame_len,
         max_datagram_len,
+        send_queue: builder.transport.send_queue(),
         peer_timeout: builder.peer_timeout,
         counters: counters.clone(),
         stopped: stopped_rx,
@@ -294,8 +318,10 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         udp_peers: HashMap::new(),
         names,
         registry,
-        registry_version: 0,
-        streams: Vec::new(),
+        routes,
+        routes_dirty: true,
+        routes_built: now,
+        published: VecDeque::new(),
         stream_reports: HashMap::new(),
         send_drops: HashMap::new(),
         unknown_datagrams: (0, now),
@@ -324,7 +350,8 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
     })
 }
 
-fn wall_micros() -> u64 {
+/// The wall clock in microseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn wall_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
@@ -368,6 +395,9 @@ impl Driver {
             }
             self.run_actions();
             self.publish_peers();
+            if self.routes_dirty || self.routes_built.elapsed() >= ROUTES_REFRESH {
+                self.rebuild_routes();
+            }
 
             let timer = match (
                 self.membership.poll_timeout().map(|at| self.deadline(at)),
@@ -464,6 +494,9 @@ impl Driver {
                                 self.received(conn, message, Delivery::Reliable)
                             }
                             other => {
+                                if !matches!(other, Frame::Ping(_) | Frame::Pong(_)) {
+                                    self.routes_dirty = true;
+                                }
                                 let now = self.now();
                                 self.membership.handle_frame(now, conn, other);
                             }
@@ -522,6 +555,7 @@ impl Driver {
         let now = self.now();
         self.membership.handle_disconnected(now, conn, how);
         self.peers_dirty = true;
+        self.routes_dirty = true;
     }
 
     fn handle_datagram(&mut self, frame: Frame, from: SocketAddr) {
@@ -628,33 +662,24 @@ impl Driver {
 
     /// Hands a message to every stream that wants it.
     fn deliver(&mut self, message: Message, delivery: Delivery) {
-        self.refresh_streams();
-        if self.streams.is_empty() {
+        let streams = self.registry.load_arc();
+        if streams.is_empty() {
             return;
         }
         Counters::add(&self.counters.received, 1);
         let name = self.names.get(&message.publisher).cloned();
         let received = Received::new(message, name, delivery);
         let mut closed = false;
-        // Offer a clone to all but the last interested stream, the original to the last.
-        let wanted: Vec<usize> = (0..self.streams.len())
-            .filter(|&i| self.streams[i].wants(&received.topic))
-            .collect();
-        let Some((&last, rest)) = wanted.split_last() else {
-            return;
-        };
-        for &i in rest {
-            closed |= self.offer(i, received.clone());
+        for stream in streams.iter().filter(|s| s.wants(&received.topic)) {
+            closed |= self.offer(stream, received.clone());
         }
-        closed |= self.offer(last, received);
         if closed {
-            self.streams.retain(|s| !s.is_closed());
+            self.registry.prune();
         }
     }
 
-    /// Offers to stream `i`; returns whether the stream turned out closed.
-    fn offer(&mut self, i: usize, message: Received) -> bool {
-        let stream = &self.streams[i];
+    /// Offers to a stream; returns whether the stream turned out closed.
+    fn offer(&mut self, stream: &Arc<Shared>, message: Received) -> bool {
         // Keep per-stream order: once a message waits for a stream, later ones wait behind it.
         if !self.blocked_deliveries.is_empty()
             && self
@@ -688,22 +713,9 @@ impl Driver {
         }
     }
 
-    fn refresh_streams(&mut self) {
-        let version = self.registry.version.load(Ordering::Acquire);
-        if version != self.registry_version {
-            let mut all = self
-                .registry
-                .streams
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            all.retain(|s| !s.is_closed());
-            self.streams = all.clone();
-            self.registry_version = version;
-        }
-    }
-
     fn report_stream_drops(&mut self) {
-        for stream in &self.streams {
+        let streams = self.registry.load_arc();
+        for stream in streams.iter() {
             let total = stream.dropped();
             if total == 0 {
                 continue;
@@ -769,8 +781,12 @@ impl Driver {
                     payload,
                     headers,
                     delivery,
+                    sequence,
                 } => {
-                    self.publish(topic, payload, headers, delivery);
+                    self.publish(topic, payload, headers, delivery, sequence);
+                }
+                Command::Route { topic, reply } => {
+                    let _ = reply.send(self.route_topic(topic));
                 }
                 Command::Flush { reply } => {
                     let _ = reply.send(());
@@ -779,12 +795,14 @@ impl Driver {
                     let now = self.now();
                     let added = self.membership.subscribe(now, topic);
                     self.update_hello();
+                    self.routes_dirty = true;
                     let _ = reply.send(added);
                 }
                 Command::Unsubscribe { topic, reply } => {
                     let now = self.now();
                     let removed = self.membership.unsubscribe(now, &topic);
                     self.update_hello();
+                    self.routes_dirty = true;
                     let _ = reply.send(removed);
                 }
                 Command::Connect { addr, reply } => self.connect(addr, reply),
@@ -795,14 +813,69 @@ impl Driver {
         None
     }
 
-    fn publish(&mut self, topic: Topic, payload: Bytes, headers: Vec<Header>, delivery: Delivery) {
+    /// Adds `topic` to the routing snapshot (for handles publishing on a topic this node does not
+    /// subscribe to). Returns `false` only if it cannot.
+    fn route_topic(&mut self, topic: Topic) -> bool {
+        if !self.published.contains(&topic) && !self.membership.wants(&topic) {
+            if self.published.len() >= MAX_PUBLISHED_TOPICS {
+                self.published.pop_front();
+            }
+            self.published.push_back(topic);
+        }
+        self.rebuild_routes();
+        true
+    }
+
+    /// Recomputes where this node's own publications go, for every topic it subscribes to or
+    /// publishes on, and hands the result to the handles.
+    fn rebuild_routes(&mut self) {
+        let mut topics: Vec<Topic> = self.membership.subscriptions().cloned().collect();
+        topics.extend(self.published.iter().cloned());
+        let mut routes = Routes {
+            topics: HashMap::with_capacity(topics.len()),
+            hop_limit: 0,
+        };
+        for topic in topics {
+            if routes.topics.contains_key(&topic) {
+                continue;
+            }
+            // `publish` also advances the membership's own counter, which nothing uses: the
+            // handles number the node's messages.
+            let publication = self.membership.publish(&topic);
+            routes.hop_limit = publication.hop_limit;
+            let conns = publication
+                .forward
+                .iter()
+                .filter_map(|c| self.conns.get(c).cloned())
+                .collect();
+            routes.topics.insert(
+                topic,
+                TopicRoute {
+                    conns,
+                    deliver: publication.deliver,
+                },
+            );
+        }
+        self.routes.store(Arc::new(routes));
+        self.routes_dirty = false;
+        self.routes_built = Instant::now();
+    }
+
+    fn publish(
+        &mut self,
+        topic: Topic,
+        payload: Bytes,
+        headers: Vec<Header>,
+        delivery: Delivery,
+        sequence: u64,
+    ) {
         Counters::add(&self.counters.published, 1);
         let publication = self.membership.publish(&topic);
         let message = Message {
             topic,
             payload,
             publisher: self.id,
-            sequence: publication.sequence,
+            sequence,
             timestamp_micros: wall_micros(),
             hop_limit: publication.hop_limit,
             hops: 0,
@@ -946,6 +1019,7 @@ impl Driver {
                         .spawn(async move { (addr, endpoint.connect(addr).await) });
                 }
                 Action::Close { conn, reason } => {
+                    self.routes_dirty = true;
                     if let Some(connection) = self.conns.remove(&conn) {
                         self.closing
                             .spawn(async move { connection.close(reason, String::new()).await });
@@ -992,14 +1066,18 @@ impl Driver {
             MembershipEvent::PeerUp { peer, .. } => {
                 info!(peer = %peer.short(), "peer up");
                 self.peers_dirty = true;
+                self.routes_dirty = true;
             }
             MembershipEvent::PeerDown { peer, reason, .. } => {
                 info!(peer = %peer.short(), ?reason, "peer down");
                 self.peers_dirty = true;
+                self.routes_dirty = true;
             }
-            MembershipEvent::Paired { .. }
-            | MembershipEvent::Unpaired { .. }
-            | MembershipEvent::LatencyUpdated { .. } => self.peers_dirty = true,
+            MembershipEvent::Paired { .. } | MembershipEvent::Unpaired { .. } => {
+                self.peers_dirty = true;
+                self.routes_dirty = true;
+            }
+            MembershipEvent::LatencyUpdated { .. } => self.peers_dirty = true,
             _ => {}
         }
         self.emit(NodeEvent::Membership(event));
@@ -1070,17 +1148,7 @@ impl Driver {
         }
         self.endpoint.shutdown().await;
         self.dials.abort_all();
-        self.refresh_streams();
-        for stream in &self.streams {
-            stream.finish();
-        }
-        for stream in self
-            .registry
-            .streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for stream in self.registry.load().iter() {
             stream.finish();
         }
         for (_, reply) in self.pings.drain() {

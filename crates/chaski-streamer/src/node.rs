@@ -1,7 +1,7 @@
 //! The node handle: a cheap, cloneable front to the driver task that does the work.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt,
     net::SocketAddr,
     sync::{
@@ -11,15 +11,17 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use chaski_membership::PeerSnapshot;
-use chaski_wire::{Header, NodeId, Topic};
+use chaski_transport::{Connection, EncodedFrame};
+use chaski_wire::{Frame, Header, Message, NodeId, Topic};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{
     Delivery, Error, EventStream, IntoTopic, MessageStream, NodeBuilder, StreamOptions,
     driver::{self, Command},
-    stream::Shared,
+    stream::{Offer, Shared},
 };
 
 /// Bytes a `Publish` frame adds around its topic, payload and headers, at most (length prefix,
@@ -121,13 +123,14 @@ impl Counters {
     }
 }
 
-/// The streams of a node, shared between the handles (which add) and the driver (which reads).
-/// The driver checks `version` (one atomic load per batch) and copies the list only when it
-/// changed, so delivering a message takes no lock.
+/// The streams of a node, shared between the handles (which open streams and deliver their
+/// own publications) and the driver (which delivers received messages). Readers load the list
+/// without a lock; opening a stream copies it (rare).
 #[derive(Default)]
 pub(crate) struct StreamRegistry {
-    pub(crate) version: AtomicU64,
-    pub(crate) streams: Mutex<Vec<Arc<Shared>>>,
+    streams: ArcSwap<Vec<Arc<Shared>>>,
+    /// Serialises the writers; readers never take it.
+    write: Mutex<()>,
     next_id: AtomicU64,
 }
 
@@ -135,13 +138,56 @@ impl StreamRegistry {
     fn open(&self, options: StreamOptions) -> MessageStream {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (stream, shared) = MessageStream::new(id, options);
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(shared);
-        self.version.fetch_add(1, Ordering::Release);
+        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut streams: Vec<Arc<Shared>> = self
+            .streams
+            .load()
+            .iter()
+            .filter(|s| !s.is_closed())
+            .cloned()
+            .collect();
+        streams.push(shared);
+        self.streams.store(Arc::new(streams));
         stream
     }
+
+    /// The open streams (and possibly some closed since the last pruning).
+    pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Vec<Arc<Shared>>>> {
+        self.streams.load()
+    }
+
+    /// The same, as an `Arc` that can be held across an `.await`.
+    pub(crate) fn load_arc(&self) -> Arc<Vec<Arc<Shared>>> {
+        self.streams.load_full()
+    }
+
+    /// Forgets closed streams.
+    pub(crate) fn prune(&self) {
+        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.streams.load();
+        if current.iter().any(|s| s.is_closed()) {
+            let open: Vec<Arc<Shared>> =
+                current.iter().filter(|s| !s.is_closed()).cloned().collect();
+            self.streams.store(Arc::new(open));
+        }
+    }
+}
+
+/// Where a node's own publications on a topic go, as the driver last computed it from the
+/// membership state: the handles read it without a lock and queue messages on the connections
+/// themselves, so that publishing costs no hop through the driver.
+#[derive(Default)]
+pub(crate) struct Routes {
+    pub(crate) topics: HashMap<Topic, TopicRoute>,
+    pub(crate) hop_limit: u32,
+}
+
+/// The route of one topic.
+pub(crate) struct TopicRoute {
+    /// The connections to queue the message on.
+    pub(crate) conns: Vec<Connection>,
+    /// Whether this node subscribes to the topic itself.
+    pub(crate) deliver: bool,
 }
 
 pub(crate) struct Inner {
@@ -152,10 +198,19 @@ pub(crate) struct Inner {
     pub(crate) events: broadcast::Sender<crate::NodeEvent>,
     pub(crate) peers: watch::Receiver<Arc<Vec<Peer>>>,
     pub(crate) streams: Arc<StreamRegistry>,
+    pub(crate) routes: Arc<ArcSwap<Routes>>,
+    /// The node's publication counter: the sequence number of its last message.
+    pub(crate) sequence: AtomicU64,
+    /// When the last `NoSubscribers` event was sent (microseconds since the node started), and
+    /// how many unrouted publications since.
+    pub(crate) unrouted: (AtomicU64, AtomicU64),
+    pub(crate) started: std::time::Instant,
     pub(crate) best_effort: HashSet<Topic>,
     pub(crate) stream_defaults: StreamOptions,
     pub(crate) max_frame_len: usize,
     pub(crate) max_datagram_len: usize,
+    /// The capacity of each connection's send queue.
+    pub(crate) send_queue: usize,
     pub(crate) peer_timeout: Duration,
     pub(crate) counters: Arc<Counters>,
     pub(crate) stopped: watch::Receiver<bool>,
@@ -222,12 +277,14 @@ impl Node {
             })
     }
 
-    fn publish_command(
+    /// Validates a publication: the topic, its delivery, and its size against the frame or
+    /// datagram maximum.
+    fn prepare(
         &self,
         topic: impl IntoTopic,
         payload: impl Into<Bytes>,
         options: PublishOptions,
-    ) -> Result<Command, Error> {
+    ) -> Result<(Topic, Bytes, Delivery, Vec<Header>), Error> {
         let topic = topic.into_topic()?;
         let payload = payload.into();
         let delivery = self.delivery(&topic, &options);
@@ -252,19 +309,38 @@ impl Node {
             }
             _ => {}
         }
-        Ok(Command::Publish {
+        Ok((topic, payload, delivery, options.headers))
+    }
+
+    fn next_sequence(&self) -> u64 {
+        self.inner.sequence.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn message(
+        &self,
+        topic: Topic,
+        payload: Bytes,
+        headers: Vec<Header>,
+        hop_limit: u32,
+    ) -> Message {
+        Message {
             topic,
             payload,
-            headers: options.headers,
-            delivery,
-        })
+            publisher: self.inner.id,
+            sequence: self.next_sequence(),
+            timestamp_micros: driver::wall_micros(),
+            hop_limit,
+            hops: 0,
+            headers,
+        }
     }
 
     /// Publishes `payload` on `topic`, reliably unless the topic is configured best-effort.
     ///
-    /// Returns once the node has taken the message; waits while the node's queue is full (the
-    /// network is slower than the publisher: backpressure). Publishing on a topic that nobody
-    /// subscribes to is not an error: it is counted ([`NodeStats::published_unrouted`]).
+    /// Returns once the message is queued on every connection that needs it; waits while a send
+    /// queue is full (the network is slower than the publisher: backpressure). Publishing on a
+    /// topic that nobody subscribes to is not an error: it is counted
+    /// ([`NodeStats::published_unrouted`]) and reported ([`NodeEvent::NoSubscribers`](crate::NodeEvent::NoSubscribers)).
     pub async fn publish(
         &self,
         topic: impl IntoTopic,
@@ -281,15 +357,114 @@ impl Node {
         payload: impl Into<Bytes>,
         options: PublishOptions,
     ) -> Result<(), Error> {
-        let command = self.publish_command(topic, payload, options)?;
-        self.inner
-            .commands
-            .send(command)
-            .await
-            .map_err(|_| Error::Shutdown)
+        let (topic, payload, delivery, headers) = self.prepare(topic, payload, options)?;
+        let routes = loop {
+            let routes = self.inner.routes.load_full();
+            if delivery == Delivery::Reliable && routes.topics.contains_key(&topic) {
+                break routes;
+            }
+            // Best-effort messages, and topics the driver has not routed yet (or cannot: its
+            // table is full), go through the driver.
+            let routed = delivery == Delivery::Reliable
+                && self
+                    .request(|reply| Command::Route {
+                        topic: topic.clone(),
+                        reply,
+                    })
+                    .await?;
+            if !routed {
+                let sequence = self.next_sequence();
+                let command = Command::Publish {
+                    topic,
+                    payload,
+                    headers,
+                    delivery,
+                    sequence,
+                };
+                return self
+                    .inner
+                    .commands
+                    .send(command)
+                    .await
+                    .map_err(|_| Error::Shutdown);
+            }
+        };
+        let route = &routes.topics[&topic];
+        let message = self.message(topic, payload, headers, routes.hop_limit);
+        Counters::add(&self.inner.counters.published, 1);
+        if route.conns.is_empty() && !route.deliver {
+            self.unrouted(&message.topic);
+            return Ok(());
+        }
+        let local = route.deliver.then(|| message.clone());
+        match route.conns.as_slice() {
+            [] => {}
+            // One peer: its writer encodes the message straight into its buffer.
+            [connection] => {
+                if let Err(chaski_transport::SendError::Encode(_)) =
+                    connection.send(Frame::Publish(message)).await
+                {
+                    return Err(Error::TooLarge {
+                        len: 0,
+                        max: self.inner.max_frame_len,
+                    });
+                }
+            }
+            // Several: encode once, queue the same bytes on each.
+            connections => {
+                let frame = EncodedFrame::from_message(&message, self.inner.max_frame_len)
+                    .map_err(|_| Error::TooLarge {
+                        len: 0,
+                        max: self.inner.max_frame_len,
+                    })?;
+                for connection in connections {
+                    // A closed connection is the driver's business; the others still get it.
+                    let _ = connection.send_encoded(frame.clone()).await;
+                }
+            }
+        }
+        if let Some(message) = local {
+            self.deliver_local(message).await;
+        }
+        Ok(())
     }
 
-    /// Publishes without waiting: fails with [`Error::Full`] when the node's queue is full.
+    /// Hands one of this node's own publications to its streams, waiting for room in `Block`
+    /// streams.
+    async fn deliver_local(&self, message: Message) {
+        Counters::add(&self.inner.counters.received, 1);
+        let received =
+            crate::Received::new(message, Some(self.inner.name.clone()), Delivery::Reliable);
+        let streams = self.inner.streams.load_arc();
+        for stream in streams.iter().filter(|s| s.wants(&received.topic)) {
+            if let Offer::Full(message) = stream.offer(received.clone()) {
+                stream.wait_for_room(message).await;
+            }
+        }
+    }
+
+    /// Counts a publication nobody wants, and reports the count at most once a second.
+    fn unrouted(&self, topic: &Topic) {
+        Counters::add(&self.inner.counters.published_unrouted, 1);
+        let (last, count) = &self.inner.unrouted;
+        let pending = count.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.inner.started.elapsed().as_micros() as u64;
+        let previous = last.load(Ordering::Relaxed);
+        if now.saturating_sub(previous) >= 1_000_000
+            && last
+                .compare_exchange(previous, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            count.fetch_sub(pending, Ordering::Relaxed);
+            let _ = self.inner.events.send(crate::NodeEvent::NoSubscribers {
+                topic: topic.clone(),
+                count: pending,
+            });
+        }
+    }
+
+    /// Publishes without waiting: fails with [`Error::Full`] when a send queue (or a `Block`
+    /// stream of this node that wants the topic) is full, or the node's command queue is.
     pub fn try_publish(
         &self,
         topic: impl IntoTopic,
@@ -305,11 +480,67 @@ impl Node {
         payload: impl Into<Bytes>,
         options: PublishOptions,
     ) -> Result<(), Error> {
-        let command = self.publish_command(topic, payload, options)?;
-        self.inner.commands.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::Full,
-            mpsc::error::TrySendError::Closed(_) => Error::Shutdown,
-        })
+        let (topic, payload, delivery, headers) = self.prepare(topic, payload, options)?;
+        let routes = self.inner.routes.load_full();
+        let route = match routes.topics.get(&topic) {
+            Some(route) if delivery == Delivery::Reliable => route,
+            // Best-effort, or a topic not routed yet: through the driver.
+            _ => {
+                let sequence = self.next_sequence();
+                let command = Command::Publish {
+                    topic,
+                    payload,
+                    headers,
+                    delivery,
+                    sequence,
+                };
+                return self.inner.commands.try_send(command).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => Error::Full,
+                    mpsc::error::TrySendError::Closed(_) => Error::Shutdown,
+                });
+            }
+        };
+        let streams = self.inner.streams.load();
+        let full = route
+            .conns
+            .iter()
+            .any(|c| c.queued() >= self.inner.send_queue)
+            || (route.deliver && streams.iter().any(|s| s.wants(&topic) && !s.has_room()));
+        if full {
+            return Err(Error::Full);
+        }
+        let message = self.message(topic, payload, headers, routes.hop_limit);
+        Counters::add(&self.inner.counters.published, 1);
+        if route.conns.is_empty() && !route.deliver {
+            self.unrouted(&message.topic);
+            return Ok(());
+        }
+        if !route.conns.is_empty() {
+            let frame =
+                EncodedFrame::from_message(&message, self.inner.max_frame_len).map_err(|_| {
+                    Error::TooLarge {
+                        len: 0,
+                        max: self.inner.max_frame_len,
+                    }
+                })?;
+            for connection in &route.conns {
+                if let Err(chaski_transport::SendError::Full) =
+                    connection.try_send_encoded(frame.clone())
+                {
+                    // Another publisher filled the queue since the check above.
+                    Counters::add(&self.inner.counters.send_dropped, 1);
+                }
+            }
+        }
+        if route.deliver {
+            Counters::add(&self.inner.counters.received, 1);
+            let received =
+                crate::Received::new(message, Some(self.inner.name.clone()), Delivery::Reliable);
+            for stream in streams.iter().filter(|s| s.wants(&received.topic)) {
+                let _ = stream.offer(received.clone());
+            }
+        }
+        Ok(())
     }
 
     async fn request<T>(

@@ -195,6 +195,11 @@ impl Shared {
             .is_none_or(|topics| topics.contains(topic))
     }
 
+    /// Whether a message could be queued now without applying the overflow policy.
+    pub(crate) fn has_room(&self) -> bool {
+        !self.queue.is_full()
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
