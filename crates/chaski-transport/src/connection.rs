@@ -949,12 +949,19 @@ async fn write_loop(
         state.buf.reserve(max_batch.min(64 << 10));
         // Written: the direct path may be used again once nothing else is in flight.
         side.inflight.fetch_sub(taken, Ordering::AcqRel);
+        let streaming = frames > 1;
         if let Some(goodbye) = goodbye {
             state.done = true;
             count_unsent(&mut rx, &items, &shared, &inner);
             let _ = state.io.flush().await;
             let _ = state.io.shutdown().await;
             return WriterExit::Goodbye(goodbye);
+        }
+        drop(guard);
+        // Frames are streaming: give the senders a moment to queue more rather than going to
+        // sleep and being woken (a cross-thread wake-up) for the next few.
+        if streaming && rx.is_empty() {
+            tokio::task::yield_now().await;
         }
     }
 }
