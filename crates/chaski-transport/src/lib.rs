@@ -37,11 +37,19 @@
 //! hello and [`stats`](Connection::stats). Its frames are written by a writer task from a bounded
 //! send queue ([`Config::send_queue`], default 4096 frames): [`Connection::send`] waits for room,
 //! [`Connection::try_send`] fails fast with [`SendError::Full`]. The writer takes everything queued
-//! at once, encodes it into one buffer and writes it in one call, so a lone frame goes out
-//! immediately while a burst is coalesced (the `write_calls` counter shows by how much).
+//! at once, encodes it into one buffer and writes it in one call, so a burst is coalesced (the
+//! `write_calls` counter shows by how much); after a batch of several frames it yields once
+//! before sleeping, so that a stream of frames does not cost a wake-up every few frames.
 //! Publish payloads of 4 KiB or more, and [`EncodedFrame`]s as large, are not copied but written
 //! with vectored writes straight from their `Bytes`. An [`EncodedFrame`] is encoded once and can be
 //! queued on any number of connections (fan-out).
+//!
+//! **Lone frames skip the queue.** When nothing is queued or being written and the connection
+//! wrote nothing in the last 10 µs, a small frame is written by the sender itself: one
+//! non-blocking write call under the write lock, with no task wake-up on the way (on a
+//! multi-threaded runtime that wake-up is most of a loopback round trip). Whatever the socket does
+//! not take at once is handed to the writer task, so frames of one sender stay in order and a
+//! cancelled `send` never leaves half a frame behind.
 //!
 //! A reader task reads into a buffer, decodes every complete frame and sends them up as one
 //! [`Event::Frames`] per read call; payloads are zero-copy `Bytes` slices of the read buffer. When
@@ -61,7 +69,8 @@
 //! | outbound connections | [`Config::max_outbound`], 256 | [`Error::TooManyConnections`] |
 //! | table of connected nodes | `max_inbound + max_outbound` | cannot overflow: each entry holds a slot |
 //! | send queue per connection | [`Config::send_queue`], 4096 frames | `send` waits, `try_send` fails with `Full` |
-//! | event queue per endpoint | [`Config::event_queue`], 1024 batches | readers stop reading (TCP backpressure) |
+//! | event queue per endpoint | [`Config::event_queue`], 1024 batches of at most one read (64 KiB) | readers stop reading (TCP backpressure) |
+//! | read buffer per connection | [`Config::read_buffer`] (64 KiB), grown up to one frame | the frame must fit `max_frame_len` |
 //! | frame | [`Config::max_frame_len`], 16 MiB | `SendError::Encode` / connection closed with `FrameTooLarge` |
 //! | hello | [`MAX_HELLO_LEN`], 64 KiB | handshake fails with `FrameTooLarge` |
 //! | datagram | [`Config::max_datagram_len`], 8 KiB | `DatagramError::TooLarge` / dropped and counted |
