@@ -1227,6 +1227,17 @@ impl Membership {
                     self.next_search_at = None;
                 }
                 self.run_searches(now);
+                // Make sure the earliest pending search of any topic has a timer.
+                let next = self
+                    .topics
+                    .values()
+                    .flat_map(|s| [s.next_search, s.next_leader_search])
+                    .flatten()
+                    .filter(|&t| t > now)
+                    .min();
+                if let Some(at) = next {
+                    self.arm_search(at);
+                }
             }
         }
     }

@@ -15,9 +15,11 @@
 //!   way).
 //! * **Datagrams** (beacons) reach every live node on the same LAN segment, each lost with
 //!   probability [`SimConfig::datagram_loss`].
-//! * **Partitions** ([`Sim::partition`]) put nodes in groups: frames and datagrams between
-//!   groups vanish (as in a black hole, so connections time out), and dials across groups fail
-//!   after [`SimConfig::connect_timeout`]. [`Sim::heal`] joins everything again.
+//! * **Partitions** ([`Sim::partition`]) put nodes in groups. Datagrams between groups vanish;
+//!   frames on a connection that crosses the partition are held (TCP keeps retransmitting them)
+//!   and delivered in order when the partition heals, if neither end has closed the connection
+//!   meanwhile (a peer silent for `peer_timeout` usually has). Dials across groups fail after
+//!   [`SimConfig::connect_timeout`]. [`Sim::heal`] joins everything again.
 //! * **Crashes** ([`Sim::crash`]) silence a node: its connections go quiet, dials to its address
 //!   are refused after a round trip. [`Sim::restart`] starts a fresh machine (with a fresh node
 //!   id) at the same address.
@@ -181,6 +183,8 @@ pub struct Sim {
     dials: Vec<DialRecord>,
     traffic: Traffic,
     actions: VecDeque<Action>,
+    /// Frames waiting for a partition to heal: (sender, connection, frame), in send order.
+    held: Vec<(usize, ConnId, Frame)>,
 }
 
 impl Sim {
@@ -202,6 +206,7 @@ impl Sim {
             dials: Vec::new(),
             traffic: Traffic::default(),
             actions: VecDeque::new(),
+            held: Vec::new(),
         }
     }
 
@@ -308,6 +313,7 @@ impl Sim {
             }
         }
         self.last_change = self.now;
+        self.release_held();
     }
 
     /// Ends every partition.
@@ -316,6 +322,15 @@ impl Sim {
             node.group = 0;
         }
         self.last_change = self.now;
+        self.release_held();
+    }
+
+    /// Delivers the held frames whose connection no longer crosses a partition.
+    fn release_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        for (from, conn, frame) in held {
+            self.send_frame(from, conn, frame);
+        }
     }
 
     /// The machine of node `index`, if it runs.
@@ -627,7 +642,7 @@ impl Sim {
     fn other_end(&self, index: usize, conn: ConnId) -> Option<(usize, u64)> {
         let c = self.conns.get(&conn)?;
         let me = c.ends.iter().position(|e| e.0 == index)?;
-        if !c.open[me] {
+        if !c.open[me] || c.ends[me].1 != self.nodes[index].incarnation {
             return None;
         }
         let other = c.ends[1 - me];
@@ -638,7 +653,11 @@ impl Sim {
         let Some((peer, inc)) = self.other_end(index, conn) else {
             return;
         };
-        if self.nodes[peer].incarnation != inc || !self.reachable(index, peer) {
+        if self.nodes[peer].incarnation != inc {
+            return;
+        }
+        if !self.reachable(index, peer) {
+            self.held.push((index, conn, frame));
             return;
         }
         let mut at = self.now + self.latency(index, peer);

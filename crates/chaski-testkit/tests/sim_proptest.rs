@@ -255,7 +255,18 @@ fn run_chain(c: &Chain) -> Result<(), TestCaseError> {
     }
     let quiet = sim.run_until_quiet(Duration::from_secs(5), sim.now() + Duration::from_secs(400));
     prop_assert!(quiet.is_some(), "no convergence");
-    sim.check_invariants(true).map_err(TestCaseError::fail)?;
+    if let Err(e) = sim.check_invariants(true) {
+        let mut lines = vec![e.clone()];
+        if let Some(pair) = e.strip_prefix("link ").and_then(|r| r.split(' ').next()) {
+            for n in pair.split('-').filter_map(|x| x.parse::<usize>().ok()) {
+                let id = sim.node(n).map(|m| m.node_id().short()).unwrap_or_default();
+                for (t, ev) in sim.events(n) {
+                    lines.push(format!("node {n} ({id}) {t:?} {ev:?}"));
+                }
+            }
+        }
+        return Err(TestCaseError::fail(lines.join("\n")));
+    }
     if let Err(e) = sim.check_topics_connected() {
         let mut lines = vec![e];
         for i in 0..sim.len() {
