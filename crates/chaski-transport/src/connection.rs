@@ -806,7 +806,8 @@ async fn write_loop(
     let side = &shared.write;
     let max_frame_len = shared.max_frame_len.min(MAX_FRAME_LEN_LIMIT);
     let zero_copy = side.state.lock().await.io.is_write_vectored();
-    let mut items: Vec<Outgoing> = Vec::with_capacity(RECV_BATCH);
+    // Grown by `recv_many` as needed, so that an idle connection holds little memory.
+    let mut items: Vec<Outgoing> = Vec::new();
     let mut segments: Vec<Bytes> = Vec::new();
     loop {
         let received = tokio::select! {
