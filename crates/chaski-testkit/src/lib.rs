@@ -4,7 +4,7 @@
 //!   `cargo xtask bench`.
 //! * [`sim`]: a deterministic network simulator for membership state machines (virtual clock,
 //!   latency, loss, partitions, crashes, restarts).
-//! * [`baseline`] (feature `baseline`): the raw tokio TCP baseline every layer's benchmark is
+//! * `baseline` (feature `baseline`): the raw tokio TCP baseline every layer's benchmark is
 //!   compared with, measured in the same run.
 
 #[cfg(feature = "baseline")]

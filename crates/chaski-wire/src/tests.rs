@@ -534,6 +534,36 @@ proptest! {
     }
 }
 
+/// One stream of frames (one of each kind, from a fixed seed), split at every byte boundary in
+/// turn, and also fed one byte at a time: always the same frames as the whole.
+#[test]
+fn every_split_point_decodes_as_whole() {
+    use proptest::{strategy::ValueTree, test_runner::TestRunner};
+    let mut runner = TestRunner::deterministic();
+    let strategy = arb_frame();
+    let mut frames = Vec::new();
+    let mut kinds = std::collections::BTreeSet::new();
+    while kinds.len() < 15 {
+        let frame = strategy.new_tree(&mut runner).unwrap().current();
+        if kinds.insert(frame.kind()) {
+            frames.push(frame);
+        }
+    }
+    let bytes = encode_all(&frames);
+    let whole = Outcome {
+        frames: frames.clone(),
+        error: None,
+    };
+    for cut in 0..=bytes.len() {
+        assert_eq!(
+            decode_chunked([&bytes[..cut], &bytes[cut..]], MAX),
+            whole,
+            "split at {cut}"
+        );
+    }
+    assert_eq!(decode_chunked(bytes.chunks(1), MAX), whole, "byte by byte");
+}
+
 /// Every frame kind has an arm in `arb_frame` (the list above is exhaustive).
 #[test]
 fn round_trip_covers_every_kind() {
