@@ -1022,3 +1022,54 @@ async fn write_segments(
     segments.clear();
     Ok(calls)
 }
+
+#[cfg(test)]
+mod tests {
+    use chaski_wire::{Header, Topic};
+
+    use super::*;
+
+    fn message(topic: &str, payload: usize, headers: Vec<Header>) -> Message {
+        Message {
+            topic: Topic::new(topic).unwrap(),
+            payload: Bytes::from(vec![1u8; payload]),
+            publisher: NodeId::from_u128(u128::MAX),
+            sequence: u64::MAX,
+            timestamp_micros: u64::MAX,
+            hop_limit: u32::MAX,
+            hops: u32::MAX,
+            headers,
+        }
+    }
+
+    /// The cheap bound must never let through a message that does not encode, and must accept
+    /// every message that does.
+    #[test]
+    fn the_length_check_agrees_with_the_encoder() {
+        let header = |k: &str, v: usize| Header {
+            key: k.to_owned(),
+            value: Bytes::from(vec![2u8; v]),
+        };
+        let long_topic = "t".repeat(1000);
+        let cases = [
+            message("a", 0, vec![]),
+            message("a", 100, vec![]),
+            message(&long_topic, 300, vec![]),
+            message(
+                "a",
+                10,
+                vec![header("k", 0), header("", 5), header("key", 200)],
+            ),
+        ];
+        for m in cases {
+            let mut exact = BytesMut::new();
+            encode_message(&m, &mut exact, usize::MAX).unwrap();
+            let len = exact.len() - LENGTH_PREFIX_LEN;
+            for max in [len - 1, len, len + 1, len + 100] {
+                let checked = check_message_len(&m, max).is_ok();
+                let encodes = encode_message(&m, &mut BytesMut::new(), max).is_ok();
+                assert_eq!(checked, encodes, "len {len}, max {max}");
+            }
+        }
+    }
+}

@@ -567,3 +567,42 @@ async fn ipv6_endpoints_bind_tcp_and_udp_on_one_port() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_says_goodbye_to_every_peer() -> Result<()> {
+    bounded(async {
+        let (hub, mut hub_events) = endpoint("hub", Config::default()).await?;
+        let mut peers = Vec::new();
+        for i in 0..3 {
+            let (peer, mut events) = endpoint(&format!("peer{i}"), Config::default()).await?;
+            let link = peer.connect(hub.local_addr()).await?;
+            assert_eq!(connected(&mut events).await?.id(), link.id());
+            peers.push((peer, events, link));
+        }
+        for _ in 0..3 {
+            connected(&mut hub_events).await?;
+        }
+        hub.shutdown().await;
+        for (_peer, events, link) in &mut peers {
+            let (_, reason) = until_closed(events, link.id()).await?;
+            assert!(
+                matches!(
+                    reason,
+                    CloseReason::Goodbye {
+                        by: Side::Remote,
+                        reason: GoodbyeReason::Shutdown,
+                        ..
+                    }
+                ),
+                "{reason:?}"
+            );
+        }
+        // No new connections once shut down.
+        assert!(matches!(
+            hub.connect(peers[0].0.local_addr()).await,
+            Err(Error::Shutdown)
+        ));
+        Ok(())
+    })
+    .await
+}
