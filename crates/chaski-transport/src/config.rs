@@ -168,7 +168,9 @@ impl ConfigBuilder {
 
     /// Frames each connection's send queue holds. When it is full, `send` waits and `try_send`
     /// fails with [`SendError::Full`](crate::SendError::Full). A larger queue lets the writer
-    /// coalesce more frames per write call under load.
+    /// coalesce more frames per write call under load. The bound is in frames, not bytes: the
+    /// memory a full queue holds is the sum of its frames' sizes (a payload queued on several
+    /// connections is shared, not copied).
     ///
     /// Default: 4096. Must be at least 1.
     pub fn send_queue(mut self, frames: usize) -> ConfigBuilder {
