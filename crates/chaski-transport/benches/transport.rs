@@ -8,7 +8,7 @@
 //! * Round trip of a lone 64 B frame (p50, p99): Chaski echoes the `Publish` back through its
 //!   endpoint; the baseline is a plain echo of the same bytes.
 //!
-//! Every figure is the median of 5 runs (0.3-1 s each); the two are measured alternately in one
+//! Every figure is the median of 7 runs (0.3-1 s each); the two are measured alternately in one
 //! process on one tokio runtime with 2 worker threads. `CHASKI_BENCH_QUICK=1` runs a short smoke
 //! test instead; `CHASKI_BENCH_RUNTIME=current_thread` measures on a single-threaded runtime;
 //! `CHASKI_BENCH_PAYLOAD=64` measures only that payload size.
@@ -28,7 +28,7 @@ use tokio::{
 };
 
 const SIZES: [usize; 5] = [8, 64, 1 << 10, 64 << 10, 1 << 20];
-const RUNS: usize = 5;
+const RUNS: usize = 7;
 
 fn hello(name: &str) -> Hello {
     Hello {
