@@ -2,9 +2,11 @@
 //! baseline measured in the same run.
 //!
 //! * Throughput, for payloads of 8 B, 64 B, 1 KiB, 64 KiB and 1 MiB: frames per second and Gbit/s
-//!   of payload. Chaski sends `Publish` frames with `Connection::send` and the receiver takes them
-//!   from `Events`, decoded; the baseline writes length-prefixed frames of the same payload through
-//!   a plain `BufWriter` and the receiver parses the prefixes, slicing each frame out as `Bytes`.
+//!   of payload. Chaski sends `Publish` frames with `Connection::send` from a spawned task and the
+//!   receiver takes them from `Events`, decoded; the baseline writes length-prefixed frames of the
+//!   same payload through a plain `BufWriter` from a spawned task and the receiver parses the
+//!   prefixes, slicing each frame out as `Bytes`. In both, the receiving loop runs in the
+//!   benchmark's main task.
 //! * Round trip of a lone 64 B frame (p50, p99): Chaski echoes the `Publish` back through its
 //!   endpoint; the baseline is a plain echo of the same bytes.
 //!
@@ -136,47 +138,49 @@ async fn raw_pair() -> (TcpStream, TcpStream) {
     (client, server)
 }
 
-/// The baseline: length-prefixed frames through a `BufWriter`, a reader slicing them out.
-async fn raw_throughput(pair: &mut (TcpStream, TcpStream), payload: usize, n: u64) -> f64 {
-    let data = vec![0xa5u8; payload];
-    let (client, server) = pair;
+/// The baseline: length-prefixed frames through a `BufWriter` in a spawned task (as Chaski's
+/// sender is), a reader slicing them out as `Bytes` in this task (as Chaski's receiver is).
+async fn raw_throughput(pair: &mut (Option<TcpStream>, TcpStream), payload: usize, n: u64) -> f64 {
+    let mut client = pair.0.take().expect("the client stream is back");
+    let server = &mut pair.1;
     let start = Instant::now();
-    let write = async {
-        let mut w = BufWriter::new(&mut *client);
+    let write = tokio::spawn(async move {
+        let data = vec![0xa5u8; payload];
+        let mut w = BufWriter::new(&mut client);
         for _ in 0..n {
             w.write_all(&(payload as u32).to_be_bytes()).await.unwrap();
             w.write_all(&data).await.unwrap();
         }
         w.flush().await.unwrap();
-    };
-    let read = async {
-        let mut buf = BytesMut::with_capacity(64 << 10);
-        let mut received = 0u64;
-        let mut sink = 0usize;
-        while received < n {
-            if buf.capacity() - buf.len() < 16 << 10 {
-                buf.reserve(64 << 10);
-            }
-            server.read_buf(&mut buf).await.unwrap();
-            while buf.len() >= 4 {
-                let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
-                if buf.len() < 4 + len {
-                    let need = 4 + len - buf.len();
-                    if buf.capacity() - buf.len() < need {
-                        buf.reserve(need);
-                    }
-                    break;
-                }
-                buf.advance(4);
-                let frame: Bytes = buf.split_to(len).freeze();
-                sink += frame.len();
-                received += 1;
-            }
+        client
+    });
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut received = 0u64;
+    let mut sink = 0usize;
+    while received < n {
+        if buf.capacity() - buf.len() < 16 << 10 {
+            buf.reserve(64 << 10);
         }
-        std::hint::black_box(sink);
-    };
-    tokio::join!(write, read);
-    start.elapsed().as_secs_f64()
+        server.read_buf(&mut buf).await.unwrap();
+        while buf.len() >= 4 {
+            let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+            if buf.len() < 4 + len {
+                let need = 4 + len - buf.len();
+                if buf.capacity() - buf.len() < need {
+                    buf.reserve(need);
+                }
+                break;
+            }
+            buf.advance(4);
+            let frame: Bytes = buf.split_to(len).freeze();
+            sink += frame.len();
+            received += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    pair.0 = Some(write.await.unwrap());
+    elapsed
 }
 
 /// Round trips of a lone 64 B frame through Chaski: the server echoes every frame.
@@ -286,7 +290,8 @@ fn main() {
         );
         let mut ratios = Vec::new();
         let mut chaski = chaski_pair().await;
-        let mut raw = raw_pair().await;
+        let (raw_client, raw_server) = raw_pair().await;
+        let mut raw = (Some(raw_client), raw_server);
         for payload in SIZES {
             if std::env::var("CHASKI_BENCH_PAYLOAD").is_ok_and(|o| o != payload.to_string()) {
                 continue;
