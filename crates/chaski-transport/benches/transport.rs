@@ -10,7 +10,7 @@
 //! * Round trip of a lone 64 B frame (p50, p99): Chaski echoes the `Publish` back through its
 //!   endpoint; the baseline is a plain echo of the same bytes.
 //!
-//! Every figure is the median of 7 runs (0.3-1 s each); the two are measured alternately in one
+//! Every figure is the median of 7 runs (0.2-1 s each); the two are measured alternately in one
 //! process on one tokio runtime with 2 worker threads, every task on a worker thread. `CHASKI_BENCH_QUICK=1` runs a short smoke
 //! test instead; `CHASKI_BENCH_RUNTIME=current_thread` measures on a single-threaded runtime;
 //! `CHASKI_BENCH_PAYLOAD=64` measures only that payload size.
