@@ -296,8 +296,17 @@ async fn fan_out_to_ten_subscribers_loses_nothing_under_block() -> Result<()> {
         for n in 0..COUNT {
             publisher.publish("firehose", n.to_string()).await?;
         }
-        for reader in readers {
-            reader.await??;
+        for (reader, node) in readers.into_iter().zip(&subscribers) {
+            // A lost message would leave its reader waiting: say which node, with its counters.
+            tokio::time::timeout(Duration::from_secs(30), reader)
+                .await
+                .with_context(|| {
+                    format!(
+                        "{} still waits for messages: {:?}",
+                        node.name(),
+                        node.stats()
+                    )
+                })???;
         }
         for node in subscribers.iter().chain([&publisher]) {
             node.shutdown().await?;
@@ -599,6 +608,119 @@ async fn best_effort_messages_arrive_marked_and_oversized_ones_are_refused() -> 
         match b.publish("video", vec![0u8; 64 * 1024]).await {
             Err(Error::TooLargeForDatagram { len, max }) => assert!(len > max),
             other => bail!("expected TooLargeForDatagram, got {other:?}"),
+        }
+        a.shutdown().await?;
+        b.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_independent_closable_and_reopenable() -> Result<()> {
+    bounded("streams", async {
+        let a = start(builder("a", &["t"])).await?;
+        let b = start(builder("b", &["t"]).seeds([a.local_addr().to_string()])).await?;
+        until_peers(&a, |peers| {
+            peers
+                .iter()
+                .any(|p| p.paired_topics.iter().any(|t| t == "t"))
+        })
+        .await?;
+        let mut first = a.stream();
+        let mut second = a.stream();
+        b.publish("t", "one").await?;
+        assert_eq!(next(&mut first).await?.payload, "one");
+        assert_eq!(next(&mut second).await?.payload, "one");
+
+        // Closing one stream ends it and leaves the others alone (unlike the original, which
+        // discarded everything after its first close).
+        first.close();
+        assert!(first.recv().await.is_none());
+        b.publish("t", "two").await?;
+        assert_eq!(next(&mut second).await?.payload, "two");
+
+        // A stream opened later sees what is published from then on.
+        let mut third = a.stream();
+        b.publish("t", "three").await?;
+        assert_eq!(next(&mut second).await?.payload, "three");
+        assert_eq!(next(&mut third).await?.payload, "three");
+        drop(second);
+        b.publish("t", "four").await?;
+        assert_eq!(next(&mut third).await?.payload, "four");
+        a.shutdown().await?;
+        // The node's shutdown ends its streams.
+        assert!(third.recv().await.is_none());
+        b.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_says_goodbye() -> Result<()> {
+    bounded("drop", async {
+        let stayer = start(builder("stayer", &["t"])).await?;
+        let dropped =
+            start(builder("dropped", &["t"]).seeds([stayer.local_addr().to_string()])).await?;
+        let id = dropped.id();
+        until_peers(&stayer, |peers| peers.iter().any(|p| p.id == id)).await?;
+        let mut events = stayer.events();
+        let clone = dropped.clone();
+        drop(dropped);
+        assert!(
+            stayer.peers().iter().any(|p| p.id == id),
+            "a clone keeps the node alive"
+        );
+        drop(clone);
+        loop {
+            if let NodeEvent::Membership(MembershipEvent::PeerDown { peer, reason, .. }) =
+                events.recv().await.context("events")?
+            {
+                assert_eq!(peer, id);
+                assert!(
+                    !reason.is_failure(),
+                    "dropping the last handle is a clean shutdown: {reason:?}"
+                );
+                break;
+            }
+        }
+        stayer.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_ping_and_publishing_to_nobody() -> Result<()> {
+    bounded("connect and ping", async {
+        let a = start(builder("a", &["t"])).await?;
+        let b = start(builder("b", &["u"])).await?;
+        assert_eq!(b.connect(&a.local_addr().to_string()).await?, a.id());
+        let rtt = b.ping(a.id()).await?;
+        assert!(rtt > Duration::ZERO);
+        let padded = b.ping_with_size(a.id(), 256 * 1024).await?;
+        assert!(padded > Duration::ZERO);
+        assert!(matches!(
+            b.ping(NodeId::from_u128(7)).await,
+            Err(Error::NotConnected(_))
+        ));
+        assert!(matches!(
+            b.connect("127.0.0.1:1").await,
+            Err(Error::Connect { .. })
+        ));
+
+        // Nobody subscribes to "void": not an error, counted.
+        let mut events = b.events();
+        b.publish("void", "hello?").await?;
+        assert_eq!(b.stats().published_unrouted, 1);
+        loop {
+            if let NodeEvent::NoSubscribers { topic, count } =
+                events.recv().await.context("events")?
+            {
+                assert_eq!((topic.as_str(), count), ("void", 1));
+                break;
+            }
         }
         a.shutdown().await?;
         b.shutdown().await?;

@@ -395,7 +395,7 @@ impl ConfigBuilder {
         message_hop_limit: u32
     }
     setter! {
-        /// Publishers tracked by the duplicate filter (each with a window of 1,024 sequences);
+        /// Publishers tracked by the duplicate filter (each with a window of 8,192 sequences, 1 KiB);
         /// the one heard from least recently is evicted when full. Default: 4,096. Positive.
         dedup_publishers: usize
     }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use chaski_wire::NodeId;
 
 /// How many sequences below the highest one the filter remembers per publisher.
-pub const WINDOW: u64 = 1024;
+pub const WINDOW: u64 = 8192;
 const WORDS: usize = (WINDOW / 64) as usize;
 
 #[derive(Debug, Clone)]
@@ -139,10 +139,11 @@ mod tests {
             assert_eq!(f.check(p, s), Seen::Duplicate, "seq {s}");
         }
         // Far ahead: the window slides; older than the window counts as duplicate.
-        assert_eq!(f.check(p, 5000), Seen::New);
-        assert_eq!(f.check(p, 5000 - WINDOW), Seen::Duplicate);
-        assert_eq!(f.check(p, 5000 - WINDOW + 1), Seen::New);
-        assert_eq!(f.check(p, 4999), Seen::New);
+        let far = 5 * WINDOW;
+        assert_eq!(f.check(p, far), Seen::New);
+        assert_eq!(f.check(p, far - WINDOW), Seen::Duplicate);
+        assert_eq!(f.check(p, far - WINDOW + 1), Seen::New);
+        assert_eq!(f.check(p, far - 1), Seen::New);
     }
 
     #[test]

@@ -63,7 +63,7 @@
 //!   forwards messages of nodes that have nobody else to send to.
 //! * **Routing**: [`Membership::publish`] assigns the sequence number and lists the connections
 //!   whose peer wants the topic (filtering at the sender); [`Membership::route`] applies the
-//!   duplicate filter (per publisher: the highest sequence and a 1,024-wide window, as IPsec's
+//!   duplicate filter (per publisher: the highest sequence and an 8,192-wide window, as IPsec's
 //!   anti-replay) and the hop limit, and lists where to forward. Both return borrowed slices and
 //!   allocate nothing once warm. Links are FIFO, and each node forwards in arrival order, so
 //!   per-publisher order holds on each path; the filter guarantees nobody delivers a message
@@ -140,7 +140,7 @@
 //! | connections | `max_peers` (256) | inbound refused with `Overloaded` ([`Event::Dropped`]), no dial started |
 //! | known peers | `max_known_peers` (4,096) | evict the least recently seen entry that is neither connected nor being re-dialed; if none, the new one is not added (counted either way) |
 //! | dead peers (tombstones) | `max_known_peers` | oldest forgotten |
-//! | duplicate filter | `dedup_publishers` (4,096) publishers x 1,024 sequences | evict the publisher heard from least recently (counted) |
+//! | duplicate filter | `dedup_publishers` (4,096) publishers x 8,192 sequences (1 KiB each) | evict the publisher heard from least recently (counted) |
 //! | searches remembered | `max_pending_searches` (1,024) | forget the oldest (counted) |
 //! | on-demand pings | `max_pending_pings` (64) | drop the oldest (counted) |
 //! | links per topic | `max_connections` (5) | refuse extras; evict the slowest extra for a ring link |

@@ -106,6 +106,9 @@ const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_PUBLISHED_TOPICS: usize = 4096;
 /// How often the routing snapshot is rebuilt even when nothing signalled a change.
 const ROUTES_REFRESH: Duration = Duration::from_secs(1);
+/// How long a pairing must have lasted before forwarded copies of the paired publisher's messages
+/// are ignored: by then the publisher has accepted the pairing too and sends to this node itself.
+const DIRECT_GRACE: Duration = Duration::from_millis(200);
 /// How long shutdown waits for goodbyes to be flushed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -157,6 +160,12 @@ struct Driver {
     /// messages.
     udp_peers: HashMap<SocketAddr, ConnId>,
     names: HashMap<NodeId, Arc<str>>,
+    /// The connection of each directly connected peer.
+    peer_conns: HashMap<NodeId, ConnId>,
+    /// Since when this node has been paired with a peer on a topic (bounded by peers x topics).
+    paired_since: HashMap<(NodeId, Topic), Instant>,
+    /// Forwarded copies ignored because their publisher sends to this node directly.
+    redundant: u64,
     registry: Arc<StreamRegistry>,
     routes: Arc<ArcSwap<Routes>>,
     routes_dirty: bool,
@@ -317,6 +326,9 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         conns: HashMap::new(),
         udp_peers: HashMap::new(),
         names,
+        peer_conns: HashMap::new(),
+        paired_since: HashMap::new(),
+        redundant: 0,
         registry,
         routes,
         routes_dirty: true,
@@ -526,6 +538,7 @@ impl Driver {
             self.udp_peers.insert(*addr, conn);
         }
         self.names.insert(hello.node_id, hello.name.as_str().into());
+        self.peer_conns.insert(hello.node_id, conn);
         let outbound = connection.direction() == chaski_transport::Direction::Outbound;
         let remote = connection.remote_addr();
         self.conns.insert(conn, connection);
@@ -545,6 +558,10 @@ impl Driver {
             }
         }
         self.names.remove(&node);
+        if self.peer_conns.get(&node) == Some(&conn) {
+            self.peer_conns.remove(&node);
+        }
+        self.paired_since.retain(|(peer, _), _| *peer != node);
         self.send_drops.remove(&node);
         let how = match &reason {
             CloseReason::Goodbye { reason, .. } => Disconnect::Goodbye(*reason),
@@ -585,6 +602,24 @@ impl Driver {
     /// A message arrived from a peer: deduplicate, forward along the topic's graph, deliver.
     fn received(&mut self, from: ConnId, message: Message, delivery: Delivery) {
         Counters::add(&self.counters.messages_in, 1);
+        // A publisher paired with this node on the topic sends it every message itself, in order,
+        // over TCP: a copy forwarded by a neighbour is redundant, and taking it could push the
+        // publisher's own (later, but complete and ordered) copies out of the duplicate filter's
+        // window under load. Ignore it without marking it seen.
+        if delivery == Delivery::Reliable
+            && self
+                .peer_conns
+                .get(&message.publisher)
+                .is_some_and(|&direct| direct != from)
+            && self
+                .paired_since
+                .get(&(message.publisher, message.topic.clone()))
+                .is_some_and(|since| since.elapsed() >= DIRECT_GRACE)
+        {
+            self.redundant += 1;
+            Counters::add(&self.counters.duplicates, 1);
+            return;
+        }
         let now = self.now();
         let route = self.membership.route(now, Some(from), &message);
         if route.duplicate {
@@ -1073,7 +1108,14 @@ impl Driver {
                 self.peers_dirty = true;
                 self.routes_dirty = true;
             }
-            MembershipEvent::Paired { .. } | MembershipEvent::Unpaired { .. } => {
+            MembershipEvent::Paired { topic, peer } => {
+                self.paired_since
+                    .insert((*peer, topic.clone()), Instant::now());
+                self.peers_dirty = true;
+                self.routes_dirty = true;
+            }
+            MembershipEvent::Unpaired { topic, peer } => {
+                self.paired_since.remove(&(*peer, topic.clone()));
                 self.peers_dirty = true;
                 self.routes_dirty = true;
             }

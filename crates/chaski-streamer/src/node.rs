@@ -448,9 +448,11 @@ impl Node {
         Counters::add(&self.inner.counters.published_unrouted, 1);
         let (last, count) = &self.inner.unrouted;
         let pending = count.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = self.inner.started.elapsed().as_micros() as u64;
+        // `last` holds the time of the last report plus one microsecond; 0 means never.
+        let now = self.inner.started.elapsed().as_micros() as u64 + 1;
         let previous = last.load(Ordering::Relaxed);
-        if now.saturating_sub(previous) >= 1_000_000
+        let due = previous == 0 || now.saturating_sub(previous) >= 1_000_000;
+        if due
             && last
                 .compare_exchange(previous, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
