@@ -19,7 +19,7 @@ use bytes::Bytes;
 use chaski_streamer::{Node, StreamOptions};
 use chaski_testkit::{
     baseline,
-    bench::{Summary, quick, si, size},
+    bench::{Summary, median, quick, si, size, verdict},
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -56,10 +56,6 @@ fn messages_for(payload: usize) -> u64 {
         _ => 400,
     };
     if quick() { n / 50 } else { n }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    Summary::of(&mut values).map_or(f64::NAN, |s| s.median)
 }
 
 fn node(name: &str, topics: &[&str]) -> chaski_streamer::NodeBuilder {
@@ -131,13 +127,6 @@ async fn node_round_trips(publisher: &Node, subscriber: &Node, samples: usize) -
     rtts
 }
 
-async fn baseline_throughput(payload: usize, n: u64) -> f64 {
-    let (mut client, mut server) = baseline::pair().await.expect("baseline pair");
-    baseline::throughput(&mut client, &mut server, payload, n)
-        .await
-        .expect("baseline")
-}
-
 /// The child of the two-process variant: a subscriber that reads `n` messages per size and says
 /// `done` after each batch.
 async fn child(publisher: String) {
@@ -205,10 +194,6 @@ async fn two_processes() -> Vec<(usize, f64)> {
     rates
 }
 
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "MISSED" }
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -232,13 +217,14 @@ fn main() {
         println!("chaski node: one publisher, one subscriber reading its stream, loopback (median of {} runs)", runs());
         println!("{:>8}  {:>14} {:>10}  {:>14} {:>10}  {:>7}", "payload", "chaski msg/s", "Gbit/s", "raw TCP msg/s", "Gbit/s", "ratio");
         let mut ratios = Vec::new();
+        let mut raw_pair = baseline::pair().await.expect("baseline pair");
         for payload in sizes() {
             let n = messages_for(payload);
             let mut ours = Vec::new();
             let mut raw = Vec::new();
             for _ in 0..runs() {
                 ours.push(node_throughput(&publisher, &subscriber, payload, n).await);
-                raw.push(baseline_throughput(payload, n).await);
+                raw.push(raw_pair.throughput(payload, n).await.expect("baseline"));
             }
             let (ours, raw) = (n as f64 / median(ours), n as f64 / median(raw));
             let gbit = |rate: f64| rate * payload as f64 * 8.0 / 1e9;

@@ -1,11 +1,12 @@
 //! The raw tokio TCP baseline: what the machine does with no Chaski at all, measured in the same
 //! run as the layer under test so that the comparison survives a noisy, shared machine.
 //!
-//! * Throughput: length-prefixed frames written through a plain `BufWriter` on one side, a reader
-//!   slicing them out of a `BytesMut` on the other.
+//! * Throughput: length-prefixed frames written through a plain `BufWriter` in a spawned task (as
+//!   a Chaski sender's writer is), a reader slicing them out as `Bytes` in the calling task (as a
+//!   Chaski receiver does).
 //! * Round trip: a lone 64 B frame (plus its 4-byte prefix) through a plain TCP echo.
 
-use std::time::Instant;
+use std::{io, time::Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::{
@@ -13,8 +14,24 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-/// A connected pair of loopback TCP streams with `TCP_NODELAY` on.
-pub async fn pair() -> std::io::Result<(TcpStream, TcpStream)> {
+/// A connected pair of loopback TCP streams with `TCP_NODELAY` on, reused across runs.
+#[derive(Debug)]
+pub struct Pair {
+    /// Lent to the writer task during a run.
+    client: Option<TcpStream>,
+    server: TcpStream,
+}
+
+/// Connects a [`Pair`] on loopback.
+pub async fn pair() -> io::Result<Pair> {
+    let (client, server) = streams().await?;
+    Ok(Pair {
+        client: Some(client),
+        server,
+    })
+}
+
+async fn streams() -> io::Result<(TcpStream, TcpStream)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
@@ -24,26 +41,25 @@ pub async fn pair() -> std::io::Result<(TcpStream, TcpStream)> {
     Ok((client, server))
 }
 
-/// Sends `n` frames of `payload` bytes from `client` to `server`; returns the seconds it took
-/// until the last one was sliced out on the receiving side.
-pub async fn throughput(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
-    payload: usize,
-    n: u64,
-) -> std::io::Result<f64> {
-    let data = vec![0xa5u8; payload];
-    let start = Instant::now();
-    let write = async {
-        let mut w = BufWriter::new(&mut *client);
-        for _ in 0..n {
-            w.write_all(&(payload as u32).to_be_bytes()).await?;
-            w.write_all(&data).await?;
-        }
-        w.flush().await?;
-        std::io::Result::Ok(())
-    };
-    let read = async {
+impl Pair {
+    /// Sends `n` frames of `payload` bytes through the pair; returns the seconds until the last
+    /// one was sliced out on the receiving side.
+    pub async fn throughput(&mut self, payload: usize, n: u64) -> io::Result<f64> {
+        let mut client = self
+            .client
+            .take()
+            .ok_or_else(|| io::Error::other("a previous run failed"))?;
+        let start = Instant::now();
+        let write = tokio::spawn(async move {
+            let data = vec![0xa5u8; payload];
+            let mut w = BufWriter::new(&mut client);
+            for _ in 0..n {
+                w.write_all(&(payload as u32).to_be_bytes()).await?;
+                w.write_all(&data).await?;
+            }
+            w.flush().await?;
+            io::Result::Ok(client)
+        });
         let mut buf = BytesMut::with_capacity(64 << 10);
         let mut received = 0u64;
         let mut sink = 0usize;
@@ -51,8 +67,8 @@ pub async fn throughput(
             if buf.capacity() - buf.len() < 16 << 10 {
                 buf.reserve(64 << 10);
             }
-            if server.read_buf(&mut buf).await? == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            if self.server.read_buf(&mut buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
             }
             while let Some(prefix) = buf.first_chunk::<4>() {
                 let len = u32::from_be_bytes(*prefix) as usize;
@@ -66,18 +82,16 @@ pub async fn throughput(
                 received += 1;
             }
         }
+        let elapsed = start.elapsed().as_secs_f64();
         std::hint::black_box(sink);
-        std::io::Result::Ok(())
-    };
-    let (w, r) = tokio::join!(write, read);
-    w?;
-    r?;
-    Ok(start.elapsed().as_secs_f64())
+        self.client = Some(write.await.map_err(io::Error::other)??);
+        Ok(elapsed)
+    }
 }
 
 /// `samples` round trips of a lone 64 B frame through a plain TCP echo, in microseconds each.
-pub async fn round_trips(samples: usize) -> std::io::Result<Vec<f64>> {
-    let (mut client, mut server) = pair().await?;
+pub async fn round_trips(samples: usize) -> io::Result<Vec<f64>> {
+    let (mut client, mut server) = streams().await?;
     let echo = tokio::spawn(async move {
         let mut buf = [0u8; 68];
         while server.read_exact(&mut buf).await.is_ok() {
@@ -105,13 +119,12 @@ pub async fn round_trips(samples: usize) -> std::io::Result<Vec<f64>> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_baseline_moves_every_frame() {
-        let (mut client, mut server) = pair().await.unwrap();
-        let seconds = throughput(&mut client, &mut server, 100, 1000)
-            .await
-            .unwrap();
-        assert!(seconds > 0.0);
+        let mut pair = pair().await.unwrap();
+        for payload in [0, 100, 70_000] {
+            assert!(pair.throughput(payload, 100).await.unwrap() > 0.0);
+        }
         let rtts = round_trips(10).await.unwrap();
         assert_eq!(rtts.len(), 10);
         assert!(rtts.iter().all(|&us| us > 0.0));

@@ -90,6 +90,16 @@ pub fn time_per_op<T>(mut f: impl FnMut() -> T) -> Summary {
     Summary::of(&mut samples).expect("at least five samples")
 }
 
+/// The median of `values` (NaN for none).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    Summary::of(&mut values).map_or(f64::NAN, |s| s.median)
+}
+
+/// `"met"` or `"MISSED"`, for the targets line of a benchmark.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
 /// Formats a rate in operations per second with an SI suffix (`"3.21 M"`).
 pub fn si(rate: f64) -> String {
     let (value, suffix) = if rate >= 1e9 {

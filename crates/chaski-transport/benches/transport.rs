@@ -20,14 +20,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
-use chaski_testkit::bench::{Summary, quick, si, size};
+use bytes::Bytes;
+use chaski_testkit::{
+    baseline,
+    bench::{Summary, median, quick, si, size, verdict},
+};
 use chaski_transport::{Config, Connection, Endpoint, Event, Events};
 use chaski_wire::{Capabilities, Frame, Hello, Message, NodeId, Topic};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, BufWriter},
-    net::{TcpListener, TcpStream},
-};
 
 const SIZES: [usize; 5] = [8, 64, 1 << 10, 64 << 10, 1 << 20];
 const RUNS: usize = 7;
@@ -128,61 +127,6 @@ async fn chaski_throughput(pair: &mut Pair, payload: usize, n: u64) -> f64 {
     elapsed
 }
 
-async fn raw_pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let (client, server) = (client.unwrap(), server.unwrap().0);
-    client.set_nodelay(true).unwrap();
-    server.set_nodelay(true).unwrap();
-    (client, server)
-}
-
-/// The baseline: length-prefixed frames through a `BufWriter` in a spawned task (as Chaski's
-/// sender is), a reader slicing them out as `Bytes` in this task (as Chaski's receiver is).
-async fn raw_throughput(pair: &mut (Option<TcpStream>, TcpStream), payload: usize, n: u64) -> f64 {
-    let mut client = pair.0.take().expect("the client stream is back");
-    let server = &mut pair.1;
-    let start = Instant::now();
-    let write = tokio::spawn(async move {
-        let data = vec![0xa5u8; payload];
-        let mut w = BufWriter::new(&mut client);
-        for _ in 0..n {
-            w.write_all(&(payload as u32).to_be_bytes()).await.unwrap();
-            w.write_all(&data).await.unwrap();
-        }
-        w.flush().await.unwrap();
-        client
-    });
-    let mut buf = BytesMut::with_capacity(64 << 10);
-    let mut received = 0u64;
-    let mut sink = 0usize;
-    while received < n {
-        if buf.capacity() - buf.len() < 16 << 10 {
-            buf.reserve(64 << 10);
-        }
-        server.read_buf(&mut buf).await.unwrap();
-        while buf.len() >= 4 {
-            let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
-            if buf.len() < 4 + len {
-                let need = 4 + len - buf.len();
-                if buf.capacity() - buf.len() < need {
-                    buf.reserve(need);
-                }
-                break;
-            }
-            buf.advance(4);
-            let frame: Bytes = buf.split_to(len).freeze();
-            sink += frame.len();
-            received += 1;
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    std::hint::black_box(sink);
-    pair.0 = Some(write.await.unwrap());
-    elapsed
-}
-
 /// Round trips of a lone 64 B frame through Chaski: the server echoes every frame.
 async fn chaski_rtt(samples: usize) -> Vec<f64> {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -231,40 +175,6 @@ async fn chaski_rtt(samples: usize) -> Vec<f64> {
     rtts
 }
 
-/// Round trips of a lone 64 B frame (with its 4-byte prefix) through a plain TCP echo.
-async fn raw_rtt(samples: usize) -> Vec<f64> {
-    let (mut client, mut server) = raw_pair().await;
-    let echo = tokio::spawn(async move {
-        let mut buf = [0u8; 68];
-        while server.read_exact(&mut buf).await.is_ok() {
-            if server.write_all(&buf).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut frame = [1u8; 68];
-    frame[..4].copy_from_slice(&64u32.to_be_bytes());
-    let mut back = [0u8; 68];
-    let mut rtts = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let start = Instant::now();
-        client.write_all(&frame).await.unwrap();
-        client.read_exact(&mut back).await.unwrap();
-        rtts.push(start.elapsed().as_nanos() as f64 / 1e3);
-    }
-    drop(client);
-    let _ = echo.await;
-    rtts
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    Summary::of(&mut values).map_or(f64::NAN, |s| s.median)
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "MISSED" }
-}
-
 fn main() {
     let runtime = if std::env::var("CHASKI_BENCH_RUNTIME").is_ok_and(|r| r == "current_thread") {
         tokio::runtime::Builder::new_current_thread()
@@ -299,8 +209,7 @@ async fn measure() {
         );
         let mut ratios = Vec::new();
         let mut chaski = chaski_pair().await;
-        let (raw_client, raw_server) = raw_pair().await;
-        let mut raw = (Some(raw_client), raw_server);
+        let mut raw = baseline::pair().await.expect("baseline pair");
         for payload in SIZES {
             if std::env::var("CHASKI_BENCH_PAYLOAD").is_ok_and(|o| o != payload.to_string()) {
                 continue;
@@ -310,7 +219,7 @@ async fn measure() {
             let mut theirs = Vec::new();
             for _ in 0..RUNS {
                 ours.push(chaski_throughput(&mut chaski, payload, n).await);
-                theirs.push(raw_throughput(&mut raw, payload, n).await);
+                theirs.push(raw.throughput(payload, n).await.expect("baseline"));
             }
             let ours = n as f64 / median(ours);
             let theirs = n as f64 / median(theirs);
@@ -332,7 +241,11 @@ async fn measure() {
         let mut theirs = Vec::new();
         for _ in 0..RUNS {
             ours.extend(chaski_rtt(samples).await);
-            theirs.extend(raw_rtt(samples).await);
+            theirs.extend(
+                baseline::round_trips(samples)
+                    .await
+                    .expect("baseline round trips"),
+            );
         }
         let ours = Summary::of(&mut ours).unwrap();
         let theirs = Summary::of(&mut theirs).unwrap();
