@@ -1,0 +1,279 @@
+//! The command line: every command and flag (clap), and the dispatch to the code that runs it.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Settings, parse_duration};
+
+const AFTER_HELP: &str = "\
+Settings: `node`, `pub`, `sub` and `ping` read a TOML file (--config; see chaski.example.toml),
+overridden by flags, overridden by CHASKI_* environment variables (CHASKI_SEEDS=host:port).
+
+Exit codes: 0 success, 1 failure at run time, 2 usage or configuration error, 3 address error
+(cannot resolve, bind or connect), 4 timed out, 130 interrupted.
+
+Examples:
+  chaski demo
+  chaski node --name hub --listen 127.0.0.1:7420 --relay
+  chaski sub news --seed 127.0.0.1:7420
+  chaski pub news \"hello\" --seed 127.0.0.1:7420
+  chaski ping 127.0.0.1:7420 --count 3
+  chaski peers 127.0.0.1:7420 --format dot | dot -Tsvg > overlay.svg";
+
+/// Chaski: peer-to-peer publish/subscribe from the shell.
+#[derive(Debug, Parser)]
+#[command(name = "chaski", version, about, after_help = AFTER_HELP, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags of every command.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// More detail: debug logs and the full error (-vv: trace logs).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+    /// Errors only in the logs.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+    /// The format of the logs on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// The format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a node until Ctrl-C or SIGTERM, logging membership events.
+    #[command(after_help = "Examples:
+  chaski node --name hub --listen 127.0.0.1:7420 --relay --no-lan-discovery
+  chaski node --config node.toml --subscribe news --seed 127.0.0.1:7420
+  CHASKI_MAX_CONNECTIONS=8 chaski node --config node.toml")]
+    Node(NodeCommand),
+    /// Publish a message, each line of standard input, or generated messages.
+    #[command(after_help = "Examples:
+  chaski pub news \"hello\" --seed 127.0.0.1:7420
+  tail -f app.log | chaski pub logs --seed 127.0.0.1:7420
+  chaski pub bench --count 10000 --size 256 --rate 1000 --seed 127.0.0.1:7420
+
+The command waits (--wait) until it is paired with a subscriber of the topic, publishes, then
+exits once every message is handed to the network and its connections are closed cleanly.")]
+    Pub(PubCommand),
+    /// Print the messages published on topics.
+    #[command(after_help = "Examples:
+  chaski sub news --seed 127.0.0.1:7420
+  chaski sub news alerts --format json --count 10 --seed 127.0.0.1:7420")]
+    Sub(SubCommand),
+    /// Measure round trips to a node, like the system `ping`.
+    #[command(after_help = "Examples:
+  chaski ping 127.0.0.1:7420
+  chaski ping hub --count 5 --interval 200ms      # a name, found by LAN discovery or --seed")]
+    Ping(PingCommand),
+    /// Ask a running node for its peer table.
+    #[command(after_help = "Examples:
+  chaski peers 127.0.0.1:7420
+  chaski peers 127.0.0.1:7420 --format json
+  chaski peers 127.0.0.1:7420 --format dot | dot -Tsvg > overlay.svg")]
+    Peers(PeersCommand),
+    /// A small network on loopback in this process: discovery, pairing, messages, a node killed
+    /// and restarted, then a summary (about 16 s).
+    #[command(after_help = "Examples:
+  chaski demo
+  chaski demo --duration 30s")]
+    Demo(DemoCommand),
+}
+
+/// How a command joins the network: the node settings.
+#[derive(Debug, Args)]
+pub(crate) struct JoinArgs {
+    /// A TOML file of node settings (see chaski.example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The node's name.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// The address to listen on (host:port; port 0 picks one).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    /// A node to connect to at start (host:port); repeatable.
+    #[arg(long = "seed", value_name = "ADDR")]
+    pub(crate) seeds: Vec<String>,
+    /// Direct connections to keep per topic (at least 2).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
+    /// Do not look for peers on the LAN.
+    #[arg(long)]
+    pub(crate) no_lan_discovery: bool,
+    /// The UDP port of LAN discovery.
+    #[arg(long, value_name = "PORT")]
+    pub(crate) lan_port: Option<u16>,
+    /// The network to join (nodes of other networks are ignored).
+    #[arg(long, value_name = "ID")]
+    pub(crate) network_id: Option<String>,
+}
+
+impl JoinArgs {
+    /// The settings: file, then flags, then environment.
+    pub(crate) fn settings(&self, extra: Settings) -> Result<Settings> {
+        let mut settings = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        let mut flags = Settings {
+            name: self.name.clone(),
+            listen: self.listen.clone(),
+            seeds: (!self.seeds.is_empty()).then(|| self.seeds.clone()),
+            max_connections: self.max_connections,
+            lan_discovery: self.no_lan_discovery.then_some(false),
+            lan_port: self.lan_port,
+            network_id: self.network_id.clone(),
+            ..Settings::default()
+        };
+        flags.overlay(extra);
+        settings.overlay(flags);
+        settings.overlay(Settings::from_env(|name| std::env::var(name).ok())?);
+        Ok(settings)
+    }
+}
+
+/// `chaski node`.
+#[derive(Debug, Args)]
+pub(crate) struct NodeCommand {
+    #[command(flatten)]
+    pub(crate) join: JoinArgs,
+    /// A topic to subscribe to; repeatable.
+    #[arg(long = "subscribe", value_name = "TOPIC")]
+    pub(crate) subscribe: Vec<String>,
+    /// Be a relay: accept every topic and forward between nodes not paired directly.
+    #[arg(long)]
+    pub(crate) relay: bool,
+}
+
+/// `chaski pub`.
+#[derive(Debug, Args)]
+pub(crate) struct PubCommand {
+    /// The topic.
+    pub(crate) topic: String,
+    /// The message; without it, each line of standard input (or --count generated messages).
+    pub(crate) message: Option<String>,
+    /// Publish N messages: MESSAGE N times, or N generated ones of --size bytes.
+    #[arg(long, value_name = "N")]
+    pub(crate) count: Option<u64>,
+    /// The size of generated messages in bytes.
+    #[arg(long, value_name = "B", default_value_t = 64)]
+    pub(crate) size: usize,
+    /// Messages per second (0: as fast as the network takes them).
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub(crate) rate: f64,
+    /// How long to wait for a subscriber of the topic before giving up (exit code 4).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) wait: std::time::Duration,
+    #[command(flatten)]
+    pub(crate) join: JoinArgs,
+}
+
+/// How `sub` prints messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SubFormat {
+    /// `topic publisher: payload`, one line per message.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// The payload bytes only, as they came.
+    Raw,
+}
+
+/// `chaski sub`.
+#[derive(Debug, Args)]
+pub(crate) struct SubCommand {
+    /// The topics.
+    #[arg(required = true)]
+    pub(crate) topics: Vec<String>,
+    /// How to print each message.
+    #[arg(long, value_enum, default_value_t = SubFormat::Text)]
+    pub(crate) format: SubFormat,
+    /// Stop after N messages.
+    #[arg(long, value_name = "N")]
+    pub(crate) count: Option<u64>,
+    #[command(flatten)]
+    pub(crate) join: JoinArgs,
+}
+
+/// `chaski ping`.
+#[derive(Debug, Args)]
+pub(crate) struct PingCommand {
+    /// The node: an address (host:port) or a name (found by LAN discovery or through --seed).
+    pub(crate) target: String,
+    /// Stop after N round trips (0: until Ctrl-C).
+    #[arg(short, long, value_name = "N", default_value_t = 5)]
+    pub(crate) count: u64,
+    /// The time between pings.
+    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) interval: std::time::Duration,
+    /// Padding in bytes carried each way.
+    #[arg(short, long, value_name = "B", default_value_t = 0)]
+    pub(crate) size: u32,
+    /// How long to wait for each answer, and to find the node.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) timeout: std::time::Duration,
+    #[command(flatten)]
+    pub(crate) join: JoinArgs,
+}
+
+/// How `peers` prints the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PeersFormat {
+    /// Aligned columns.
+    Table,
+    /// One JSON document.
+    Json,
+    /// A Graphviz graph of the node and its peers.
+    Dot,
+}
+
+/// `chaski peers`.
+#[derive(Debug, Args)]
+pub(crate) struct PeersCommand {
+    /// The node's address (host:port).
+    pub(crate) addr: String,
+    /// The output format.
+    #[arg(long, value_enum, default_value_t = PeersFormat::Table)]
+    pub(crate) format: PeersFormat,
+    /// How long to wait for the answer.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) timeout: std::time::Duration,
+}
+
+/// `chaski demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoCommand {
+    /// How long the demo runs (at least 8s).
+    #[arg(long, value_name = "DURATION", default_value = "16s", value_parser = parse_duration)]
+    pub(crate) duration: std::time::Duration,
+}
+
+/// Runs the command; the exit code on success.
+pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Node(cmd) => crate::run::node(cmd).await,
+        Command::Pub(cmd) => crate::run::publish(cmd).await,
+        Command::Sub(cmd) => crate::run::subscribe(cmd).await,
+        Command::Ping(cmd) => crate::inspect::ping(cmd).await,
+        Command::Peers(cmd) => crate::inspect::peers(cmd).await,
+        Command::Demo(cmd) => crate::demo::run(cmd).await,
+    }
+}

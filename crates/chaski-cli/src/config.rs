@@ -1,0 +1,408 @@
+//! Node settings from three sources, merged in order of precedence: a TOML file (`--config`),
+//! then command-line flags, then `CHASKI_*` environment variables.
+//!
+//! The keys mirror [`chaski::NodeBuilder`] one for one; `chaski.example.toml` documents each
+//! with its default. Every error names the key (or variable) at fault and what it accepts.
+
+use std::{net::Ipv4Addr, path::Path, time::Duration};
+
+use chaski::{NodeBuilder, Overflow};
+use serde::{Deserialize, Deserializer};
+
+/// A settings error: the file or a variable is malformed. Always a usage error (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a wrong key or value.
+    #[error("config file {path}, line {line}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// The line of the error (1-based).
+        line: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// An environment variable has a wrong value.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The prefix of the environment variables that override settings: `CHASKI_` and the key in
+/// upper case (`CHASKI_MAX_CONNECTIONS=8`). Lists are comma-separated.
+pub(crate) const ENV_PREFIX: &str = "CHASKI_";
+
+/// A duration written with a unit: `250ms`, `1s`, `1.5s`, `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HumanDuration(pub(crate) Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<HumanDuration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `250ms`, `1s`, `1.5s` or `2m`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("expected a duration such as `250ms`, `1s` or `2m`, got `{text}`");
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let millis_per_unit: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        _ => return Err(bad()),
+    };
+    if let Ok(whole) = number.parse::<u64>() {
+        let millis = whole.checked_mul(millis_per_unit).ok_or_else(bad)?;
+        return Ok(Duration::from_millis(millis));
+    }
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    Duration::try_from_secs_f64(number * millis_per_unit as f64 / 1e3).map_err(|_| bad())
+}
+
+/// A stream overflow policy as written in the file: `block`, `drop-oldest` or `drop-newest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum OverflowSetting {
+    /// [`Overflow::Block`].
+    Block,
+    /// [`Overflow::DropOldest`].
+    DropOldest,
+    /// [`Overflow::DropNewest`].
+    DropNewest,
+}
+
+/// What an environment variable's value is parsed as.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Text,
+    List,
+    Bool,
+    Int,
+}
+
+macro_rules! settings {
+    ($($(#[$doc:meta])* $key:ident: $ty:ty => $kind:ident,)*) => {
+        /// Node settings, each unset (`None`) unless a source gave it. The keys of the file.
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(crate) struct Settings {
+            $($(#[$doc])* pub(crate) $key: Option<$ty>,)*
+        }
+
+        impl Settings {
+            /// Every key with the kind of value its variable holds.
+            const KEYS: &'static [(&'static str, Kind)] = &[$((stringify!($key), Kind::$kind),)*];
+
+            /// Takes every setting that `over` sets.
+            pub(crate) fn overlay(&mut self, over: Settings) {
+                $(if over.$key.is_some() { self.$key = over.$key; })*
+            }
+        }
+    };
+}
+
+settings! {
+    /// [`NodeBuilder::name`].
+    name: String => Text,
+    /// [`NodeBuilder::listen`].
+    listen: String => Text,
+    /// [`NodeBuilder::subscribe`].
+    subscribe: Vec<String> => List,
+    /// [`NodeBuilder::seeds`].
+    seeds: Vec<String> => List,
+    /// [`NodeBuilder::relay`].
+    relay: bool => Bool,
+    /// [`NodeBuilder::max_connections`].
+    max_connections: usize => Int,
+    /// [`NodeBuilder::disconnect_unneeded`].
+    disconnect_unneeded: bool => Bool,
+    /// [`NodeBuilder::lan_discovery`].
+    lan_discovery: bool => Bool,
+    /// [`NodeBuilder::lan_port`].
+    lan_port: u16 => Int,
+    /// [`NodeBuilder::lan_group`].
+    lan_group: Ipv4Addr => Text,
+    /// [`NodeBuilder::network_id`].
+    network_id: String => Text,
+    /// [`NodeBuilder::ping_interval`].
+    ping_interval: HumanDuration => Text,
+    /// [`NodeBuilder::peer_timeout`].
+    peer_timeout: HumanDuration => Text,
+    /// [`NodeBuilder::reconnect_backoff`], first delay.
+    reconnect_initial: HumanDuration => Text,
+    /// [`NodeBuilder::reconnect_backoff`], cap.
+    reconnect_max: HumanDuration => Text,
+    /// [`NodeBuilder::reconnect_attempts`].
+    reconnect_attempts: u32 => Int,
+    /// [`NodeBuilder::best_effort`].
+    best_effort: Vec<String> => List,
+    /// [`NodeBuilder::stream_capacity`].
+    stream_capacity: usize => Int,
+    /// [`NodeBuilder::stream_overflow`].
+    stream_overflow: OverflowSetting => Text,
+    /// [`NodeBuilder::command_capacity`].
+    command_capacity: usize => Int,
+    /// [`NodeBuilder::event_capacity`].
+    event_capacity: usize => Int,
+}
+
+impl Settings {
+    /// Reads a TOML file.
+    pub(crate) fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Settings::from_toml(&text, &shown)
+    }
+
+    /// Parses the text of a TOML file (`path` is for messages).
+    pub(crate) fn from_toml(text: &str, path: &str) -> Result<Settings, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::File {
+            path: path.to_owned(),
+            line: err
+                .span()
+                .map_or(1, |span| text[..span.start].matches('\n').count() + 1),
+            message: err.message().replace('\n', " "),
+        })
+    }
+
+    /// Reads the `CHASKI_*` variables that name a key, with `var` to look one up.
+    pub(crate) fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let mut settings = Settings::default();
+        for (key, kind) in Settings::KEYS {
+            let name = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
+            let Some(raw) = var(&name) else { continue };
+            let error = |message: String| ConfigError::Env {
+                var: name.clone(),
+                message,
+            };
+            let value = match kind {
+                Kind::Text => toml::Value::String(raw.clone()),
+                Kind::List => toml::Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_owned()))
+                        .collect(),
+                ),
+                Kind::Bool => toml::Value::Boolean(
+                    parse_bool(&raw)
+                        .ok_or_else(|| error(format!("expected true or false, got `{raw}`")))?,
+                ),
+                Kind::Int => toml::Value::Integer(
+                    raw.trim()
+                        .parse()
+                        .map_err(|_| error(format!("expected a whole number, got `{raw}`")))?,
+                ),
+            };
+            let mut table = toml::Table::new();
+            table.insert((*key).to_owned(), value);
+            let one: Settings = toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| error(e.message().replace('\n', " ")))?;
+            settings.overlay(one);
+        }
+        Ok(settings)
+    }
+
+    /// A builder with these settings over the builder's defaults.
+    pub(crate) fn builder(&self) -> NodeBuilder {
+        let mut b = NodeBuilder::new();
+        if let Some(v) = &self.name {
+            b = b.name(v);
+        }
+        if let Some(v) = &self.listen {
+            b = b.listen(v);
+        }
+        if let Some(v) = &self.subscribe {
+            b = b.subscribe(v);
+        }
+        if let Some(v) = &self.seeds {
+            b = b.seeds(v);
+        }
+        if let Some(v) = self.relay {
+            b = b.relay(v);
+        }
+        if let Some(v) = self.max_connections {
+            b = b.max_connections(v);
+        }
+        if let Some(v) = self.disconnect_unneeded {
+            b = b.disconnect_unneeded(v);
+        }
+        if let Some(v) = self.lan_discovery {
+            b = b.lan_discovery(v);
+        }
+        if let Some(v) = self.lan_port {
+            b = b.lan_port(v);
+        }
+        if let Some(v) = self.lan_group {
+            b = b.lan_group(v);
+        }
+        if let Some(v) = &self.network_id {
+            b = b.network_id(v);
+        }
+        if let Some(v) = self.ping_interval {
+            b = b.ping_interval(v.0);
+        }
+        if let Some(v) = self.peer_timeout {
+            b = b.peer_timeout(v.0);
+        }
+        if self.reconnect_initial.is_some() || self.reconnect_max.is_some() {
+            let initial = self
+                .reconnect_initial
+                .map_or(Duration::from_millis(100), |d| d.0);
+            let max = self.reconnect_max.map_or(Duration::from_secs(5), |d| d.0);
+            b = b.reconnect_backoff(initial, max);
+        }
+        if let Some(v) = self.reconnect_attempts {
+            b = b.reconnect_attempts(v);
+        }
+        if let Some(v) = &self.best_effort {
+            b = b.best_effort(v);
+        }
+        if let Some(v) = self.stream_capacity {
+            b = b.stream_capacity(v);
+        }
+        if let Some(v) = self.stream_overflow {
+            b = b.stream_overflow(match v {
+                OverflowSetting::Block => Overflow::Block,
+                OverflowSetting::DropOldest => Overflow::DropOldest,
+                OverflowSetting::DropNewest => Overflow::DropNewest,
+            });
+        }
+        if let Some(v) = self.command_capacity {
+            b = b.command_capacity(v);
+        }
+        if let Some(v) = self.event_capacity {
+            b = b.event_capacity(v);
+        }
+        b
+    }
+}
+
+fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_sets_every_key_to_its_default() {
+        let text = include_str!("../chaski.example.toml");
+        // Uncomment every `# key = value` line: the example must then parse and set every key.
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let settings = Settings::from_toml(&uncommented, "example").unwrap();
+        let defaults = NodeBuilder::new();
+        let built = settings.builder();
+        // Debug output compares every builder field; the name is the only key without a default.
+        let strip_name = |b: NodeBuilder| format!("{b:?}").replace("Some(\"my-node\")", "None");
+        assert_eq!(strip_name(built), format!("{defaults:?}"));
+        for (key, _) in Settings::KEYS {
+            assert!(
+                uncommented
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{key} = "))),
+                "the example file does not document `{key}`"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_keys_and_values_name_the_key_and_the_allowed_values() {
+        let err = Settings::from_toml("relay = true\nmax_conections = 3\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("max_conections") && err.contains("max_connections"),
+            "{err}"
+        );
+        let err = Settings::from_toml("stream_overflow = \"drop\"", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("drop-oldest") && err.contains("block"),
+            "{err}"
+        );
+        let err = Settings::from_toml("ping_interval = \"fast\"", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("250ms"), "{err}");
+    }
+
+    #[test]
+    fn environment_values_are_parsed_by_the_kind_of_their_key() {
+        let env = |name: &str| match name {
+            "CHASKI_SUBSCRIBE" => Some("a, b,".to_owned()),
+            "CHASKI_RELAY" => Some("yes".to_owned()),
+            "CHASKI_MAX_CONNECTIONS" => Some("7".to_owned()),
+            "CHASKI_PEER_TIMEOUT" => Some("1.5s".to_owned()),
+            _ => None,
+        };
+        let settings = Settings::from_env(env).unwrap();
+        assert_eq!(
+            settings.subscribe,
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert_eq!(settings.relay, Some(true));
+        assert_eq!(settings.max_connections, Some(7));
+        assert_eq!(
+            settings.peer_timeout,
+            Some(HumanDuration(Duration::from_millis(1500)))
+        );
+        let err = Settings::from_env(|n| (n == "CHASKI_RELAY").then(|| "maybe".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CHASKI_RELAY") && err.contains("true or false"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn later_sources_override_earlier_ones() {
+        let mut settings = Settings::from_toml("name = \"file\"\nrelay = true", "f").unwrap();
+        settings.overlay(Settings {
+            name: Some("flag".to_owned()),
+            ..Settings::default()
+        });
+        assert_eq!(settings.name.as_deref(), Some("flag"));
+        assert_eq!(settings.relay, Some(true));
+    }
+}
