@@ -268,6 +268,7 @@ pub(crate) struct DemoCommand {
 
 /// Runs the command; the exit code on success.
 pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
+    crate::run::install_signals().map_err(|e| anyhow::anyhow!("cannot handle signals: {e}"))?;
     match cli.command {
         Command::Node(cmd) => crate::run::node(cmd).await,
         Command::Pub(cmd) => crate::run::publish(cmd).await,

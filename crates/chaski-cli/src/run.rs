@@ -3,13 +3,17 @@
 
 use std::{
     io::Write,
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use chaski::{Node, NodeEvent, Received, StreamOptions, Topic, membership::Event};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    sync::watch,
+};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -19,27 +23,46 @@ use crate::{
     exit,
 };
 
-/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM.
-pub(crate) async fn stop_signal() {
+/// Set once Ctrl-C (SIGINT) or SIGTERM arrived; see [`install_signals`].
+static STOPPING: OnceLock<watch::Receiver<bool>> = OnceLock::new();
+
+/// Installs the handlers of Ctrl-C (SIGINT) and SIGTERM, before any work starts, so that a signal
+/// that comes early still ends the process cleanly.
+pub(crate) fn install_signals() -> std::io::Result<()> {
+    let (tx, rx) = watch::channel(false);
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(err) => {
-                warn!("cannot listen for SIGTERM: {err}");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+            let _ = tx.send(true);
+        });
     }
     #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = tx.send(true);
+        }
+    });
+    let _ = STOPPING.set(rx);
+    Ok(())
+}
+
+/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM.
+pub(crate) async fn stop_signal() {
+    match STOPPING.get() {
+        Some(rx) => {
+            let mut rx = rx.clone();
+            if rx.wait_for(|stop| *stop).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -56,7 +79,12 @@ pub(crate) async fn start(settings: &Settings) -> Result<Node> {
         "listening on {}",
         node.local_addr()
     );
-    tokio::spawn(log_events(node.clone()));
+    // Subscribe to the events before looking at the peers, so that no peer goes unlogged.
+    let events = node.events();
+    for peer in node.peers() {
+        info!(peer = %peer.name, via = peer.source.as_str(), "peer up");
+    }
+    tokio::spawn(log_events(node.clone(), events));
     Ok(node)
 }
 
@@ -94,8 +122,7 @@ pub(crate) async fn peer_name_soon(node: &Node, id: chaski::NodeId) -> String {
 }
 
 /// Logs the node's events until it stops.
-async fn log_events(node: Node) {
-    let mut events = node.events();
+async fn log_events(node: Node, mut events: chaski::EventStream) {
     // Hold no handle while waiting, so that the node can shut down when the command is done.
     let weak = node.clone();
     drop(node);
