@@ -95,6 +95,49 @@ exits once every message is handed to the network and its connections are closed
   chaski demo
   chaski demo --duration 30s")]
     Demo(DemoCommand),
+    /// The node benchmark: messages per second and round trips beside a raw TCP baseline.
+    #[command(after_help = "Examples:
+  chaski bench
+  chaski bench --sizes 64,1024 --processes one --runs 3
+  chaski bench --quick --json > results.jsonl
+
+Build it with --release (cargo run --release -p chaski-cli -- bench); `cargo xtask bench node`
+runs it that way. Progress goes to standard error.")]
+    Bench(BenchCommand),
+}
+
+/// Which variants of the throughput measurement to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Processes {
+    /// Both nodes in this process.
+    One,
+    /// The subscriber in a child process.
+    Two,
+    /// One, then two.
+    Both,
+}
+
+/// `chaski bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchCommand {
+    /// Payload sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "8,64,1024,65536,1048576")]
+    pub(crate) sizes: Vec<usize>,
+    /// Processes: one, two, or both variants.
+    #[arg(long, value_enum, default_value_t = Processes::Both)]
+    pub(crate) processes: Processes,
+    /// Runs per measurement (the median is reported). Default: 5, or 1 with --quick.
+    #[arg(long, value_name = "N")]
+    pub(crate) runs: Option<usize>,
+    /// A short smoke run (also CHASKI_BENCH_QUICK=1).
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// One JSON object per measurement on standard output.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Internal: be the subscriber process of the two-process variant.
+    #[arg(long, hide = true, value_name = "ADDR")]
+    pub(crate) child: Option<String>,
 }
 
 /// How a command joins the network: the node settings.
@@ -276,5 +319,6 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Ping(cmd) => crate::inspect::ping(cmd).await,
         Command::Peers(cmd) => crate::inspect::peers(cmd).await,
         Command::Demo(cmd) => crate::demo::run(cmd).await,
+        Command::Bench(cmd) => crate::bench::run(cmd).await,
     }
 }

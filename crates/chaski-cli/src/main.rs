@@ -30,6 +30,7 @@
 //! Errors are one line on standard error (`chaski: error: ...`); `-v` adds the details and debug
 //! logs, `--log-format json` makes the logs machine-readable.
 
+mod bench;
 mod cli;
 mod config;
 mod demo;

@@ -1,0 +1,63 @@
+//! `chaski bench --json`: one object per measurement, each with the raw TCP baseline of the same
+//! run beside it, in one and two processes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::chaski;
+
+#[test]
+fn a_quick_bench_reports_every_measurement_as_json() {
+    let output = chaski()
+        .args(["bench", "--quick", "--sizes", "64", "--json"])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("bench: one process: 64 B"),
+        "progress: {stderr}"
+    );
+    let objects: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<(String, u64)> = objects
+        .iter()
+        .map(|o| {
+            (
+                o["measurement"].as_str().unwrap().to_owned(),
+                o["processes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("throughput".to_owned(), 1),
+            ("round_trip".to_owned(), 1),
+            ("throughput".to_owned(), 2)
+        ]
+    );
+    for object in &objects {
+        let ratio = object["ratio"].as_f64().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{object}");
+        if object["measurement"] == "throughput" {
+            assert_eq!(object["payload_bytes"], 64);
+            assert!(object["chaski_msgs_per_s"].as_f64().unwrap() > 0.0);
+            assert!(object["baseline_msgs_per_s"].as_f64().unwrap() > 0.0);
+        } else {
+            assert!(object["chaski_p50_us"].as_f64().unwrap() > 0.0);
+            assert!(object["baseline_p50_us"].as_f64().unwrap() > 0.0);
+        }
+    }
+}
+
+#[test]
+fn bad_bench_arguments_are_usage_errors() {
+    chaski().args(["bench", "--sizes", "big"]).assert().code(2);
+    chaski().args(["bench", "--runs", "0"]).assert().code(2);
+}
