@@ -656,21 +656,9 @@ where
             buf.reserve(want.max(config.read_buffer));
         }
         tokio::select! {
+            // Read first: when the peer's goodbye has arrived and our writer has meanwhile failed
+            // on the reset that followed it, the goodbye is what happened.
             biased;
-            exit = &mut writer => {
-                writer_done = Some(());
-                break match exit {
-                    Ok(WriterExit::Goodbye(g)) => CloseReason::Goodbye {
-                        by: Side::Local,
-                        reason: g.reason,
-                        message: g.message,
-                    },
-                    Ok(WriterExit::Error(e)) => CloseReason::Lost(LostCause::Write(e)),
-                    Ok(WriterExit::Stopped) | Err(_) => CloseReason::Lost(LostCause::Write(
-                        io::Error::other("the writer task ended unexpectedly"),
-                    )),
-                };
-            }
             read = reader.read_buf(&mut buf) => {
                 let lost = match read {
                     Ok(0) if buf.is_empty() => LostCause::Eof,
@@ -699,6 +687,20 @@ where
                     }
                 }
                 break CloseReason::Lost(lost);
+            }
+            exit = &mut writer => {
+                writer_done = Some(());
+                break match exit {
+                    Ok(WriterExit::Goodbye(g)) => CloseReason::Goodbye {
+                        by: Side::Local,
+                        reason: g.reason,
+                        message: g.message,
+                    },
+                    Ok(WriterExit::Error(e)) => CloseReason::Lost(LostCause::Write(e)),
+                    Ok(WriterExit::Stopped) | Err(_) => CloseReason::Lost(LostCause::Write(
+                        io::Error::other("the writer task ended unexpectedly"),
+                    )),
+                };
             }
         }
     };

@@ -103,6 +103,8 @@ pub(crate) struct Inner {
     datagrams: Option<DatagramSocket>,
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
+    /// Set once the accept loop has dropped the listener (the port is free again).
+    listener_closed: watch::Sender<bool>,
 }
 
 impl Endpoint {
@@ -140,6 +142,7 @@ impl Endpoint {
             datagrams,
             shutting_down: AtomicBool::new(false),
             shutdown,
+            listener_closed: watch::Sender::new(false),
             config,
         });
         info!(%local_addr, node = %inner.node_id.short(), "endpoint bound");
@@ -287,7 +290,8 @@ impl Endpoint {
     }
 
     /// Stops accepting, refuses new dials, and closes every connection with
-    /// `Goodbye(Shutdown)`. Their [`Event::Closed`] follow on [`Events`].
+    /// `Goodbye(Shutdown)`. Their [`Event::Closed`] follow on [`Events`]. Returns once the
+    /// listening socket is closed, so that the port can be bound again.
     pub async fn shutdown(&self) {
         self.inner.begin_shutdown();
         for connection in self.connections() {
@@ -295,6 +299,8 @@ impl Endpoint {
                 .close(GoodbyeReason::Shutdown, "shutting down")
                 .await;
         }
+        let mut closed = self.inner.listener_closed.subscribe();
+        let _ = closed.wait_for(|closed| *closed).await;
     }
 }
 
@@ -440,6 +446,8 @@ async fn accept_loop(
             Err(_) => refuse_overloaded(&inner, stream, addr),
         }
     }
+    drop(listener);
+    inner.listener_closed.send_replace(true);
     debug!("accept loop stopped");
 }
 
