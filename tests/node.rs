@@ -1,112 +1,24 @@
 //! End-to-end tests of the node over real loopback sockets, through the `chaski` facade.
 //!
-//! Every test is bounded by [`LIMIT`] and waits for events, never for time, except where it
-//! checks that something does *not* happen (then it waits a bounded time and says why).
+//! Every test is bounded by [`common::LIMIT`] and waits for events, never for time, except where
+//! it checks that something does *not* happen (then it waits a bounded time and says why). The
+//! heavy ones (many nodes, many messages) are in `load.rs`, a separate binary, so that they do not
+//! starve these of CPU: cargo runs test binaries one after the other.
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    future::Future,
-    process::Stdio,
-    time::Duration,
-};
+mod common;
+
+use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
 use chaski::{
-    Delivery, Error, MessageStream, Node, NodeBuilder, NodeEvent, NodeId, Overflow, PublishOptions,
-    StreamOptions, Topic, membership::Event as MembershipEvent,
+    Delivery, Error, NodeEvent, NodeId, Overflow, PublishOptions, StreamOptions, Topic,
+    membership::Event as MembershipEvent,
 };
+use common::{bounded, builder, next, start, until_peers};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Command,
 };
-
-/// The longest any test here may take.
-const LIMIT: Duration = Duration::from_secs(60);
-
-async fn bounded<T>(what: &str, future: impl Future<Output = Result<T>>) -> Result<T> {
-    tokio::time::timeout(LIMIT, future)
-        .await
-        .with_context(|| format!("{what}: timed out after {LIMIT:?}"))?
-}
-
-/// A node on loopback with LAN discovery off (tests in one process must not find each other).
-fn builder(name: &str, topics: &[&str]) -> NodeBuilder {
-    Node::builder()
-        .name(name)
-        .lan_discovery(false)
-        .subscribe(topics.iter().copied())
-}
-
-/// Waits until `done` holds for the node's peer table.
-async fn until_peers(node: &Node, mut done: impl FnMut(&[chaski::Peer]) -> bool) -> Result<()> {
-    loop {
-        if done(&node.peers()) {
-            return Ok(());
-        }
-        node.peers_changed().await?;
-    }
-}
-
-/// A node and the topics it subscribes to (the peer table shows only the peers' side).
-struct Member {
-    node: Node,
-    topics: Vec<String>,
-}
-
-/// Whether the members subscribed to `topic` form one connected graph over their pairing links.
-fn topic_connected(members: &[Member], topic: &str) -> bool {
-    let subscribers: HashSet<NodeId> = members
-        .iter()
-        .filter(|m| m.topics.iter().any(|t| t == topic))
-        .map(|m| m.node.id())
-        .collect();
-    let links: HashMap<NodeId, Vec<NodeId>> = members
-        .iter()
-        .map(|m| {
-            let paired = m
-                .node
-                .peers()
-                .iter()
-                .filter(|p| p.paired_topics.iter().any(|t| t == topic))
-                .map(|p| p.id)
-                .collect();
-            (m.node.id(), paired)
-        })
-        .collect();
-    let Some(&start) = subscribers.iter().next() else {
-        return true;
-    };
-    let mut seen = HashSet::from([start]);
-    let mut queue = VecDeque::from([start]);
-    while let Some(id) = queue.pop_front() {
-        for next in links.get(&id).into_iter().flatten() {
-            if subscribers.contains(next) && seen.insert(*next) {
-                queue.push_back(*next);
-            }
-        }
-    }
-    seen.len() == subscribers.len()
-}
-
-async fn start(builder: NodeBuilder) -> Result<Node> {
-    Ok(builder.build().await?)
-}
-
-/// Waits until every topic's subscribers are connected, re-checking on every peer change of any
-/// member.
-async fn until_connected(members: &[Member], topics: &[&str]) -> Result<()> {
-    loop {
-        if topics.iter().all(|t| topic_connected(members, t)) {
-            return Ok(());
-        }
-        let changes = members.iter().map(|m| Box::pin(m.node.peers_changed()));
-        futures_util::future::select_all(changes).await.0?;
-    }
-}
-
-async fn next(stream: &mut MessageStream) -> Result<chaski::Received> {
-    stream.recv().await.context("the stream ended")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_originals_demo_pairs_sharers_and_reaches_only_subscribers() -> Result<()> {
@@ -144,171 +56,6 @@ async fn the_originals_demo_pairs_sharers_and_reaches_only_subscribers() -> Resu
             "a news message reached c, which does not subscribe"
         );
         for node in [&a, &b, &c, &root] {
-            node.shutdown().await?;
-        }
-        Ok(())
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_nodes_through_one_relay_deliver_every_message_once_in_order() -> Result<()> {
-    bounded("twenty nodes", async {
-        const TOPICS: [&str; 4] = ["t0", "t1", "t2", "t3"];
-        const PER_NODE: u64 = 20;
-        let relay = start(builder("relay", &[]).relay(true)).await?;
-        let seed = relay.local_addr().to_string();
-        let mut nodes = Vec::new();
-        for i in 0..20 {
-            let topic = TOPICS[i % 4];
-            let node = start(
-                builder(&format!("n{i}"), &[topic])
-                    .max_connections(5)
-                    .seeds([seed.clone()]),
-            )
-            .await?;
-            nodes.push((node, topic));
-        }
-        let all: Vec<Node> = nodes
-            .iter()
-            .map(|(n, _)| n.clone())
-            .chain([relay.clone()])
-            .collect();
-        let members: Vec<Member> = nodes
-            .iter()
-            .map(|(node, topic)| Member {
-                node: node.clone(),
-                topics: vec![topic.to_string()],
-            })
-            .chain([Member {
-                node: relay.clone(),
-                topics: Vec::new(),
-            }])
-            .collect();
-        until_connected(&members, &TOPICS).await?;
-
-        let mut streams: Vec<MessageStream> = nodes.iter().map(|(n, _)| n.stream()).collect();
-        for (node, topic) in &nodes {
-            for seq in 0..PER_NODE {
-                node.publish(*topic, seq.to_string()).await?;
-            }
-        }
-        // Each node receives every message of the 4 others on its topic, once, in order.
-        for (i, stream) in streams.iter_mut().enumerate() {
-            let (me, topic) = &nodes[i];
-            let mut next_expected: HashMap<NodeId, u64> = nodes
-                .iter()
-                .filter(|(n, t)| t == topic && n.id() != me.id())
-                .map(|(n, _)| (n.id(), 0))
-                .collect();
-            let mut own = 0;
-            let total = PER_NODE as usize * 5;
-            for _ in 0..total {
-                let message = next(stream).await?;
-                if message.publisher == me.id() {
-                    own += 1;
-                    continue;
-                }
-                let expected = next_expected
-                    .get_mut(&message.publisher)
-                    .context("a message from a non-subscriber")?;
-                assert_eq!(
-                    message.payload,
-                    expected.to_string(),
-                    "out of order or duplicated at {}",
-                    me.name()
-                );
-                *expected += 1;
-            }
-            assert_eq!(
-                own, PER_NODE,
-                "a node receives its own publications once each"
-            );
-            assert!(next_expected.values().all(|&n| n == PER_NODE));
-            assert!(
-                stream.try_recv().is_none(),
-                "a message was delivered twice at {}",
-                me.name()
-            );
-        }
-        for node in &all {
-            node.shutdown().await?;
-        }
-        Ok(())
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fan_out_to_ten_subscribers_loses_nothing_under_block() -> Result<()> {
-    bounded("fan-out", async {
-        const COUNT: u64 = 100_000;
-        let publisher = start(builder("publisher", &["firehose"]).max_connections(10)).await?;
-        let seed = publisher.local_addr().to_string();
-        let mut subscribers = Vec::new();
-        for i in 0..10 {
-            let node = start(
-                builder(&format!("s{i}"), &["firehose"])
-                    .max_connections(10)
-                    .seeds([seed.clone()]),
-            )
-            .await?;
-            subscribers.push(node);
-        }
-        until_peers(&publisher, |peers| {
-            peers
-                .iter()
-                .filter(|p| p.paired_topics.iter().any(|t| t == "firehose"))
-                .count()
-                == 10
-        })
-        .await?;
-
-        let readers: Vec<_> = subscribers
-            .iter()
-            .map(|node| {
-                let mut stream = node.stream_with(
-                    StreamOptions::new()
-                        .capacity(1024)
-                        .overflow(Overflow::Block),
-                );
-                let publisher = publisher.id();
-                tokio::spawn(async move {
-                    // Exactly once each. Order holds per path; with ten subscribers paired with
-                    // each other as well, a copy forwarded by one of them may overtake the
-                    // publisher's own when its queue to this subscriber is the fuller one.
-                    let mut seen = vec![false; COUNT as usize];
-                    for _ in 0..COUNT {
-                        let message = next(&mut stream).await?;
-                        ensure!(message.publisher == publisher);
-                        let n: usize = std::str::from_utf8(&message.payload)?.parse()?;
-                        ensure!(
-                            n < seen.len() && !seen[n],
-                            "message {n} delivered twice or unknown"
-                        );
-                        seen[n] = true;
-                    }
-                    ensure!(stream.dropped() == 0);
-                    anyhow::Ok(())
-                })
-            })
-            .collect();
-        for n in 0..COUNT {
-            publisher.publish("firehose", n.to_string()).await?;
-        }
-        for (reader, node) in readers.into_iter().zip(&subscribers) {
-            // A lost message would leave its reader waiting: say which node, with its counters.
-            tokio::time::timeout(Duration::from_secs(30), reader)
-                .await
-                .with_context(|| {
-                    format!(
-                        "{} still waits for messages: {:?}",
-                        node.name(),
-                        node.stats()
-                    )
-                })???;
-        }
-        for node in subscribers.iter().chain([&publisher]) {
             node.shutdown().await?;
         }
         Ok(())
@@ -391,43 +138,6 @@ async fn a_killed_process_is_noticed_and_a_restarted_one_streams_again() -> Resu
         drop(child.stdin.take());
         child.wait().await?;
         listener.shutdown().await?;
-        Ok(())
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_graceful_shutdown_is_a_goodbye_and_is_not_redialed() -> Result<()> {
-    bounded("graceful shutdown", async {
-        let stayer = start(
-            builder("stayer", &["t"])
-                .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(100)),
-        )
-        .await?;
-        let leaver =
-            start(builder("leaver", &["t"]).seeds([stayer.local_addr().to_string()])).await?;
-        let leaver_addr = leaver.local_addr();
-        until_peers(&stayer, |peers| peers.iter().any(|p| p.id == leaver.id())).await?;
-        let mut events = stayer.events();
-        leaver.shutdown().await?;
-        loop {
-            if let NodeEvent::Membership(MembershipEvent::PeerDown { peer, reason, .. }) =
-                events.recv().await.context("events")?
-            {
-                assert_eq!(peer, leaver.id());
-                assert!(!reason.is_failure(), "a shutdown is a goodbye: {reason:?}");
-                break;
-            }
-        }
-        // Nothing may dial the leaver's address again. A re-dial would come within the backoff
-        // (50-100 ms); listen there for ten times as long.
-        let watch = tokio::net::TcpListener::bind(leaver_addr).await?;
-        let redial = tokio::time::timeout(Duration::from_secs(1), watch.accept()).await;
-        assert!(
-            redial.is_err(),
-            "the stayer re-dialed a node that said goodbye"
-        );
-        stayer.shutdown().await?;
         Ok(())
     })
     .await
@@ -652,40 +362,6 @@ async fn streams_are_independent_closable_and_reopenable() -> Result<()> {
         // The node's shutdown ends its streams.
         assert!(third.recv().await.is_none());
         b.shutdown().await?;
-        Ok(())
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_the_last_handle_says_goodbye() -> Result<()> {
-    bounded("drop", async {
-        let stayer = start(builder("stayer", &["t"])).await?;
-        let dropped =
-            start(builder("dropped", &["t"]).seeds([stayer.local_addr().to_string()])).await?;
-        let id = dropped.id();
-        until_peers(&stayer, |peers| peers.iter().any(|p| p.id == id)).await?;
-        let mut events = stayer.events();
-        let clone = dropped.clone();
-        drop(dropped);
-        assert!(
-            stayer.peers().iter().any(|p| p.id == id),
-            "a clone keeps the node alive"
-        );
-        drop(clone);
-        loop {
-            if let NodeEvent::Membership(MembershipEvent::PeerDown { peer, reason, .. }) =
-                events.recv().await.context("events")?
-            {
-                assert_eq!(peer, id);
-                assert!(
-                    !reason.is_failure(),
-                    "dropping the last handle is a clean shutdown: {reason:?}"
-                );
-                break;
-            }
-        }
-        stayer.shutdown().await?;
         Ok(())
     })
     .await

@@ -68,7 +68,8 @@ pub(crate) enum Seen {
 /// The bounded duplicate filter keyed by (publisher, sequence).
 #[derive(Debug)]
 pub(crate) struct DuplicateFilter {
-    windows: HashMap<NodeId, Window>,
+    /// Seeded fast hashing (foldhash): looked up once per message.
+    windows: HashMap<NodeId, Window, foldhash::fast::RandomState>,
     capacity: usize,
     clock: u64,
     /// Publishers evicted to make room.
@@ -78,7 +79,7 @@ pub(crate) struct DuplicateFilter {
 impl DuplicateFilter {
     pub(crate) fn new(capacity: usize) -> DuplicateFilter {
         DuplicateFilter {
-            windows: HashMap::new(),
+            windows: HashMap::default(),
             capacity,
             clock: 0,
             evictions: 0,

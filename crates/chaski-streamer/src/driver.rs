@@ -114,6 +114,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A map looked up once or more per message: seeded fast hashing (foldhash) instead of SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The LAN discovery socket: bound to the multicast group, joined on one interface.
 struct Lan {
     socket: DatagramSocket,
@@ -159,11 +162,11 @@ struct Driver {
     /// Peers' UDP addresses (their listening addresses) to their connection, for best-effort
     /// messages.
     udp_peers: HashMap<SocketAddr, ConnId>,
-    names: HashMap<NodeId, Arc<str>>,
+    names: FastMap<NodeId, Arc<str>>,
     /// The connection of each directly connected peer.
-    peer_conns: HashMap<NodeId, ConnId>,
+    peer_conns: FastMap<NodeId, ConnId>,
     /// Since when this node has been paired with a peer on a topic (bounded by peers x topics).
-    paired_since: HashMap<(NodeId, Topic), Instant>,
+    paired_since: FastMap<NodeId, FastMap<Topic, Instant>>,
     /// Forwarded copies ignored because their publisher sends to this node directly.
     redundant: u64,
     registry: Arc<StreamRegistry>,
@@ -312,7 +315,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         counters: counters.clone(),
         stopped: stopped_rx,
     };
-    let mut names = HashMap::new();
+    let mut names = FastMap::default();
     names.insert(id, name.clone());
     let driver = Driver {
         id,
@@ -326,8 +329,8 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         conns: HashMap::new(),
         udp_peers: HashMap::new(),
         names,
-        peer_conns: HashMap::new(),
-        paired_since: HashMap::new(),
+        peer_conns: FastMap::default(),
+        paired_since: FastMap::default(),
         redundant: 0,
         registry,
         routes,
@@ -500,17 +503,22 @@ impl Driver {
                 TransportEvent::Connected(connection) => self.connected(connection),
                 TransportEvent::Frames { connection, frames } => {
                     let conn = ConnId(connection.as_u64());
+                    // One clock reading per read call, not per message.
+                    let now = self.now();
                     for frame in frames {
                         match frame {
                             Frame::Publish(message) => {
-                                self.received(conn, message, Delivery::Reliable)
+                                self.received(now, conn, message, Delivery::Reliable)
                             }
                             other => {
-                                if !matches!(other, Frame::Ping(_) | Frame::Pong(_)) {
-                                    self.routes_dirty = true;
-                                }
-                                let now = self.now();
+                                let reroute = !matches!(other, Frame::Ping(_) | Frame::Pong(_));
                                 self.membership.handle_frame(now, conn, other);
+                                // Before any later message of this batch reaches the application:
+                                // what it publishes in answer must already use the new routes
+                                // (an unsubscription, say).
+                                if reroute {
+                                    self.rebuild_routes();
+                                }
                             }
                         }
                     }
@@ -546,6 +554,14 @@ impl Driver {
         self.membership
             .handle_connected(now, conn, &hello, outbound, Some(remote));
         self.peers_dirty = true;
+        self.routes_dirty = true;
+        // `connect` is answered once the connection is known here, so that what the caller does
+        // next (a ping, say) finds it.
+        if outbound {
+            for reply in self.connects.remove(&remote).unwrap_or_default() {
+                let _ = reply.send(Ok(hello.node_id));
+            }
+        }
     }
 
     fn disconnected(&mut self, conn: ConnId, node: NodeId, reason: CloseReason) {
@@ -561,7 +577,7 @@ impl Driver {
         if self.peer_conns.get(&node) == Some(&conn) {
             self.peer_conns.remove(&node);
         }
-        self.paired_since.retain(|(peer, _), _| *peer != node);
+        self.paired_since.remove(&node);
         self.send_drops.remove(&node);
         let how = match &reason {
             CloseReason::Goodbye { reason, .. } => Disconnect::Goodbye(*reason),
@@ -578,7 +594,10 @@ impl Driver {
     fn handle_datagram(&mut self, frame: Frame, from: SocketAddr) {
         match frame {
             Frame::Publish(message) => match self.udp_peers.get(&from).copied() {
-                Some(conn) => self.received(conn, message, Delivery::BestEffort),
+                Some(conn) => {
+                    let now = self.now();
+                    self.received(now, conn, message, Delivery::BestEffort);
+                }
                 None => {
                     Counters::add(&self.counters.datagrams_ignored, 1);
                     self.unknown_datagrams.0 += 1;
@@ -600,7 +619,13 @@ impl Driver {
     // Messages: the hot path.
 
     /// A message arrived from a peer: deduplicate, forward along the topic's graph, deliver.
-    fn received(&mut self, from: ConnId, message: Message, delivery: Delivery) {
+    fn received(
+        &mut self,
+        now: chaski_membership::Instant,
+        from: ConnId,
+        message: Message,
+        delivery: Delivery,
+    ) {
         Counters::add(&self.counters.messages_in, 1);
         // A publisher paired with this node on the topic sends it every message itself, in order,
         // over TCP: a copy forwarded by a neighbour is redundant, and taking it could push the
@@ -613,14 +638,14 @@ impl Driver {
                 .is_some_and(|&direct| direct != from)
             && self
                 .paired_since
-                .get(&(message.publisher, message.topic.clone()))
+                .get(&message.publisher)
+                .and_then(|topics| topics.get(&message.topic))
                 .is_some_and(|since| since.elapsed() >= DIRECT_GRACE)
         {
             self.redundant += 1;
             Counters::add(&self.counters.duplicates, 1);
             return;
         }
-        let now = self.now();
         let route = self.membership.route(now, Some(from), &message);
         if route.duplicate {
             Counters::add(&self.counters.duplicates, 1);
@@ -869,6 +894,7 @@ impl Driver {
         let mut routes = Routes {
             topics: HashMap::with_capacity(topics.len()),
             hop_limit: 0,
+            closed: false,
         };
         for topic in topics {
             if routes.topics.contains_key(&topic) {
@@ -1110,12 +1136,16 @@ impl Driver {
             }
             MembershipEvent::Paired { topic, peer } => {
                 self.paired_since
-                    .insert((*peer, topic.clone()), Instant::now());
+                    .entry(*peer)
+                    .or_default()
+                    .insert(topic.clone(), Instant::now());
                 self.peers_dirty = true;
                 self.routes_dirty = true;
             }
             MembershipEvent::Unpaired { topic, peer } => {
-                self.paired_since.remove(&(*peer, topic.clone()));
+                if let Some(topics) = self.paired_since.get_mut(peer) {
+                    topics.remove(topic);
+                }
                 self.peers_dirty = true;
                 self.routes_dirty = true;
             }
@@ -1131,26 +1161,25 @@ impl Driver {
         result: Result<Connection, chaski_transport::Error>,
     ) {
         let answer = match result {
+            // Answered by `connected` (now, if its event came first, or when it comes).
+            Ok(connection) if !self.conns.contains_key(&ConnId(connection.id().as_u64())) => return,
             Ok(connection) => Ok(connection.node_id()),
+            // Already connected to that node: the existing connection answers.
             Err(chaski_transport::Error::Duplicate { node, .. }) => Ok(node),
             Err(err) => {
                 debug!(%addr, %err, "dial failed");
                 let now = self.now();
                 self.membership.handle_dial_failed(now, addr);
-                Err(Error::Connect {
-                    addr,
-                    reason: err.to_string(),
-                })
+                Err(err.to_string())
             }
         };
         for reply in self.connects.remove(&addr).unwrap_or_default() {
             let _ = reply.send(match &answer {
                 Ok(id) => Ok(*id),
-                Err(Error::Connect { addr, reason }) => Err(Error::Connect {
-                    addr: *addr,
+                Err(reason) => Err(Error::Connect {
+                    addr,
                     reason: reason.clone(),
                 }),
-                Err(_) => Err(Error::Shutdown),
             });
         }
     }
@@ -1161,6 +1190,10 @@ impl Driver {
     }
 
     fn publish_peers(&mut self) {
+        self.counters.dials.store(
+            self.membership.counters().dials,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if self.peers_dirty {
             self.peers_dirty = false;
             self.peers_out
@@ -1173,6 +1206,11 @@ impl Driver {
 
     async fn shutdown(mut self, reply: Option<oneshot::Sender<()>>) {
         info!(node = %self.id.short(), name = %self.name, "node shutting down");
+        // From now on the handles' publications fail with `Error::Shutdown`.
+        self.routes.store(Arc::new(Routes {
+            closed: true,
+            ..Routes::default()
+        }));
         let now = self.now();
         self.membership.shutdown(now);
         self.run_actions();
@@ -1188,6 +1226,7 @@ impl Driver {
         if tokio::time::timeout(SHUTDOWN_GRACE, closing).await.is_err() {
             warn!("some connections did not close in time");
         }
+        // Returns once the listening socket is closed: the port is free when `shutdown` returns.
         self.endpoint.shutdown().await;
         self.dials.abort_all();
         for stream in self.registry.load().iter() {

@@ -89,6 +89,8 @@ pub struct NodeStats {
     pub send_dropped: u64,
     /// Best-effort datagrams ignored (unknown source or undecodable).
     pub datagrams_ignored: u64,
+    /// Connections this node has started to dial (seeds, discovered peers, reconnections).
+    pub dials: u64,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +103,7 @@ pub(crate) struct Counters {
     pub(crate) duplicates: AtomicU64,
     pub(crate) send_dropped: AtomicU64,
     pub(crate) datagrams_ignored: AtomicU64,
+    pub(crate) dials: AtomicU64,
 }
 
 impl Counters {
@@ -119,6 +122,7 @@ impl Counters {
             duplicates: get(&self.duplicates),
             send_dropped: get(&self.send_dropped),
             datagrams_ignored: get(&self.datagrams_ignored),
+            dials: get(&self.dials),
         }
     }
 }
@@ -180,6 +184,8 @@ impl StreamRegistry {
 pub(crate) struct Routes {
     pub(crate) topics: HashMap<Topic, TopicRoute>,
     pub(crate) hop_limit: u32,
+    /// The node has shut down: publishing fails with `Error::Shutdown`.
+    pub(crate) closed: bool,
 }
 
 /// The route of one topic.
@@ -360,6 +366,9 @@ impl Node {
         let (topic, payload, delivery, headers) = self.prepare(topic, payload, options)?;
         let routes = loop {
             let routes = self.inner.routes.load_full();
+            if routes.closed {
+                return Err(Error::Shutdown);
+            }
             if delivery == Delivery::Reliable && routes.topics.contains_key(&topic) {
                 break routes;
             }
@@ -484,6 +493,9 @@ impl Node {
     ) -> Result<(), Error> {
         let (topic, payload, delivery, headers) = self.prepare(topic, payload, options)?;
         let routes = self.inner.routes.load_full();
+        if routes.closed {
+            return Err(Error::Shutdown);
+        }
         let route = match routes.topics.get(&topic) {
             Some(route) if delivery == Delivery::Reliable => route,
             // Best-effort, or a topic not routed yet: through the driver.
