@@ -301,3 +301,34 @@ fn every_command_has_help_with_examples() {
         assert!(help.contains(&format!("chaski {command}")), "{help}");
     }
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut node = Background::start(&["--log-format", "json", "node", "--no-lan-discovery"]);
+    let line = node.wait_for(&["listening on"]);
+    let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(log["level"], "INFO");
+    assert!(
+        log["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("listening on 127.0.0.1:")
+    );
+    node.terminate();
+    assert_eq!(node.finish().0, Some(0));
+}
+
+#[test]
+fn verbose_errors_add_the_details() {
+    let output = chaski()
+        .args(["-v", "node", "--listen", "nonsense", "--no-lan-discovery"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("chaski: error: cannot start the node"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("details: "), "{stderr}");
+}
