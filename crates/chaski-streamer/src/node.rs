@@ -318,6 +318,24 @@ impl Node {
         Ok((topic, payload, delivery, options.headers))
     }
 
+    /// A publication for the driver to route (best-effort, or a topic the snapshot lacks).
+    fn driver_publish(
+        &self,
+        topic: Topic,
+        payload: Bytes,
+        headers: Vec<Header>,
+        delivery: Delivery,
+    ) -> Command {
+        let sequence = self.next_sequence();
+        Command::Publish {
+            topic,
+            payload,
+            headers,
+            delivery,
+            sequence,
+        }
+    }
+
     fn next_sequence(&self) -> u64 {
         self.inner.sequence.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -382,14 +400,7 @@ impl Node {
                     })
                     .await?;
             if !routed {
-                let sequence = self.next_sequence();
-                let command = Command::Publish {
-                    topic,
-                    payload,
-                    headers,
-                    delivery,
-                    sequence,
-                };
+                let command = self.driver_publish(topic, payload, headers, delivery);
                 return self
                     .inner
                     .commands
@@ -500,14 +511,7 @@ impl Node {
             Some(route) if delivery == Delivery::Reliable => route,
             // Best-effort, or a topic not routed yet: through the driver.
             _ => {
-                let sequence = self.next_sequence();
-                let command = Command::Publish {
-                    topic,
-                    payload,
-                    headers,
-                    delivery,
-                    sequence,
-                };
+                let command = self.driver_publish(topic, payload, headers, delivery);
                 return self.inner.commands.try_send(command).map_err(|e| match e {
                     mpsc::error::TrySendError::Full(_) => Error::Full,
                     mpsc::error::TrySendError::Closed(_) => Error::Shutdown,

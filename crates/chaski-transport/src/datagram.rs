@@ -102,13 +102,33 @@ impl DatagramSocket {
         frame: &EncodedFrame,
         target: SocketAddr,
     ) -> Result<usize, DatagramError> {
+        self.check_len(frame)?;
+        self.send_bytes(frame.as_bytes(), target).await
+    }
+
+    fn check_len(&self, frame: &EncodedFrame) -> Result<(), DatagramError> {
         if frame.len() > self.max_len {
             return Err(DatagramError::TooLarge {
                 len: frame.len(),
                 max: self.max_len,
             });
         }
-        self.send_bytes(frame.as_bytes(), target).await
+        Ok(())
+    }
+
+    /// Counts the outcome of a send.
+    fn counted(&self, sent: io::Result<usize>) -> Result<usize, DatagramError> {
+        match sent {
+            Ok(n) => {
+                add(&self.counters.sent, 1);
+                add(&self.counters.bytes_out, n as u64);
+                Ok(n)
+            }
+            Err(e) => {
+                add(&self.counters.send_errors, 1);
+                Err(DatagramError::Io(e))
+            }
+        }
     }
 
     /// Sends an already encoded frame to `target` without waiting: when the socket's send buffer
@@ -120,23 +140,8 @@ impl DatagramSocket {
         frame: &EncodedFrame,
         target: SocketAddr,
     ) -> Result<usize, DatagramError> {
-        if frame.len() > self.max_len {
-            return Err(DatagramError::TooLarge {
-                len: frame.len(),
-                max: self.max_len,
-            });
-        }
-        match self.socket.try_send_to(frame.as_bytes(), target) {
-            Ok(n) => {
-                add(&self.counters.sent, 1);
-                add(&self.counters.bytes_out, n as u64);
-                Ok(n)
-            }
-            Err(e) => {
-                add(&self.counters.send_errors, 1);
-                Err(DatagramError::Io(e))
-            }
-        }
+        self.check_len(frame)?;
+        self.counted(self.socket.try_send_to(frame.as_bytes(), target))
     }
 
     async fn send_bytes(
@@ -144,17 +149,7 @@ impl DatagramSocket {
         datagram: &[u8],
         target: SocketAddr,
     ) -> Result<usize, DatagramError> {
-        match self.socket.send_to(datagram, target).await {
-            Ok(n) => {
-                add(&self.counters.sent, 1);
-                add(&self.counters.bytes_out, n as u64);
-                Ok(n)
-            }
-            Err(e) => {
-                add(&self.counters.send_errors, 1);
-                Err(DatagramError::Io(e))
-            }
-        }
+        self.counted(self.socket.send_to(datagram, target).await)
     }
 
     /// Receives the next valid frame and its sender's address. Garbage, truncated, padded or
