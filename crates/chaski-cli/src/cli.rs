@@ -299,6 +299,9 @@ pub(crate) struct PeersCommand {
     /// How long to wait for the answer.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub(crate) timeout: std::time::Duration,
+    /// The node's network id, if not the default network (CHASKI_NETWORK_ID overrides it).
+    #[arg(long, value_name = "ID", default_value = "")]
+    pub(crate) network_id: String,
 }
 
 /// `chaski demo`.

@@ -25,7 +25,12 @@ use crate::{
 
 /// Finds the node `target` from `node`: an address is dialed; a name is looked up among the
 /// connected peers, then in the peer tables of the seeds (and dialed at its listening address).
-async fn find(node: &Node, target: &str, seeds: &[String], wait: Duration) -> Result<NodeId> {
+async fn find(
+    node: &Node,
+    target: &str,
+    (seeds, network_id): (&[String], &str),
+    wait: Duration,
+) -> Result<NodeId> {
     let timed_out = || {
         coded(
             exit::TIMEOUT,
@@ -43,7 +48,7 @@ async fn find(node: &Node, target: &str, seeds: &[String], wait: Duration) -> Re
             return Ok(peer.id);
         }
         for seed in seeds {
-            let Ok((status, _)) = status(seed, wait).await else {
+            let Ok((status, _)) = status(seed, network_id, wait).await else {
                 continue;
             };
             let addr = if status.node.name == target {
@@ -106,14 +111,15 @@ pub(crate) async fn ping(cmd: PingCommand) -> Result<u8> {
         .await
         .context("cannot start the node")?;
     let seeds = settings.seeds.clone().unwrap_or_default();
-    let result = ping_with(&node, &cmd, &seeds).await;
+    let network_id = settings.network_id.clone().unwrap_or_default();
+    let result = ping_with(&node, &cmd, (&seeds, &network_id)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), node.shutdown()).await;
     result
 }
 
-async fn ping_with(node: &Node, cmd: &PingCommand, seeds: &[String]) -> Result<u8> {
+async fn ping_with(node: &Node, cmd: &PingCommand, network: (&[String], &str)) -> Result<u8> {
     let id = tokio::select! {
-        id = find(node, &cmd.target, seeds, cmd.timeout) => id?,
+        id = find(node, &cmd.target, network, cmd.timeout) => id?,
         () = stop_signal() => return Ok(exit::INTERRUPTED),
     };
     let name = peer_name_soon(node, id).await;
@@ -181,7 +187,11 @@ async fn ping_with(node: &Node, cmd: &PingCommand, seeds: &[String]) -> Result<u
 }
 
 /// Asks the node at `addr` for its status.
-async fn status(addr: &str, timeout: Duration) -> Result<(StatusResponse, NodeId)> {
+async fn status(
+    addr: &str,
+    network_id: &str,
+    timeout: Duration,
+) -> Result<(StatusResponse, NodeId)> {
     let target: SocketAddr = match addr.parse() {
         Ok(addr) => addr,
         Err(_) => tokio::net::lookup_host(addr)
@@ -211,7 +221,7 @@ async fn status(addr: &str, timeout: Duration) -> Result<(StatusResponse, NodeId
         timestamp_micros: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64),
-        network_id: String::new(),
+        network_id: network_id.to_owned(),
     };
     let config = transport::Config::builder()
         .udp(false)
@@ -249,9 +259,22 @@ async fn status(addr: &str, timeout: Duration) -> Result<(StatusResponse, NodeId
                     }
                 }
                 transport::Event::Closed { reason, .. } => {
+                    let hint = if matches!(
+                        reason,
+                        transport::CloseReason::Goodbye {
+                            reason: chaski::wire::GoodbyeReason::Unauthorized,
+                            ..
+                        }
+                    ) {
+                        " (another network: give its --network-id)"
+                    } else {
+                        ""
+                    };
                     return Err(coded(
                         exit::FAILURE,
-                        format!("{target} closed the connection without answering: {reason:?}"),
+                        format!(
+                            "{target} closed the connection without answering{hint}: {reason:?}"
+                        ),
                     ));
                 }
                 _ => {}
@@ -438,7 +461,9 @@ pub(crate) fn to_dot(status: &StatusResponse) -> String {
 
 /// `chaski peers`.
 pub(crate) async fn peers(cmd: PeersCommand) -> Result<u8> {
-    let (mut status, me) = status(&cmd.addr, cmd.timeout).await?;
+    // As for every setting, the environment overrides the flag.
+    let network_id = std::env::var("CHASKI_NETWORK_ID").unwrap_or(cmd.network_id);
+    let (mut status, me) = status(&cmd.addr, &network_id, cmd.timeout).await?;
     // This command's own connection is not one of the node's peers.
     status.peers.retain(|p| p.peer.node_id != me);
     let text = match cmd.format {

@@ -153,3 +153,23 @@ fn pinging_an_unknown_name_times_out_with_code_4() {
         "no node named `nobody`",
     );
 }
+
+#[test]
+fn peers_of_a_node_in_another_network_needs_its_network_id() {
+    let mut lab = Background::start(&[
+        "node",
+        "--name",
+        "lab",
+        "--network-id",
+        "lab",
+        "--no-lan-discovery",
+    ]);
+    let addr = lab.listen_addr();
+    fails(
+        &["peers", &addr],
+        1,
+        "another network: give its --network-id",
+    );
+    let table = stdout_of(&["peers", &addr, "--network-id", "lab"]);
+    assert!(table.starts_with("node lab ("), "{table}");
+}
