@@ -1222,13 +1222,21 @@ impl Driver {
                     .await
             });
         }
-        let closing = async { while self.closing.join_next().await.is_some() {} };
+        // Returns once the listening socket is closed: the port is free when `shutdown` returns.
+        // From now on a handshake that completes is refused with a goodbye.
+        self.endpoint.shutdown().await;
+        // Wait for the goodbyes to be queued and for dials in flight to end. A dial is never
+        // aborted: its socket may already be established on the other side, and dropping it
+        // mid-handshake with the peer's hello unread resets the connection instead of saying
+        // goodbye (the peer would count it as a failure and re-dial).
+        let closing = async {
+            while self.closing.join_next().await.is_some() {}
+            while self.dials.join_next().await.is_some() {}
+        };
         if tokio::time::timeout(SHUTDOWN_GRACE, closing).await.is_err() {
             warn!("some connections did not close in time");
+            self.dials.abort_all();
         }
-        // Returns once the listening socket is closed: the port is free when `shutdown` returns.
-        self.endpoint.shutdown().await;
-        self.dials.abort_all();
         for stream in self.registry.load().iter() {
             stream.finish();
         }
