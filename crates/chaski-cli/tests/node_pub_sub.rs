@@ -332,3 +332,28 @@ fn verbose_errors_add_the_details() {
     );
     assert!(stderr.contains("details: "), "{stderr}");
 }
+
+#[test]
+fn a_repeated_message_at_a_rate_is_delivered_every_time() {
+    let (_hub, addr) = hub();
+    let mut sub = Background::start(&[
+        "sub",
+        "ticks",
+        "--count",
+        "5",
+        "--format",
+        "raw",
+        "--seed",
+        &addr,
+        "--no-lan-discovery",
+    ]);
+    sub.wait_for(&["peer up", "hub"]);
+    chaski()
+        .args(["pub", "ticks", "tick;", "--count", "5", "--rate", "100"])
+        .args(["--seed", &addr, "--no-lan-discovery"])
+        .assert()
+        .success();
+    let (code, out) = sub.finish();
+    assert_eq!(code, Some(0));
+    assert_eq!(String::from_utf8(out).unwrap(), "tick;".repeat(5));
+}
