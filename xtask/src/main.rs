@@ -181,7 +181,15 @@ fn bench(names: &[String]) -> Result<()> {
         let mut cmd = cargo();
         if b.package == "chaski-cli" {
             // The node benchmark is `chaski bench`, optimised as `cargo bench` would be.
-            cmd.args(["run", "--release", "--locked", "-p", b.package, "--bin", b.target]);
+            cmd.args([
+                "run",
+                "--release",
+                "--locked",
+                "-p",
+                b.package,
+                "--bin",
+                b.target,
+            ]);
             cmd.args(["--", "bench"]);
         } else {
             cmd.args(["bench", "--locked", "-p", b.package, "--bench", b.target]);
