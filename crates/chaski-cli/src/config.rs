@@ -39,6 +39,9 @@ pub(crate) enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// The `transport_*` settings break one of the transport's rules.
+    #[error("transport settings: {0}")]
+    Transport(String),
 }
 
 /// The prefix of the environment variables that override settings: `CHASKI_` and the key in
@@ -165,6 +168,30 @@ settings! {
     command_capacity: usize => Int,
     /// [`NodeBuilder::event_capacity`].
     event_capacity: usize => Int,
+    /// [`NodeBuilder::transport`]: `transport::ConfigBuilder::max_inbound`.
+    transport_max_inbound: usize => Int,
+    /// `transport::ConfigBuilder::max_outbound`.
+    transport_max_outbound: usize => Int,
+    /// `transport::ConfigBuilder::handshake_timeout`.
+    transport_handshake_timeout: HumanDuration => Text,
+    /// `transport::ConfigBuilder::connect_timeout`.
+    transport_connect_timeout: HumanDuration => Text,
+    /// `transport::ConfigBuilder::send_queue`.
+    transport_send_queue: usize => Int,
+    /// `transport::ConfigBuilder::event_queue`.
+    transport_event_queue: usize => Int,
+    /// `transport::ConfigBuilder::read_buffer`.
+    transport_read_buffer: usize => Int,
+    /// `transport::ConfigBuilder::max_write_batch`.
+    transport_max_write_batch: usize => Int,
+    /// `transport::ConfigBuilder::max_frame_len`.
+    transport_max_frame_len: usize => Int,
+    /// `transport::ConfigBuilder::max_datagram_len`.
+    transport_max_datagram_len: usize => Int,
+    /// `transport::ConfigBuilder::linger`.
+    transport_linger: HumanDuration => Text,
+    /// `transport::ConfigBuilder::udp`.
+    transport_udp: bool => Bool,
 }
 
 impl Settings {
@@ -228,9 +255,51 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The transport's settings: its defaults with the `transport_*` keys over them.
+    fn transport(&self) -> Result<chaski::transport::Config, ConfigError> {
+        let mut t = chaski::transport::Config::builder();
+        if let Some(v) = self.transport_max_inbound {
+            t = t.max_inbound(v);
+        }
+        if let Some(v) = self.transport_max_outbound {
+            t = t.max_outbound(v);
+        }
+        if let Some(v) = self.transport_handshake_timeout {
+            t = t.handshake_timeout(v.0);
+        }
+        if let Some(v) = self.transport_connect_timeout {
+            t = t.connect_timeout(v.0);
+        }
+        if let Some(v) = self.transport_send_queue {
+            t = t.send_queue(v);
+        }
+        if let Some(v) = self.transport_event_queue {
+            t = t.event_queue(v);
+        }
+        if let Some(v) = self.transport_read_buffer {
+            t = t.read_buffer(v);
+        }
+        if let Some(v) = self.transport_max_write_batch {
+            t = t.max_write_batch(v);
+        }
+        if let Some(v) = self.transport_max_frame_len {
+            t = t.max_frame_len(v);
+        }
+        if let Some(v) = self.transport_max_datagram_len {
+            t = t.max_datagram_len(v);
+        }
+        if let Some(v) = self.transport_linger {
+            t = t.linger(v.0);
+        }
+        if let Some(v) = self.transport_udp {
+            t = t.udp(v);
+        }
+        t.build().map_err(|e| ConfigError::Transport(e.to_string()))
+    }
+
     /// A builder with these settings over the builder's defaults.
-    pub(crate) fn builder(&self) -> NodeBuilder {
-        let mut b = NodeBuilder::new();
+    pub(crate) fn builder(&self) -> Result<NodeBuilder, ConfigError> {
+        let mut b = NodeBuilder::new().transport(self.transport()?);
         if let Some(v) = &self.name {
             b = b.name(v);
         }
@@ -299,7 +368,7 @@ impl Settings {
         if let Some(v) = self.event_capacity {
             b = b.event_capacity(v);
         }
-        b
+        Ok(b)
     }
 }
 
@@ -329,7 +398,7 @@ mod tests {
             .join("\n");
         let settings = Settings::from_toml(&uncommented, "example").unwrap();
         let defaults = NodeBuilder::new();
-        let built = settings.builder();
+        let built = settings.builder().unwrap();
         // Debug output compares every builder field; the name is the only key without a default.
         let strip_name = |b: NodeBuilder| format!("{b:?}").replace("Some(\"my-node\")", "None");
         assert_eq!(strip_name(built), format!("{defaults:?}"));
@@ -364,6 +433,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("250ms"), "{err}");
+    }
+
+    #[test]
+    fn transport_settings_reach_the_node_and_are_checked() {
+        let settings =
+            Settings::from_toml("transport_send_queue = 64\ntransport_linger = \"2s\"", "t")
+                .unwrap();
+        let built = format!("{:?}", settings.builder().unwrap());
+        assert!(built.contains("send_queue: 64"), "{built}");
+        assert!(built.contains("linger: 2s"), "{built}");
+        let zero = Settings::from_toml("transport_send_queue = 0", "t").unwrap();
+        let err = zero.builder().unwrap_err().to_string();
+        assert!(
+            err.starts_with("transport settings:") && err.contains("send_queue"),
+            "{err}"
+        );
+        let env = Settings::from_env(|k| (k == "CHASKI_TRANSPORT_UDP").then(|| "false".to_owned()))
+            .unwrap();
+        assert_eq!(env.transport_udp, Some(false));
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub(crate) fn rtt_stats(samples: &[Duration]) -> Option<(f64, f64, f64, f64)> {
 pub(crate) async fn ping(cmd: PingCommand) -> Result<u8> {
     let settings = cmd.join.settings(Settings::default())?;
     let node = settings
-        .builder()
+        .builder()?
         .build()
         .await
         .context("cannot start the node")?;

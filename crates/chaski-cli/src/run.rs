@@ -69,7 +69,7 @@ pub(crate) async fn stop_signal() {
 /// Starts a node with `settings`, logs where it listens and spawns the logging of its events.
 pub(crate) async fn start(settings: &Settings) -> Result<Node> {
     let node = settings
-        .builder()
+        .builder()?
         .build()
         .await
         .context("cannot start the node")?;
