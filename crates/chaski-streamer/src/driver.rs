@@ -167,8 +167,6 @@ struct Driver {
     peer_conns: FastMap<NodeId, ConnId>,
     /// Since when this node has been paired with a peer on a topic (bounded by peers x topics).
     paired_since: FastMap<NodeId, FastMap<Topic, Instant>>,
-    /// Forwarded copies ignored because their publisher sends to this node directly.
-    redundant: u64,
     registry: Arc<StreamRegistry>,
     routes: Arc<ArcSwap<Routes>>,
     routes_dirty: bool,
@@ -331,7 +329,6 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         names,
         peer_conns: FastMap::default(),
         paired_since: FastMap::default(),
-        redundant: 0,
         registry,
         routes,
         routes_dirty: true,
@@ -642,7 +639,6 @@ impl Driver {
                 .and_then(|topics| topics.get(&message.topic))
                 .is_some_and(|since| since.elapsed() >= DIRECT_GRACE)
         {
-            self.redundant += 1;
             Counters::add(&self.counters.duplicates, 1);
             return;
         }
