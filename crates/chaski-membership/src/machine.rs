@@ -680,11 +680,7 @@ impl Membership {
         match frame {
             Frame::Ping(p) => {
                 let size = p.reply_padding.min(self.config.max_ping_padding);
-                let padding = if size == 0 {
-                    Bytes::new()
-                } else {
-                    Bytes::from(vec![0u8; size as usize])
-                };
+                let padding = padding(size);
                 self.send(
                     conn,
                     Frame::Pong(Pong {
@@ -1420,11 +1416,7 @@ impl Membership {
                 size,
             });
         }
-        let padding = if size == 0 {
-            Bytes::new()
-        } else {
-            Bytes::from(vec![0u8; size as usize])
-        };
+        let padding = padding(size);
         self.send(
             conn,
             Frame::Ping(Ping {
@@ -2140,6 +2132,15 @@ fn ring_near(members: &BTreeSet<NodeId>, center: NodeId, k: usize) -> Vec<NodeId
         }
     }
     out
+}
+
+/// `size` bytes of ping or pong padding (none for 0).
+fn padding(size: u32) -> Bytes {
+    if size == 0 {
+        Bytes::new()
+    } else {
+        Bytes::from(vec![0u8; size as usize])
+    }
 }
 
 #[cfg(test)]
