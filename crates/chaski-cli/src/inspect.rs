@@ -240,10 +240,13 @@ async fn status(
             ),
             err => coded(exit::ADDRESS, err.to_string()),
         })?;
-        connection
+        // A node that refuses us (another network) may close the connection
+        // before the request is written; the `Closed` event that follows
+        // carries its reason, so a failed send is only the last resort.
+        let send_error = connection
             .send(Frame::StatusRequest(StatusRequest { request_id: 1 }))
             .await
-            .map_err(|e| coded(exit::FAILURE, format!("cannot send to {target}: {e}")))?;
+            .err();
         while let Some(event) = events.recv().await {
             match event {
                 transport::Event::Frames { frames, .. } => {
@@ -280,7 +283,13 @@ async fn status(
                 _ => {}
             }
         }
-        Err(coded(exit::FAILURE, "the local endpoint stopped"))
+        Err(coded(
+            exit::FAILURE,
+            match send_error {
+                Some(e) => format!("cannot send to {target}: {e}"),
+                None => "the local endpoint stopped".to_owned(),
+            },
+        ))
     };
     let result = tokio::time::timeout(timeout, ask).await;
     endpoint.shutdown().await;
