@@ -404,3 +404,45 @@ async fn connect_ping_and_publishing_to_nobody() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_publications_reach_own_streams_and_reuse_the_nodes_topic() -> Result<()> {
+    bounded("own publications", async {
+        let a = start(builder("a", &["t"])).await?;
+        // No stream wants it yet: published, not unrouted (the node subscribes), not received.
+        a.publish("t", "zero").await?;
+        let stats = a.stats();
+        ensure!(
+            (stats.published, stats.published_unrouted, stats.received) == (1, 0, 0),
+            "{stats:?}"
+        );
+
+        let mut stream = a.stream();
+        a.publish("t", "one").await?;
+        a.publish(String::from("t"), "two").await?;
+        a.try_publish("t", "three")?;
+        let mut topics = Vec::new();
+        for expected in ["one", "two", "three"] {
+            let message = next(&mut stream).await?;
+            ensure!(message.payload == expected, "{message:?}");
+            ensure!(message.publisher == a.id() && message.hops == 0);
+            topics.push(message.topic);
+        }
+        // Each name was looked up among the node's topics, not copied into a new one.
+        ensure!(
+            topics
+                .iter()
+                .all(|t| t.as_str().as_ptr() == topics[0].as_str().as_ptr()),
+            "{topics:?}"
+        );
+        ensure!(a.stats().received == 3, "{:?}", a.stats());
+        // An invalid name is still refused.
+        ensure!(matches!(
+            a.publish("", "x").await,
+            Err(Error::InvalidTopic(_))
+        ));
+        a.shutdown().await?;
+        Ok(())
+    })
+    .await
+}

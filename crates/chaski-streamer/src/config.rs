@@ -18,36 +18,62 @@ pub const DEFAULT_LAN_PORT: u16 = 7419;
 pub const DEFAULT_LAN_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 67, 72);
 
 /// Something that names a topic: a [`Topic`], or a string validated into one.
+///
+/// A node looks the [`name`](IntoTopic::name) up among the topics it already knows before it
+/// builds a new [`Topic`], so publishing with a `&str` on a known topic allocates nothing.
 pub trait IntoTopic {
+    /// The name, as given (not validated yet).
+    fn name(&self) -> &str;
+
     /// The topic, or why the name is not valid.
     fn into_topic(self) -> Result<Topic, InvalidTopic>;
 }
 
 impl IntoTopic for Topic {
+    fn name(&self) -> &str {
+        self.as_str()
+    }
+
     fn into_topic(self) -> Result<Topic, InvalidTopic> {
         Ok(self)
     }
 }
 
 impl IntoTopic for &Topic {
+    fn name(&self) -> &str {
+        self.as_str()
+    }
+
     fn into_topic(self) -> Result<Topic, InvalidTopic> {
         Ok(self.clone())
     }
 }
 
 impl IntoTopic for &str {
+    fn name(&self) -> &str {
+        self
+    }
+
     fn into_topic(self) -> Result<Topic, InvalidTopic> {
         Topic::new(self)
     }
 }
 
 impl IntoTopic for String {
+    fn name(&self) -> &str {
+        self
+    }
+
     fn into_topic(self) -> Result<Topic, InvalidTopic> {
         Topic::try_from(self)
     }
 }
 
 impl IntoTopic for &String {
+    fn name(&self) -> &str {
+        self
+    }
+
     fn into_topic(self) -> Result<Topic, InvalidTopic> {
         Topic::new(self)
     }

@@ -719,16 +719,23 @@ impl Driver {
     /// Hands a message to every stream that wants it.
     fn deliver(&mut self, message: Message, delivery: Delivery) {
         let streams = self.registry.load_arc();
-        if streams.is_empty() {
+        let Some(first) = streams.iter().position(|s| s.wants(&message.topic)) else {
             return;
-        }
+        };
         Counters::add(&self.counters.received, 1);
         let name = self.names.get(&message.publisher).cloned();
         let received = Received::new(message, name, delivery);
+        let mut stream = &streams[first];
         let mut closed = false;
-        for stream in streams.iter().filter(|s| s.wants(&received.topic)) {
+        // Every stream but the last gets a copy; the last takes the message itself.
+        for next in streams[first + 1..]
+            .iter()
+            .filter(|s| s.wants(&received.topic))
+        {
             closed |= self.offer(stream, received.clone());
+            stream = next;
         }
+        closed |= self.offer(stream, received);
         if closed {
             self.registry.prune();
         }
@@ -888,7 +895,7 @@ impl Driver {
         let mut topics: Vec<Topic> = self.membership.subscriptions().cloned().collect();
         topics.extend(self.published.iter().cloned());
         let mut routes = Routes {
-            topics: HashMap::with_capacity(topics.len()),
+            topics: HashMap::with_capacity_and_hasher(topics.len(), Default::default()),
             hop_limit: 0,
             closed: false,
         };

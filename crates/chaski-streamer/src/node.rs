@@ -182,7 +182,7 @@ impl StreamRegistry {
 /// themselves, so that publishing costs no hop through the driver.
 #[derive(Default)]
 pub(crate) struct Routes {
-    pub(crate) topics: HashMap<Topic, TopicRoute>,
+    pub(crate) topics: HashMap<Topic, TopicRoute, foldhash::fast::RandomState>,
     pub(crate) hop_limit: u32,
     /// The node has shut down: publishing fails with `Error::Shutdown`.
     pub(crate) closed: bool,
@@ -194,6 +194,16 @@ pub(crate) struct TopicRoute {
     pub(crate) conns: Vec<Connection>,
     /// Whether this node subscribes to the topic itself.
     pub(crate) deliver: bool,
+}
+
+/// A publication validated by `Node::prepare`, with its route when the snapshot has one and it
+/// is sent reliably.
+struct Prepared<'r> {
+    topic: Topic,
+    payload: Bytes,
+    delivery: Delivery,
+    headers: Vec<Header>,
+    route: Option<&'r TopicRoute>,
 }
 
 pub(crate) struct Inner {
@@ -274,24 +284,34 @@ impl Node {
     }
 
     fn delivery(&self, topic: &Topic, options: &PublishOptions) -> Delivery {
-        options
-            .delivery
-            .unwrap_or(if self.inner.best_effort.contains(topic) {
+        options.delivery.unwrap_or(
+            if !self.inner.best_effort.is_empty() && self.inner.best_effort.contains(topic) {
                 Delivery::BestEffort
             } else {
                 Delivery::Reliable
-            })
+            },
+        )
     }
 
-    /// Validates a publication: the topic, its delivery, and its size against the frame or
-    /// datagram maximum.
-    fn prepare(
+    /// Validates a publication (the topic, its delivery, its size against the frame or datagram
+    /// maximum) against the routing snapshot `routes`.
+    ///
+    /// A name the snapshot already routes reuses the snapshot's [`Topic`]: publishing with a
+    /// `&str` costs no allocation.
+    fn prepare<'r>(
         &self,
+        routes: &'r Routes,
         topic: impl IntoTopic,
         payload: impl Into<Bytes>,
         options: PublishOptions,
-    ) -> Result<(Topic, Bytes, Delivery, Vec<Header>), Error> {
-        let topic = topic.into_topic()?;
+    ) -> Result<Prepared<'r>, Error> {
+        if routes.closed {
+            return Err(Error::Shutdown);
+        }
+        let (topic, route) = match routes.topics.get_key_value(topic.name()) {
+            Some((topic, route)) => (topic.clone(), Some(route)),
+            None => (topic.into_topic()?, None),
+        };
         let payload = payload.into();
         let delivery = self.delivery(&topic, &options);
         let headers: usize = options
@@ -315,23 +335,24 @@ impl Node {
             }
             _ => {}
         }
-        Ok((topic, payload, delivery, options.headers))
+        Ok(Prepared {
+            // Best-effort messages go through the driver, which owns the UDP socket.
+            route: route.filter(|_| delivery == Delivery::Reliable),
+            topic,
+            payload,
+            delivery,
+            headers: options.headers,
+        })
     }
 
     /// A publication for the driver to route (best-effort, or a topic the snapshot lacks).
-    fn driver_publish(
-        &self,
-        topic: Topic,
-        payload: Bytes,
-        headers: Vec<Header>,
-        delivery: Delivery,
-    ) -> Command {
+    fn driver_publish(&self, publication: Prepared<'_>) -> Command {
         let sequence = self.next_sequence();
         Command::Publish {
-            topic,
-            payload,
-            headers,
-            delivery,
+            topic: publication.topic,
+            payload: publication.payload,
+            headers: publication.headers,
+            delivery: publication.delivery,
             sequence,
         }
     }
@@ -340,14 +361,19 @@ impl Node {
         self.inner.sequence.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn message(
-        &self,
-        topic: Topic,
-        payload: Bytes,
-        headers: Vec<Header>,
-        hop_limit: u32,
-    ) -> Message {
-        Message {
+    /// Stamps a publication the snapshot routes (sequence number, clock, hop limit) and counts
+    /// it; `None` when nobody, not even this node, wants it (counted and reported as unrouted).
+    fn stamp(&self, publication: Prepared<'_>, hop_limit: u32) -> Option<Message> {
+        let Prepared {
+            topic,
+            payload,
+            headers,
+            route,
+            ..
+        } = publication;
+        let route = route?;
+        Counters::add(&self.inner.counters.published, 1);
+        let message = Message {
             topic,
             payload,
             publisher: self.inner.id,
@@ -356,6 +382,31 @@ impl Node {
             hop_limit,
             hops: 0,
             headers,
+        };
+        if route.conns.is_empty() && !route.deliver {
+            self.unrouted(&message.topic);
+            return None;
+        }
+        Some(message)
+    }
+
+    /// This node's streams that want its own publication on a topic it subscribes to, or `None`
+    /// when no stream does (then no copy is made).
+    fn local_streams(&self, route: &TopicRoute, topic: &Topic) -> Option<Arc<Vec<Arc<Shared>>>> {
+        if !route.deliver {
+            return None;
+        }
+        let streams = self.inner.streams.load();
+        streams
+            .iter()
+            .any(|s| s.wants(topic))
+            .then(|| Arc::clone(&streams))
+    }
+
+    fn too_large(&self) -> Error {
+        Error::TooLarge {
+            len: 0,
+            max: self.inner.max_frame_len,
         }
     }
 
@@ -365,6 +416,9 @@ impl Node {
     /// queue is full (the network is slower than the publisher: backpressure). Publishing on a
     /// topic that nobody subscribes to is not an error: it is counted
     /// ([`NodeStats::published_unrouted`]) and reported ([`NodeEvent::NoSubscribers`](crate::NodeEvent::NoSubscribers)).
+    ///
+    /// Any [`IntoTopic`] names the topic; a `&str` naming a topic the node already routes costs
+    /// no allocation.
     pub async fn publish(
         &self,
         topic: impl IntoTopic,
@@ -381,42 +435,46 @@ impl Node {
         payload: impl Into<Bytes>,
         options: PublishOptions,
     ) -> Result<(), Error> {
-        let (topic, payload, delivery, headers) = self.prepare(topic, payload, options)?;
-        let routes = loop {
-            let routes = self.inner.routes.load_full();
+        let mut routes = self.inner.routes.load_full();
+        let mut publication = self.prepare(&routes, topic, payload, options)?;
+        if publication.route.is_none() && publication.delivery == Delivery::Reliable {
+            // A topic the driver has not routed yet: ask it to, then look again.
+            let topic = publication.topic.clone();
+            let routed = self
+                .request(|reply| Command::Route {
+                    topic: topic.clone(),
+                    reply,
+                })
+                .await?;
+            let next = self.inner.routes.load_full();
+            let (payload, headers) = (publication.payload, publication.headers);
+            routes = next;
             if routes.closed {
                 return Err(Error::Shutdown);
             }
-            if delivery == Delivery::Reliable && routes.topics.contains_key(&topic) {
-                break routes;
-            }
-            // Best-effort messages, and topics the driver has not routed yet (or cannot: its
-            // table is full), go through the driver.
-            let routed = delivery == Delivery::Reliable
-                && self
-                    .request(|reply| Command::Route {
-                        topic: topic.clone(),
-                        reply,
-                    })
-                    .await?;
-            if !routed {
-                let command = self.driver_publish(topic, payload, headers, delivery);
-                return self
-                    .inner
-                    .commands
-                    .send(command)
-                    .await
-                    .map_err(|_| Error::Shutdown);
-            }
-        };
-        let route = &routes.topics[&topic];
-        let message = self.message(topic, payload, headers, routes.hop_limit);
-        Counters::add(&self.inner.counters.published, 1);
-        if route.conns.is_empty() && !route.deliver {
-            self.unrouted(&message.topic);
-            return Ok(());
+            publication = Prepared {
+                route: routes.topics.get(&topic).filter(|_| routed),
+                topic,
+                payload,
+                delivery: Delivery::Reliable,
+                headers,
+            };
         }
-        let local = route.deliver.then(|| message.clone());
+        let Some(route) = publication.route else {
+            // Best-effort, or a topic the driver cannot route (its table is full).
+            let command = self.driver_publish(publication);
+            return self
+                .inner
+                .commands
+                .send(command)
+                .await
+                .map_err(|_| Error::Shutdown);
+        };
+        let local = self.local_streams(route, &publication.topic);
+        let Some(message) = self.stamp(publication, routes.hop_limit) else {
+            return Ok(());
+        };
+        let local = local.map(|streams| (streams, message.clone()));
         match route.conns.as_slice() {
             [] => {}
             // One peer: its writer encodes the message straight into its buffer.
@@ -424,43 +482,34 @@ impl Node {
                 if let Err(chaski_transport::SendError::Encode(_)) =
                     connection.send(Frame::Publish(message)).await
                 {
-                    return Err(Error::TooLarge {
-                        len: 0,
-                        max: self.inner.max_frame_len,
-                    });
+                    return Err(self.too_large());
                 }
             }
             // Several: encode once, queue the same bytes on each.
             connections => {
                 let frame = EncodedFrame::from_message(&message, self.inner.max_frame_len)
-                    .map_err(|_| Error::TooLarge {
-                        len: 0,
-                        max: self.inner.max_frame_len,
-                    })?;
+                    .map_err(|_| self.too_large())?;
                 for connection in connections {
                     // A closed connection is the driver's business; the others still get it.
                     let _ = connection.send_encoded(frame.clone()).await;
                 }
             }
         }
-        if let Some(message) = local {
-            self.deliver_local(message).await;
+        if let Some((streams, message)) = local {
+            let received = self.received(message);
+            for stream in streams.iter().filter(|s| s.wants(&received.topic)) {
+                if let Offer::Full(message) = stream.offer(received.clone()) {
+                    stream.wait_for_room(message).await;
+                }
+            }
         }
         Ok(())
     }
 
-    /// Hands one of this node's own publications to its streams, waiting for room in `Block`
-    /// streams.
-    async fn deliver_local(&self, message: Message) {
+    /// One of this node's own publications as its streams see it (and counted as received).
+    fn received(&self, message: Message) -> crate::Received {
         Counters::add(&self.inner.counters.received, 1);
-        let received =
-            crate::Received::new(message, Some(self.inner.name.clone()), Delivery::Reliable);
-        let streams = self.inner.streams.load_arc();
-        for stream in streams.iter().filter(|s| s.wants(&received.topic)) {
-            if let Offer::Full(message) = stream.offer(received.clone()) {
-                stream.wait_for_room(message).await;
-            }
-        }
+        crate::Received::new(message, Some(self.inner.name.clone()), Delivery::Reliable)
     }
 
     /// Counts a publication nobody wants, and reports the count at most once a second.
@@ -502,45 +551,35 @@ impl Node {
         payload: impl Into<Bytes>,
         options: PublishOptions,
     ) -> Result<(), Error> {
-        let (topic, payload, delivery, headers) = self.prepare(topic, payload, options)?;
-        let routes = self.inner.routes.load_full();
-        if routes.closed {
-            return Err(Error::Shutdown);
-        }
-        let route = match routes.topics.get(&topic) {
-            Some(route) if delivery == Delivery::Reliable => route,
+        let routes = self.inner.routes.load();
+        let publication = self.prepare(&routes, topic, payload, options)?;
+        let Some(route) = publication.route else {
             // Best-effort, or a topic not routed yet: through the driver.
-            _ => {
-                let command = self.driver_publish(topic, payload, headers, delivery);
-                return self.inner.commands.try_send(command).map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => Error::Full,
-                    mpsc::error::TrySendError::Closed(_) => Error::Shutdown,
-                });
-            }
+            let command = self.driver_publish(publication);
+            return self.inner.commands.try_send(command).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Error::Full,
+                mpsc::error::TrySendError::Closed(_) => Error::Shutdown,
+            });
         };
-        let streams = self.inner.streams.load();
+        let local = self.local_streams(route, &publication.topic);
         let full = route
             .conns
             .iter()
             .any(|c| c.queued() >= self.inner.send_queue)
-            || (route.deliver && streams.iter().any(|s| s.wants(&topic) && !s.has_room()));
+            || local.as_ref().is_some_and(|streams| {
+                streams
+                    .iter()
+                    .any(|s| s.wants(&publication.topic) && !s.has_room())
+            });
         if full {
             return Err(Error::Full);
         }
-        let message = self.message(topic, payload, headers, routes.hop_limit);
-        Counters::add(&self.inner.counters.published, 1);
-        if route.conns.is_empty() && !route.deliver {
-            self.unrouted(&message.topic);
+        let Some(message) = self.stamp(publication, routes.hop_limit) else {
             return Ok(());
-        }
+        };
         if !route.conns.is_empty() {
-            let frame =
-                EncodedFrame::from_message(&message, self.inner.max_frame_len).map_err(|_| {
-                    Error::TooLarge {
-                        len: 0,
-                        max: self.inner.max_frame_len,
-                    }
-                })?;
+            let frame = EncodedFrame::from_message(&message, self.inner.max_frame_len)
+                .map_err(|_| self.too_large())?;
             for connection in &route.conns {
                 if let Err(chaski_transport::SendError::Full) =
                     connection.try_send_encoded(frame.clone())
@@ -550,10 +589,8 @@ impl Node {
                 }
             }
         }
-        if route.deliver {
-            Counters::add(&self.inner.counters.received, 1);
-            let received =
-                crate::Received::new(message, Some(self.inner.name.clone()), Delivery::Reliable);
+        if let Some(streams) = local {
+            let received = self.received(message);
             for stream in streams.iter().filter(|s| s.wants(&received.topic)) {
                 let _ = stream.offer(received.clone());
             }
