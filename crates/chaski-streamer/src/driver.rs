@@ -509,6 +509,8 @@ impl Driver {
                             }
                             other => {
                                 let reroute = !matches!(other, Frame::Ping(_) | Frame::Pong(_));
+                                // The peer table shows each peer's subscriptions.
+                                self.peers_dirty |= matches!(other, Frame::SubscriptionUpdate(_));
                                 self.membership.handle_frame(now, conn, other);
                                 // Before any later message of this batch reaches the application:
                                 // what it publishes in answer must already use the new routes
@@ -1154,6 +1156,17 @@ impl Driver {
             }
             MembershipEvent::LatencyUpdated { .. } => self.peers_dirty = true,
             _ => {}
+        }
+        // The peer table shows a change before its event goes out: whoever subscribes to the
+        // events and then reads the table misses neither.
+        if matches!(
+            event,
+            MembershipEvent::PeerUp { .. }
+                | MembershipEvent::PeerDown { .. }
+                | MembershipEvent::Paired { .. }
+                | MembershipEvent::Unpaired { .. }
+        ) {
+            self.publish_peers();
         }
         self.emit(NodeEvent::Membership(event));
     }
