@@ -28,13 +28,9 @@ pub fn builder(name: &str, topics: &[&str]) -> NodeBuilder {
 }
 
 /// Waits until `done` holds for the node's peer table.
-pub async fn until_peers(node: &Node, mut done: impl FnMut(&[chaski::Peer]) -> bool) -> Result<()> {
-    loop {
-        if done(&node.peers()) {
-            return Ok(());
-        }
-        node.peers_changed().await?;
-    }
+pub async fn until_peers(node: &Node, done: impl FnMut(&[chaski::Peer]) -> bool) -> Result<()> {
+    node.wait_peers(done).await?;
+    Ok(())
 }
 
 /// A node and the topics it subscribes to (the peer table shows only the peers' side).
@@ -85,11 +81,13 @@ pub async fn start(builder: NodeBuilder) -> Result<Node> {
 /// Waits until every topic's subscribers are connected, re-checking on every peer change of any
 /// member.
 pub async fn until_connected(members: &[Member], topics: &[&str]) -> Result<()> {
+    // Watching from before each check, so that no change is missed.
+    let mut watches: Vec<_> = members.iter().map(|m| m.node.watch_peers()).collect();
     loop {
         if topics.iter().all(|t| topic_connected(members, t)) {
             return Ok(());
         }
-        let changes = members.iter().map(|m| Box::pin(m.node.peers_changed()));
+        let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
         futures_util::future::select_all(changes).await.0?;
     }
 }

@@ -89,16 +89,11 @@ fn node(name: &str, topics: &[&str]) -> NodeBuilder {
 
 /// Waits until `node` is paired with a peer on `topic`.
 async fn paired(node: &Node, topic: &str) -> Result<()> {
-    let wait = async {
-        while !node
-            .peers()
+    let wait = node.wait_peers(|peers| {
+        peers
             .iter()
             .any(|p| p.paired_topics.iter().any(|t| t == topic))
-        {
-            node.peers_changed().await?;
-        }
-        Ok::<_, chaski::Error>(())
-    };
+    });
     tokio::time::timeout(STEP_LIMIT, wait)
         .await
         .context("the bench nodes did not pair")??;

@@ -312,6 +312,8 @@ fn print_table(members: &mut [Member], since_last: Duration, t0: Instant) {
 /// Waits until every member is paired on each of its topics; false after `limit`.
 async fn all_paired(members: &[Member], limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
+    // Watching from before each check, so that no change is missed.
+    let mut watches: Vec<_> = members.iter().map(|m| m.node.watch_peers()).collect();
     loop {
         if members.iter().all(Member::paired_everywhere) {
             return true;
@@ -321,7 +323,7 @@ async fn all_paired(members: &[Member], limit: Duration) -> bool {
             return false;
         }
         // Any member's change of peers may complete the picture.
-        let changes = members.iter().map(|m| Box::pin(m.node.peers_changed()));
+        let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
         let _ = tokio::time::timeout(left, futures_select(changes.collect())).await;
     }
 }

@@ -66,12 +66,14 @@ async fn find(
             }
         }
         // Wait for LAN discovery (or any other way) to connect it.
-        loop {
-            node.peers_changed().await?;
-            if let Some(peer) = node.peers().into_iter().find(|p| p.name == target) {
-                return Ok(peer.id);
-            }
-        }
+        let peers = node
+            .wait_peers(|peers| peers.iter().any(|p| p.name == target))
+            .await?;
+        Ok(peers
+            .into_iter()
+            .find(|p| p.name == target)
+            .map(|p| p.id)
+            .expect("wait_peers returned a table with the peer"))
     };
     match tokio::time::timeout(wait, look).await {
         Ok(result) => result,

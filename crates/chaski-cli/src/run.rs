@@ -98,27 +98,13 @@ pub(crate) fn peer_name(node: &Node, id: chaski::NodeId) -> String {
 
 /// The name of a peer that just came up: its snapshot may lag its event by a moment.
 pub(crate) async fn peer_name_soon(node: &Node, id: chaski::NodeId) -> String {
-    let known = |peers: &[chaski::Peer]| peers.iter().find(|p| p.id == id).map(|p| p.name.clone());
-    if let Some(name) = known(&node.peers()) {
-        return name;
-    }
-    let wait = async {
-        loop {
-            match node.peers_changed().await {
-                Ok(peers) => {
-                    if let Some(name) = known(&peers) {
-                        return Some(name);
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
-    };
+    let wait = node.wait_peers(|peers| peers.iter().any(|p| p.id == id));
     tokio::time::timeout(Duration::from_millis(250), wait)
         .await
         .ok()
-        .flatten()
-        .unwrap_or_else(|| id.short().to_string())
+        .and_then(Result::ok)
+        .and_then(|peers| peers.into_iter().find(|p| p.id == id))
+        .map_or_else(|| id.short().to_string(), |p| p.name)
 }
 
 /// Logs the node's events until it stops.
@@ -172,14 +158,12 @@ async fn log_events(node: Node, mut events: chaski::EventStream) {
 
 /// Waits until `node` is paired with a peer on `topic`, at most `wait`.
 async fn paired(node: &Node, topic: &Topic, wait: Duration) -> Result<()> {
-    let check = async {
-        while !node.peers().iter().any(|p| p.paired_topics.contains(topic)) {
-            node.peers_changed().await?;
-        }
-        Ok::<_, chaski::Error>(())
-    };
+    let check = node.wait_peers(|peers| peers.iter().any(|p| p.paired_topics.contains(topic)));
     match tokio::time::timeout(wait, check).await {
-        Ok(result) => Ok(result?),
+        Ok(result) => {
+            result?;
+            Ok(())
+        }
         Err(_) => Err(coded(
             exit::TIMEOUT,
             format!(

@@ -85,6 +85,6 @@ pub use crate::{
     config::{DEFAULT_LAN_GROUP, DEFAULT_LAN_PORT, IntoTopic, NodeBuilder},
     error::Error,
     events::{EventStream, NodeEvent},
-    node::{Node, NodeStats, Peer, PublishOptions},
+    node::{Node, NodeStats, Peer, PeerWatch, PublishOptions},
     stream::{DEFAULT_STREAM_CAPACITY, Delivery, MessageStream, Overflow, Received, StreamOptions},
 };

@@ -177,6 +177,38 @@ impl StreamRegistry {
     }
 }
 
+/// A watch on a node's peer table, from [`Node::watch_peers`]: each change of the table after the
+/// watch was made is seen once, whether or not someone was waiting when it happened.
+///
+/// ```no_run
+/// # async fn demo(node: chaski_streamer::Node) -> Result<(), chaski_streamer::Error> {
+/// let mut watch = node.watch_peers();
+/// loop {
+///     let peers = watch.changed().await?;
+///     println!("{} peers", peers.len());
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PeerWatch {
+    peers: watch::Receiver<Arc<Vec<Peer>>>,
+}
+
+impl PeerWatch {
+    /// The peer table now; later changes are measured from it.
+    pub fn current(&mut self) -> Vec<Peer> {
+        self.peers.borrow_and_update().as_ref().clone()
+    }
+
+    /// Waits until the table changed since the watch last saw it (when it was made, or returned
+    /// it from [`current`](PeerWatch::current) or here), and returns it. Fails with
+    /// [`Error::Shutdown`] once the node has stopped.
+    pub async fn changed(&mut self) -> Result<Vec<Peer>, Error> {
+        self.peers.changed().await.map_err(|_| Error::Shutdown)?;
+        Ok(self.current())
+    }
+}
+
 /// Where a node's own publications on a topic go, as the driver last computed it from the
 /// membership state: the handles read it without a lock and queue messages on the connections
 /// themselves, so that publishing costs no hop through the driver.
@@ -664,14 +696,53 @@ impl Node {
         self.inner.peers.borrow().as_ref().clone()
     }
 
-    /// Waits until the peer table changes, and returns the new one.
+    /// Waits for the next change of the peer table after this call, and returns the new table.
+    ///
+    /// To wait for a condition, use [`wait_peers`](Node::wait_peers): a change between a look at
+    /// [`peers`](Node::peers) and this call would be missed. To follow every change, use
+    /// [`watch_peers`](Node::watch_peers).
     pub async fn peers_changed(&self) -> Result<Vec<Peer>, Error> {
+        self.watch_peers().changed().await
+    }
+
+    /// A watch on the peer table that sees every change after it was made, none twice.
+    pub fn watch_peers(&self) -> PeerWatch {
         let mut peers = self.inner.peers.clone();
-        peers.changed().await.map_err(|_| Error::Shutdown)?;
-        Ok(peers.borrow_and_update().as_ref().clone())
+        peers.borrow_and_update();
+        PeerWatch { peers }
+    }
+
+    /// Waits until `done` holds for the peer table, and returns that table. Checks the table as
+    /// it is first, then after each change; fails with [`Error::Shutdown`] if the node stops
+    /// first. Bound it with a timeout where the condition may never hold.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: chaski_streamer::Node) -> Result<(), chaski_streamer::Error> {
+    /// // Wait until some peer is paired with this node on "temperature".
+    /// node.wait_peers(|peers| {
+    ///     peers.iter().any(|p| p.paired_topics.iter().any(|t| t == "temperature"))
+    /// })
+    /// .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_peers(
+        &self,
+        mut done: impl FnMut(&[Peer]) -> bool,
+    ) -> Result<Vec<Peer>, Error> {
+        let mut watch = self.watch_peers();
+        let mut peers = watch.current();
+        while !done(&peers) {
+            peers = watch.changed().await?;
+        }
+        Ok(peers)
     }
 
     /// A stream of the node's events (peers up and down, pairing, latency, drops).
+    ///
+    /// The peer table ([`peers`](Node::peers)) shows a peer going up or down, or a pairing
+    /// change, before the event reports it: take the stream first, then read the table, and no
+    /// change goes unseen.
     pub fn events(&self) -> EventStream {
         EventStream::new(self.inner.events.subscribe())
     }

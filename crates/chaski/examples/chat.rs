@@ -60,13 +60,12 @@ async fn run(interactive: bool) -> Result<()> {
         .build()
         .await?;
     for node in [&ana, &ben, &cai] {
-        while !node
-            .peers()
-            .iter()
-            .any(|p| p.paired_topics.iter().any(|t| t == "chat"))
-        {
-            node.peers_changed().await?;
-        }
+        node.wait_peers(|peers| {
+            peers
+                .iter()
+                .any(|p| p.paired_topics.iter().any(|t| t == "chat"))
+        })
+        .await?;
     }
     let printers = vec![
         print_incoming("ana", ana.stream()),

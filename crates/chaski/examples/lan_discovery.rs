@@ -39,9 +39,7 @@ async fn run() -> Result<()> {
     }
     // Wait until every node has found the two others.
     for node in &nodes {
-        while node.peers().len() < 2 {
-            node.peers_changed().await?;
-        }
+        node.wait_peers(|peers| peers.len() >= 2).await?;
         let names: Vec<String> = node
             .peers()
             .iter()

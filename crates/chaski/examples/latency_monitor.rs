@@ -31,9 +31,8 @@ async fn run() -> Result<()> {
         .build()
         .await?;
     let peer = there.id();
-    while !here.peers().iter().any(|p| p.id == peer) {
-        here.peers_changed().await?;
-    }
+    here.wait_peers(|peers| peers.iter().any(|p| p.id == peer))
+        .await?;
     println!(
         "{:>6}  {:>12}  {:>12}  {:>12}  {:>12}",
         "round", "ping 0 B", "ping 64 KiB", "srtt", "jitter"
