@@ -4,6 +4,7 @@
 //!
 //! * Messages per second for payloads of 8 B, 64 B, 1 KiB, 64 KiB and 1 MiB (or `--sizes`),
 //!   with both nodes in this process, then with the subscriber in a child process (`--processes`).
+//!   The publisher publishes from a spawned task, as the baseline writes from one.
 //! * The publish-to-receive round trip of a lone 64 B message (p50, p99): the subscriber answers
 //!   every message on a second topic, the publisher waits for the answer.
 //!
