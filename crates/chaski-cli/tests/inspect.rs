@@ -87,6 +87,10 @@ fn peers_prints_the_peer_table_as_a_table_json_and_dot() {
     assert_eq!(peers.len(), 1, "{json:#}");
     assert_eq!(peers[0]["name"], "leaf");
     assert_eq!(peers[0]["subscriptions"], serde_json::json!(["news"]));
+    // The hub and the leaf have at least exchanged their handshakes and subscriptions.
+    for key in ["frames_in", "frames_out", "bytes_in", "bytes_out"] {
+        assert!(peers[0][key].as_u64().unwrap() > 0, "{key}: {json:#}");
+    }
 
     let dot = stdout_of(&["peers", &addr, "--format", "dot"]);
     assert!(

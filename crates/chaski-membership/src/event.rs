@@ -315,9 +315,11 @@ pub struct PeerSnapshot {
     pub source: DiscoverySource,
     /// When the connection came up.
     pub connected_since: Instant,
-    /// Frames received on the connection.
+    /// Frames received on the connection that the state machine saw (control frames and
+    /// messages routed through it).
     pub frames_in: u64,
-    /// Frames sent on the connection (by the state machine; the driver adds messages).
+    /// Frames the state machine sent on the connection (control frames; a driver that sends
+    /// messages itself knows the full count, as `chaski-streamer`'s status answers show).
     pub frames_out: u64,
 }
 

@@ -1063,10 +1063,13 @@ impl Driver {
     fn run_actions(&mut self) {
         while let Some(action) = self.membership.poll_action() {
             match action {
-                Action::Send { conn, frame } => {
+                Action::Send { conn, mut frame } => {
                     let Some(connection) = self.conns.get(&conn) else {
                         continue;
                     };
+                    if let Frame::StatusResponse(status) = &mut frame {
+                        self.add_traffic(status);
+                    }
                     match connection.try_send(frame) {
                         Ok(()) => {}
                         Err(SendError::Full) => {
@@ -1119,6 +1122,25 @@ impl Driver {
                 }
             }
             Err(err) => debug!(%err, "datagram too large"),
+        }
+    }
+
+    /// Fills a status answer's traffic figures from the connections' counters: the membership
+    /// sees only its own frames, the transport every frame and byte.
+    fn add_traffic(&self, status: &mut chaski_wire::StatusResponse) {
+        for peer in &mut status.peers {
+            let Some(connection) = self
+                .peer_conns
+                .get(&peer.peer.node_id)
+                .and_then(|conn| self.conns.get(conn))
+            else {
+                continue;
+            };
+            let traffic = connection.stats();
+            peer.frames_in = traffic.frames_in;
+            peer.frames_out = traffic.frames_out;
+            peer.bytes_in = traffic.bytes_in;
+            peer.bytes_out = traffic.bytes_out;
         }
     }
 
