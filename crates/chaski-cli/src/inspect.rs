@@ -69,11 +69,11 @@ async fn find(
         let peers = node
             .wait_peers(|peers| peers.iter().any(|p| p.name == target))
             .await?;
-        Ok(peers
+        peers
             .into_iter()
             .find(|p| p.name == target)
             .map(|p| p.id)
-            .expect("wait_peers returned a table with the peer"))
+            .context("the peer table lost the peer it was waited for")
     };
     match tokio::time::timeout(wait, look).await {
         Ok(result) => result,

@@ -478,9 +478,8 @@ impl Node {
                     reply,
                 })
                 .await?;
-            let next = self.inner.routes.load_full();
             let (payload, headers) = (publication.payload, publication.headers);
-            routes = next;
+            routes = self.inner.routes.load_full();
             if routes.closed {
                 return Err(Error::Shutdown);
             }
