@@ -1322,13 +1322,21 @@ impl Membership {
         }
     }
 
-    fn run_searches(&mut self, now: Instant) {
-        let leaders: Vec<Topic> = self
-            .topics
+    /// The topics whose timer, as `when` reads it from their state, is due at `now`.
+    fn topics_due(
+        &self,
+        now: Instant,
+        when: impl Fn(&TopicState) -> Option<Instant>,
+    ) -> Vec<Topic> {
+        self.topics
             .iter()
-            .filter(|(_, s)| s.next_leader_search.is_some_and(|t| t <= now))
+            .filter(|(_, s)| when(s).is_some_and(|t| t <= now))
             .map(|(t, _)| t.clone())
-            .collect();
+            .collect()
+    }
+
+    fn run_searches(&mut self, now: Instant) {
+        let leaders: Vec<Topic> = self.topics_due(now, |s| s.next_leader_search);
         for topic in leaders {
             let state = self.topics.get_mut(&topic).expect("topic");
             let delay = state.leader_delay;
@@ -1337,12 +1345,7 @@ impl Membership {
             self.arm_search(now + delay);
             self.start_search(topic);
         }
-        let due: Vec<Topic> = self
-            .topics
-            .iter()
-            .filter(|(_, s)| s.next_search.is_some_and(|t| t <= now))
-            .map(|(t, _)| t.clone())
-            .collect();
+        let due: Vec<Topic> = self.topics_due(now, |s| s.next_search);
         for topic in due {
             let isolated = self.degree(&topic) == 0 && self.desired(&topic).is_empty();
             let state = self.topics.get_mut(&topic).expect("topic");
