@@ -334,6 +334,9 @@ pub enum GoodbyeReason {
     Unauthorized,
     /// The connection goes to the node itself.
     SelfConnection,
+    /// The peer was silent for longer than the peer timeout: the connection is dropped at once
+    /// and this goodbye is only a courtesy (sent if the send queue has room).
+    Timeout,
     /// A reason added by a later protocol revision, kept as its number.
     Other(i32),
 }
@@ -350,6 +353,7 @@ impl GoodbyeReason {
             GoodbyeReason::ProtocolError => P::ProtocolError as i32,
             GoodbyeReason::Unauthorized => P::Unauthorized as i32,
             GoodbyeReason::SelfConnection => P::SelfConnection as i32,
+            GoodbyeReason::Timeout => P::Timeout as i32,
             GoodbyeReason::Other(n) => n,
         }
     }
@@ -365,6 +369,7 @@ impl GoodbyeReason {
             Ok(P::ProtocolError) => GoodbyeReason::ProtocolError,
             Ok(P::Unauthorized) => GoodbyeReason::Unauthorized,
             Ok(P::SelfConnection) => GoodbyeReason::SelfConnection,
+            Ok(P::Timeout) => GoodbyeReason::Timeout,
             Err(_) => GoodbyeReason::Other(n),
         }
     }
@@ -381,6 +386,7 @@ impl fmt::Display for GoodbyeReason {
             GoodbyeReason::ProtocolError => f.write_str("protocol error"),
             GoodbyeReason::Unauthorized => f.write_str("unauthorized"),
             GoodbyeReason::SelfConnection => f.write_str("self connection"),
+            GoodbyeReason::Timeout => f.write_str("peer timed out"),
             GoodbyeReason::Other(n) => write!(f, "reason {n}"),
         }
     }

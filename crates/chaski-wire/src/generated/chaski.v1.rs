@@ -520,6 +520,9 @@ pub enum GoodbyeReason {
     Unauthorized = 6,
     /// The connection goes to the node itself.
     SelfConnection = 7,
+    /// The peer was silent for longer than the sender's peer timeout; the sender has dropped the
+    /// connection without waiting for this goodbye to be read (it is sent on a best-effort basis).
+    Timeout = 8,
 }
 impl GoodbyeReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -536,6 +539,7 @@ impl GoodbyeReason {
             Self::ProtocolError => "GOODBYE_REASON_PROTOCOL_ERROR",
             Self::Unauthorized => "GOODBYE_REASON_UNAUTHORIZED",
             Self::SelfConnection => "GOODBYE_REASON_SELF_CONNECTION",
+            Self::Timeout => "GOODBYE_REASON_TIMEOUT",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -549,6 +553,7 @@ impl GoodbyeReason {
             "GOODBYE_REASON_PROTOCOL_ERROR" => Some(Self::ProtocolError),
             "GOODBYE_REASON_UNAUTHORIZED" => Some(Self::Unauthorized),
             "GOODBYE_REASON_SELF_CONNECTION" => Some(Self::SelfConnection),
+            "GOODBYE_REASON_TIMEOUT" => Some(Self::Timeout),
             _ => None,
         }
     }
