@@ -30,6 +30,8 @@ pub struct Config {
     pub(crate) max_datagram_len: usize,
     pub(crate) linger: Duration,
     pub(crate) udp: bool,
+    pub(crate) tcp_user_timeout: Option<Duration>,
+    pub(crate) tcp_keepalive: Option<Duration>,
 }
 
 impl Default for Config {
@@ -47,6 +49,8 @@ impl Default for Config {
             max_datagram_len: 8 << 10,
             linger: Duration::from_secs(1),
             udp: true,
+            tcp_user_timeout: Some(Duration::from_secs(10)),
+            tcp_keepalive: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -112,6 +116,16 @@ impl Config {
     /// How long a closed connection waits for the peer to close its side.
     pub fn linger(&self) -> Duration {
         self.linger
+    }
+
+    /// See [`ConfigBuilder::tcp_user_timeout`].
+    pub fn tcp_user_timeout(&self) -> Option<Duration> {
+        self.tcp_user_timeout
+    }
+
+    /// See [`ConfigBuilder::tcp_keepalive`].
+    pub fn tcp_keepalive(&self) -> Option<Duration> {
+        self.tcp_keepalive
     }
 
     /// Whether the endpoint binds a UDP socket on its TCP port.
@@ -246,6 +260,28 @@ impl ConfigBuilder {
         self
     }
 
+    /// How long the kernel may hold unacknowledged data on a TCP socket before it gives up on
+    /// the connection (`TCP_USER_TIMEOUT`, Linux only; ignored elsewhere). It bounds what a dead
+    /// peer costs after the connection is dropped: an aborted socket with data still queued is
+    /// released by the kernel within this time, not after the default retransmission timeout of
+    /// about 15 minutes. `None` leaves the system default.
+    ///
+    /// Default: 10 s. Must not be zero.
+    pub fn tcp_user_timeout(mut self, timeout: Option<Duration>) -> ConfigBuilder {
+        self.config.tcp_user_timeout = timeout;
+        self
+    }
+
+    /// TCP keep-alive: after this long without traffic the kernel probes the peer (every fifth
+    /// of this time, three times) and ends the connection if nobody answers, so that an idle
+    /// connection to a vanished host is noticed by the kernel too. `None` turns keep-alive off.
+    ///
+    /// Default: 5 s. Must be at least 1 s.
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> ConfigBuilder {
+        self.config.tcp_keepalive = idle;
+        self
+    }
+
     /// Checks the constraints and returns the configuration.
     pub fn build(self) -> Result<Config, ConfigError> {
         let c = self.config;
@@ -287,6 +323,18 @@ impl ConfigBuilder {
         if c.connect_timeout.is_zero() {
             return Err(ConfigError::Zero {
                 name: "connect_timeout",
+            });
+        }
+        if c.tcp_user_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::Zero {
+                name: "tcp_user_timeout",
+            });
+        }
+        if c.tcp_keepalive.is_some_and(|t| t < Duration::from_secs(1)) {
+            return Err(ConfigError::TooSmall {
+                name: "tcp_keepalive (ms)",
+                value: c.tcp_keepalive.map_or(0, |t| t.as_millis() as usize),
+                min: 1000,
             });
         }
         Ok(c)

@@ -9,7 +9,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError, Weak,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll, Waker},
@@ -44,6 +44,9 @@ const ZERO_COPY_MIN: usize = 4 << 10;
 /// A sender writes its frame itself only if the connection wrote nothing for this long; a
 /// shorter gap means frames are streaming and the writer task should coalesce them.
 const DIRECT_IDLE: Duration = Duration::from_micros(10);
+
+/// How long an aborted connection's writer may take to write its goodbye before it is stopped.
+const ABORT_GOODBYE_WAIT: Duration = Duration::from_millis(100);
 
 /// Queue items the writer takes per channel operation.
 const RECV_BATCH: usize = 512;
@@ -210,6 +213,30 @@ pub(crate) struct Shared {
     pub(crate) write: WriteSide,
     /// The endpoint's totals, which the direct path adds to.
     pub(crate) endpoint_traffic: Arc<Traffic>,
+    /// The endpoint whose table holds this connection (weak: a handle does not keep the endpoint
+    /// alive). Closing or aborting removes the connection from that table at once.
+    pub(crate) endpoint: Weak<Inner>,
+    /// Set by [`Connection::abort`]; the reader task takes it and ends the connection.
+    pub(crate) abort: Mutex<Option<Goodbye>>,
+    /// Wakes the reader task when `abort` is set.
+    pub(crate) abort_signal: Notify,
+}
+
+impl Shared {
+    /// Removes the connection from its endpoint's table (if it is still the one registered for
+    /// its node), so that it never wins a duplicate tie-break against a newer connection.
+    fn leave_table(&self) {
+        if let Some(inner) = self.endpoint.upgrade() {
+            inner.leave_table(self);
+        }
+    }
+
+    fn take_abort(&self) -> Option<Goodbye> {
+        self.abort
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
 }
 
 /// The write half of a connection, shared by its writer task and by senders that find the
@@ -403,12 +430,41 @@ impl Connection {
     /// with `reason`, then the stream is shut down. Waits for room in the send queue, not for the
     /// close to complete (see [`Connection::closed`]). Does nothing if the connection is already
     /// closed.
+    ///
+    /// The connection leaves the endpoint's table at once: from this call on, a new connection
+    /// from the same node is not a duplicate of this one. A peer that may never read again (one
+    /// that timed out) should be [aborted](Connection::abort) instead, which never waits.
     pub async fn close(&self, reason: GoodbyeReason, message: impl Into<String>) {
+        self.shared.leave_table();
         let goodbye = Goodbye {
             reason,
             message: message.into(),
         };
         let _ = self.queue(Outgoing::Close(goodbye)).await;
+    }
+
+    /// Ends the connection now, without waiting for anything: it leaves the endpoint's table at
+    /// once, its reader stops, and a `Goodbye` with `reason` is written only if the writer can
+    /// take it at once (best effort, within 100 ms); frames still queued are dropped and counted
+    /// as unsent. Its [`Event::Closed`](crate::Event::Closed) follows as for a local goodbye. For
+    /// a peer that stopped reading or answering, where a graceful close could wait forever for
+    /// room in the send queue. Does nothing if the connection is already closed.
+    pub fn abort(&self, reason: GoodbyeReason, message: impl Into<String>) {
+        self.shared.leave_table();
+        {
+            let mut slot = self
+                .shared
+                .abort
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = Some(Goodbye {
+                    reason,
+                    message: message.into(),
+                });
+            }
+        }
+        self.shared.abort_signal.notify_one();
     }
 
     async fn queue(&self, item: Outgoing) -> Result<(), SendError> {
@@ -591,6 +647,7 @@ where
 
     let mut buf = leftover;
     let mut writer_done = None;
+    let mut aborted = false;
     let mut batch_bytes = buf.len() as u64;
     let reason = 'conn: loop {
         // Decode everything buffered, into a vector sized from the first frame's length.
@@ -656,9 +713,21 @@ where
             buf.reserve(want.max(config.read_buffer));
         }
         tokio::select! {
-            // Read first: when the peer's goodbye has arrived and our writer has meanwhile failed
-            // on the reset that followed it, the goodbye is what happened.
+            // An abort first: a peer that floods us must not keep the connection alive. Then read
+            // before the writer: when the peer's goodbye has arrived and our writer has meanwhile
+            // failed on the reset that followed it, the goodbye is what happened.
             biased;
+            () = shared.abort_signal.notified() => {
+                let Some(goodbye) = shared.take_abort() else {
+                    continue;
+                };
+                aborted = true;
+                break CloseReason::Goodbye {
+                    by: Side::Local,
+                    reason: goodbye.reason,
+                    message: goodbye.message,
+                };
+            }
             read = reader.read_buf(&mut buf) => {
                 let lost = match read {
                     Ok(0) if buf.is_empty() => LostCause::Eof,
@@ -728,10 +797,13 @@ where
             _ => None,
         };
         let _ = stop_tx.send(Stop { goodbye });
-        if tokio::time::timeout(config.linger.max(Duration::from_millis(100)), &mut writer)
-            .await
-            .is_err()
-        {
+        // An aborted connection's peer may never read: give the goodbye only a moment.
+        let wait = if aborted {
+            ABORT_GOODBYE_WAIT
+        } else {
+            config.linger.max(Duration::from_millis(100))
+        };
+        if tokio::time::timeout(wait, &mut writer).await.is_err() {
             writer.abort();
         }
     }
@@ -755,13 +827,14 @@ where
     inner.unregister(&shared);
     // The slot is free once the end is reported (a lingering socket is bounded by time instead).
     drop(permit);
-    let linger = matches!(
-        reason,
-        CloseReason::Goodbye {
-            by: Side::Local,
-            ..
-        }
-    );
+    let linger = !aborted
+        && matches!(
+            reason,
+            CloseReason::Goodbye {
+                by: Side::Local,
+                ..
+            }
+        );
     if announced {
         let _ = events
             .send(Event::Closed {

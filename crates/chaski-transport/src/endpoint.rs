@@ -232,7 +232,7 @@ impl Endpoint {
                 return Err(Error::ConnectTimeout { addr, timeout });
             }
         };
-        let _ = stream.set_nodelay(true);
+        tune_stream(&stream, &inner.config);
         establish(inner.clone(), stream, addr, Direction::Outbound, permit).await
     }
 
@@ -356,14 +356,20 @@ impl Inner {
         hello
     }
 
-    /// Removes a connection from the table (if it is still the one registered for its node).
-    pub(crate) fn unregister(&self, shared: &Shared) {
+    /// Removes a connection from the table if it is still the one registered for its node
+    /// (idempotent).
+    pub(crate) fn leave_table(&self, shared: &Shared) {
         let node = shared.remote_hello.node_id;
         let mut table = self.table();
         if table.get(&node).is_some_and(|c| c.id() == shared.id) {
             table.remove(&node);
         }
-        drop(table);
+    }
+
+    /// The connection has ended: removes it from the table (if still there) and from the counts
+    /// of open connections. Called once per connection, by its task.
+    pub(crate) fn unregister(&self, shared: &Shared) {
+        self.leave_table(shared);
         let open = match shared.direction {
             Direction::Inbound => &self.inbound_open,
             Direction::Outbound => &self.outbound_open,
@@ -396,6 +402,29 @@ fn bind_sockets(
     Err(bind_error(
         last_error.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()),
     ))
+}
+
+/// No Nagle delay; the kernel's own dead-peer limits ([`Config::tcp_user_timeout`],
+/// [`Config::tcp_keepalive`]). Best effort: a setting the system refuses is logged and skipped.
+fn tune_stream(stream: &TcpStream, config: &Config) {
+    let _ = stream.set_nodelay(true);
+    let socket = SockRef::from(stream);
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    if let Some(timeout) = config.tcp_user_timeout {
+        if let Err(error) = socket.set_tcp_user_timeout(Some(timeout)) {
+            debug!(%error, "cannot set TCP_USER_TIMEOUT");
+        }
+    }
+    if let Some(idle) = config.tcp_keepalive {
+        let keepalive = socket2::TcpKeepalive::new().with_time(idle);
+        #[cfg(not(any(target_os = "openbsd", target_os = "haiku")))]
+        let keepalive = keepalive.with_interval(idle / 5);
+        #[cfg(not(any(target_os = "openbsd", target_os = "haiku", target_os = "windows")))]
+        let keepalive = keepalive.with_retries(3);
+        if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+            debug!(%error, "cannot set TCP keep-alive");
+        }
+    }
 }
 
 fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -431,7 +460,7 @@ async fn accept_loop(
             }
         };
         add(&inner.counters.accepted, 1);
-        let _ = stream.set_nodelay(true);
+        tune_stream(&stream, &inner.config);
         match inner.inbound.clone().try_acquire_owned() {
             Ok(permit) => {
                 let inner = inner.clone();
@@ -571,6 +600,9 @@ where
             closed: AtomicBool::new(false),
             write: WriteSide::new(writer),
             endpoint_traffic: inner.traffic.clone(),
+            endpoint: Arc::downgrade(&inner),
+            abort: Mutex::new(None),
+            abort_signal: tokio::sync::Notify::new(),
         }),
         tx,
     };
