@@ -101,10 +101,38 @@ pub enum DownReason {
 
 impl DownReason {
     /// Whether this is a failure (the peer is re-dialed if still wanted) rather than a graceful
-    /// end.
+    /// end. A peer's goodbye saying that it timed us out is a failure too: the path between us
+    /// broke.
     pub fn is_failure(self) -> bool {
-        matches!(self, DownReason::Timeout { .. } | DownReason::Lost(_))
+        matches!(
+            self,
+            DownReason::Timeout { .. }
+                | DownReason::Lost(_)
+                | DownReason::Goodbye(GoodbyeReason::Timeout)
+        )
     }
+}
+
+/// Why a dial failed, as reported by the driver to
+/// [`Membership::handle_dial_failed`](crate::Membership::handle_dial_failed).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum DialError {
+    /// Nothing usable answered: the address refused the connection or was unreachable, the
+    /// dial or the handshake timed out, or the handshake failed.
+    Unreachable,
+    /// The node there refused the connection with a goodbye (overloaded, another network, ...).
+    Refused(GoodbyeReason),
+    /// The node there is already connected to this one by another connection, which won the
+    /// duplicate tie-break. If the state machine has not been told of that connection, the dial
+    /// counts as a failed attempt (re-dialed with backoff), so that a stale connection the
+    /// transport still holds cannot make the machine re-dial in a loop.
+    Duplicate {
+        /// The node that answered.
+        peer: NodeId,
+    },
+    /// The address is this node's own: it is never dialed again.
+    SelfConnection,
 }
 
 /// What was dropped, in [`Event::Dropped`].
@@ -332,6 +360,11 @@ pub struct Counters {
     pub discovery_frames_sent: u64,
     /// Dials started.
     pub dials: u64,
+    /// Dials that failed (any [`DialError`] but a duplicate of a connection already known).
+    pub dial_failures: u64,
+    /// Connections that ended before they were stable (within `ping_interval`) and so counted
+    /// as failed attempts, re-dialed with a growing backoff.
+    pub flaps: u64,
     /// Messages accepted by the duplicate filter.
     pub messages_new: u64,
     /// Messages dropped as duplicates.

@@ -172,8 +172,8 @@ pub use crate::{
     config::{Config, ConfigBuilder, ConfigError},
     dedup::WINDOW as DEDUP_WINDOW,
     event::{
-        Action, ConnId, Counters, DatagramTarget, Disconnect, DiscoverySource, DownReason,
-        DropKind, Event, LostCause, PeerSnapshot, PingId, Publication, Route,
+        Action, ConnId, Counters, DatagramTarget, DialError, Disconnect, DiscoverySource,
+        DownReason, DropKind, Event, LostCause, PeerSnapshot, PingId, Publication, Route,
     },
     machine::{EXTRA_RETRY, FRESHNESS, Membership, PingError, TOMBSTONE_TTL, UNVERIFIED_ATTEMPTS},
     rtt::RttStats,

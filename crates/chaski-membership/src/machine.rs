@@ -19,8 +19,8 @@ use crate::{
     config::Config,
     dedup::{DuplicateFilter, Seen},
     event::{
-        Action, ConnId, Counters, DatagramTarget, Disconnect, DiscoverySource, DownReason,
-        DropKind, Event, PeerSnapshot, PingId, Publication, Route,
+        Action, ConnId, Counters, DatagramTarget, DialError, Disconnect, DiscoverySource,
+        DownReason, DropKind, Event, PeerSnapshot, PingId, Publication, Route,
     },
     interest,
     rng::Rng,
@@ -589,7 +589,8 @@ impl Membership {
         k.last_seen = now;
         k.conn = Some(conn);
         k.down = false;
-        k.failures = 0;
+        // `failures` is kept: a connection that ends at once counts as one more failed attempt
+        // (see `drop_conn`); one that lasts resets it when it ends.
         k.keep |= keep;
         k.sub_revision = 0;
         let source = k.source;
@@ -634,14 +635,41 @@ impl Membership {
         self.after(now);
     }
 
-    /// A dial started by [`Action::Dial`] to `addr` failed (refused, unreachable, timed out, or
-    /// the handshake failed).
-    pub fn handle_dial_failed(&mut self, now: Instant, addr: SocketAddr) {
+    /// A dial started by [`Action::Dial`] to `addr` failed, for the reason `error`. Every dial
+    /// ends in exactly one `handle_connected` or `handle_dial_failed`; until then the address
+    /// is not dialed again and the dial holds one of the `max_peers` slots.
+    ///
+    /// A failed dial to a known peer is retried after the exponential backoff (with jitter) of
+    /// `reconnect_initial`..`reconnect_max`, up to the attempt limit.
+    pub fn handle_dial_failed(&mut self, now: Instant, addr: SocketAddr, error: DialError) {
         self.now = now;
         let Some(dial) = self.dials.remove(&addr) else {
             return self.after(now);
         };
-        if let Some(peer) = dial.peer {
+        self.counters.dial_failures += 1;
+        let peer = match error {
+            DialError::SelfConnection => {
+                self.self_addrs.insert(addr);
+                return self.after(now);
+            }
+            DialError::Duplicate { peer } => {
+                if let Some(expected) = dial.peer.filter(|&e| e != peer) {
+                    // Another node answers at that address now (as in `handle_connected`).
+                    if self.known.get(&expected).is_some_and(|k| k.conn.is_none()) {
+                        self.forget(expected);
+                        self.bury(expected, now);
+                    }
+                }
+                if self.known.get(&peer).is_some_and(|k| k.conn.is_some()) {
+                    // Connected already, by the connection that won: nothing failed.
+                    self.counters.dial_failures -= 1;
+                    return self.after(now);
+                }
+                Some(peer)
+            }
+            _ => dial.peer,
+        };
+        if let Some(peer) = peer {
             self.dial_failed_for(now, peer);
         } else if dial.source == DiscoverySource::Seed && self.conns.is_empty() && !self.seeds_armed
         {
@@ -1125,7 +1153,7 @@ impl Membership {
                         now,
                         conn,
                         DownReason::Timeout { silent_for },
-                        Some(GoodbyeReason::Unspecified),
+                        Some(GoodbyeReason::Timeout),
                     );
                 } else {
                     self.arm(deadline, Timer::Liveness(conn));
@@ -1917,8 +1945,18 @@ impl Membership {
             }
             k.heard_at = Some(c.last_rx);
         }
+        // A connection that ends before it is stable (refused as a duplicate, overloaded, lost
+        // at once) is one more failed attempt: the re-dial backs off further each time, so that
+        // no refusal, however quick, makes two nodes reconnect in a loop.
+        let flapped = !matches!(reason, DownReason::Closed(_))
+            && now - c.since < self.config.ping_interval
+            && self.known.get(&peer).is_some_and(|k| k.conn.is_none());
         match reason {
             DownReason::Goodbye(GoodbyeReason::Shutdown) => self.forget(peer),
+            _ if flapped => {
+                self.counters.flaps += 1;
+                self.dial_failed_for(now, peer);
+            }
             r if r.is_failure() && wanted => {
                 self.unindex(peer);
                 if let Some(k) = self.known.get_mut(&peer) {
@@ -1929,7 +1967,11 @@ impl Membership {
                 self.arm(now + delay, Timer::Redial(peer));
             }
             r if r.is_failure() => self.forget(peer),
-            _ => {}
+            _ => {
+                if let Some(k) = self.known.get_mut(&peer) {
+                    k.failures = 0;
+                }
+            }
         }
         if self.conns.is_empty() && !self.config.seeds.is_empty() && !self.seeds_armed {
             self.seed_failures = 0;

@@ -20,6 +20,13 @@
 //!   and delivered in order when the partition heals, if neither end has closed the connection
 //!   meanwhile (a peer silent for `peer_timeout` usually has). Dials across groups fail after
 //!   [`SimConfig::connect_timeout`]. [`Sim::heal`] joins everything again.
+//! * **The transport's table** is modelled as the real endpoint keeps it: one connection per
+//!   peer node, and of two connections between the same nodes the one with the smaller
+//!   *(dialer id, dial sequence)* survives. A dial that loses at the dialer fails with
+//!   [`DialError::Duplicate`]; one that loses at the acceptor reaches the dialer as a connection
+//!   closed at once with `Goodbye(Duplicate)`. An entry leaves the table when its machine closes
+//!   the connection or the connection's end reaches it: a goodbye lost in a partition leaves the
+//!   peer's entry in place until that peer's own timeout, as on a real network.
 //! * **Crashes** ([`Sim::crash`]) silence a node: its connections go quiet, dials to its address
 //!   are refused after a round trip. [`Sim::restart`] starts a fresh machine (with a fresh node
 //!   id) at the same address.
@@ -37,7 +44,8 @@ use std::{
 
 use bytes::Bytes;
 use chaski_membership::{
-    Action, Config, ConnId, DatagramTarget, Disconnect, Event, Instant, LostCause, Membership,
+    Action, Config, ConnId, DatagramTarget, DialError, Disconnect, Event, Instant, LostCause,
+    Membership,
 };
 use chaski_wire::{Frame, GoodbyeReason, Hello, Message, NodeId, Topic};
 
@@ -128,6 +136,8 @@ struct Node {
     group: u32,
     incarnation: u64,
     wake_at: Option<Instant>,
+    /// The transport's table: the connection kept for each peer node, with its dialer key.
+    table: HashMap<NodeId, (ConnId, (NodeId, u64))>,
     events: Vec<(Instant, Event)>,
     /// When each peer (by connection) was last heard from: conn -> time.
     last_rx: HashMap<ConnId, Instant>,
@@ -138,6 +148,10 @@ struct SimConn {
     open: [bool; 2],
     /// Arrival time of the last frame sent from each end (keeps each direction in order).
     last_arrival: [Instant; 2],
+    /// (dialer id, dial sequence): the smaller survives a duplicate tie-break.
+    key: (NodeId, u64),
+    /// The acceptor's transport refused it as a duplicate: the dialer sees it close at once.
+    refused: bool,
 }
 
 enum Ev {
@@ -185,6 +199,8 @@ pub struct Sim {
     actions: VecDeque<Action>,
     /// Frames waiting for a partition to heal: (sender, connection, frame), in send order.
     held: Vec<(usize, ConnId, Frame)>,
+    /// Connections a transport replaced by a newer one, to close after the current step.
+    transport_closes: Vec<(usize, ConnId)>,
 }
 
 impl Sim {
@@ -207,6 +223,7 @@ impl Sim {
             traffic: Traffic::default(),
             actions: VecDeque::new(),
             held: Vec::new(),
+            transport_closes: Vec::new(),
         }
     }
 
@@ -254,6 +271,7 @@ impl Sim {
             group: 0,
             incarnation: 0,
             wake_at: None,
+            table: HashMap::new(),
             events: Vec::new(),
             last_rx: HashMap::new(),
         });
@@ -270,6 +288,7 @@ impl Sim {
         node.machine = Some(Membership::new(config, self.now));
         node.wake_at = None;
         node.last_rx.clear();
+        node.table.clear();
         self.last_change = self.now;
         let inc = node.incarnation;
         self.schedule_at(self.now, index, inc, Ev::Wake);
@@ -282,6 +301,7 @@ impl Sim {
         node.machine = None;
         node.incarnation += 1;
         node.wake_at = None;
+        node.table.clear();
         self.last_change = self.now;
     }
 
@@ -524,12 +544,47 @@ impl Sim {
                 outbound,
                 remote,
             } => {
+                let peer = hello.node_id;
+                let Some(c) = self.conns.get(&conn) else {
+                    return;
+                };
+                let (key, refused) = (c.key, c.refused);
+                match node.table.get(&peer).copied() {
+                    Some((old, old_key)) if old != conn && old_key <= key => {
+                        // This end's transport keeps the older connection.
+                        if outbound {
+                            m.handle_dial_failed(now, remote, DialError::Duplicate { peer });
+                        } else if let Some(c) = self.conns.get_mut(&conn) {
+                            c.refused = true;
+                            for (end, open) in c.ends.iter().zip(c.open.iter_mut()) {
+                                if end.0 == index {
+                                    *open = false;
+                                }
+                            }
+                        }
+                        self.drain(index);
+                        return;
+                    }
+                    Some((old, _)) if old != conn => {
+                        // The new connection wins: the transport closes the old one.
+                        node.table.insert(peer, (conn, key));
+                        self.transport_closes.push((index, old));
+                    }
+                    _ => {
+                        node.table.insert(peer, (conn, key));
+                    }
+                }
                 node.last_rx.insert(conn, now);
                 m.handle_connected(now, conn, &hello, outbound, Some(remote));
+                if outbound && refused {
+                    // The acceptor said goodbye right after its hello.
+                    node.table.remove(&peer);
+                    m.handle_disconnected(now, conn, Disconnect::Goodbye(GoodbyeReason::Duplicate));
+                }
             }
             Ev::DialFailed { addr, record } => {
                 self.dials[record].failed_at = Some(now);
-                m.handle_dial_failed(now, addr);
+                m.handle_dial_failed(now, addr, DialError::Unreachable);
             }
             Ev::Frame { conn, frame } => {
                 node.last_rx.insert(conn, now);
@@ -563,6 +618,7 @@ impl Sim {
                 }
             }
             Ev::Disconnected { conn, how } => {
+                node.table.retain(|_, (c, _)| *c != conn);
                 if let Some(c) = self.conns.get_mut(&conn) {
                     for (end, open) in c.ends.iter().zip(c.open.iter_mut()) {
                         if end.0 == index {
@@ -575,6 +631,19 @@ impl Sim {
             Ev::Datagram { from, frame } => m.handle_datagram(now, from, frame),
         }
         self.drain(index);
+        for (node, conn) in std::mem::take(&mut self.transport_closes) {
+            self.close(node, conn, GoodbyeReason::Duplicate);
+            let inc = self.nodes[node].incarnation;
+            self.schedule_at(
+                self.now,
+                node,
+                inc,
+                Ev::Disconnected {
+                    conn,
+                    how: Disconnect::Goodbye(GoodbyeReason::Duplicate),
+                },
+            );
+        }
     }
 
     /// Executes the actions of node `index` and reschedules its wake-up.
@@ -704,6 +773,11 @@ impl Sim {
             return;
         }
         let lat = self.latency(index, peer);
+        let my_id = self.nodes[index]
+            .machine
+            .as_ref()
+            .map(Membership::node_id)
+            .expect("running");
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let peer_inc = self.nodes[peer].incarnation;
@@ -713,6 +787,8 @@ impl Sim {
                 ends: [(index, my_inc), (peer, peer_inc)],
                 open: [true, true],
                 last_arrival: [Instant::ZERO; 2],
+                key: (my_id, record as u64),
+                refused: false,
             },
         );
         let my_hello = self.nodes[index]
@@ -751,6 +827,8 @@ impl Sim {
     }
 
     fn close(&mut self, index: usize, conn: ConnId, reason: GoodbyeReason) {
+        // The fixed driver removes a closed connection from its endpoint's table at once.
+        self.nodes[index].table.retain(|_, (c, _)| *c != conn);
         let Some((peer, inc)) = self.other_end(index, conn) else {
             return;
         };
