@@ -441,7 +441,7 @@ async fn demo(duration: Duration) -> Result<u8> {
     }
 
     println!("\n{} stopping every node (goodbyes)", stamp(t0));
-    print_table(&mut members, Instant::now() - last_table, t0);
+    print_table(&mut members, last_table.elapsed(), t0);
     for member in members {
         let stats = member.node.stats();
         published += stats.published;

@@ -33,8 +33,8 @@ use std::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use chaski_membership::{
-    Action, ConnId, DatagramTarget, Disconnect, Event as MembershipEvent, LostCause as MLostCause,
-    Membership, PingError, PingId,
+    Action, ConnId, DatagramTarget, DialError, Disconnect, Event as MembershipEvent,
+    LostCause as MLostCause, Membership, PingError, PingId,
 };
 use chaski_transport::{
     CloseReason, Connection, DatagramSocket, EncodedFrame, Endpoint, Event as TransportEvent,
@@ -109,6 +109,8 @@ const ROUTES_REFRESH: Duration = Duration::from_secs(1);
 /// How long a pairing must have lasted before forwarded copies of the paired publisher's messages
 /// are ignored: by then the publisher has accepted the pairing too and sends to this node itself.
 const DIRECT_GRACE: Duration = Duration::from_millis(200);
+/// How long a graceful close may wait for room in the peer's send queue before it is aborted.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for goodbyes to be flushed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -380,6 +382,13 @@ fn lost_cause(cause: &LostCause) -> MLostCause {
     }
 }
 
+/// An instant `by` before now, for "last reported" stamps that should be due at once; now itself
+/// when the clock is younger than `by` (an `Instant` cannot go before the clock's start).
+fn long_ago(by: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_sub(by).unwrap_or(now)
+}
+
 /// Waits for the first blocked stream to have room; `None` when nothing is blocked.
 async fn room(blocked: Option<&(Arc<Shared>, Received)>) -> bool {
     match blocked {
@@ -452,7 +461,7 @@ impl Driver {
                     self.blocked_deliveries.pop_front();
                     self.retry_blocked_deliveries();
                 }
-                received = async { self.endpoint.datagrams().expect("the endpoint binds UDP").recv().await } => {
+                received = async { self.endpoint.datagrams().expect("guarded").recv().await }, if self.endpoint.datagrams().is_some() => {
                     match received {
                         Ok((frame, from)) => self.handle_datagram(frame, from),
                         Err(err) => warn!(%err, "UDP receive failed"),
@@ -788,7 +797,7 @@ impl Driver {
             let (reported, at) = self
                 .stream_reports
                 .entry(stream.id())
-                .or_insert((0, Instant::now() - REPORT_INTERVAL));
+                .or_insert((0, long_ago(REPORT_INTERVAL)));
             if total > *reported && at.elapsed() < REPORT_INTERVAL {
                 let due = *at + REPORT_INTERVAL;
                 self.reports_due = Some(self.reports_due.map_or(due, |d| d.min(due)));
@@ -953,7 +962,7 @@ impl Driver {
             let entry = self
                 .unrouted
                 .entry(message.topic.clone())
-                .or_insert((0, Instant::now() - Duration::from_secs(1)));
+                .or_insert((0, long_ago(Duration::from_secs(1))));
             entry.0 += 1;
             if entry.1.elapsed() >= Duration::from_secs(1) {
                 let count = std::mem::take(&mut entry.0);
@@ -1090,8 +1099,7 @@ impl Driver {
                 Action::Close { conn, reason } => {
                     self.routes_dirty = true;
                     if let Some(connection) = self.conns.remove(&conn) {
-                        self.closing
-                            .spawn(async move { connection.close(reason, String::new()).await });
+                        self.close(connection, reason);
                     }
                     self.peers_dirty = true;
                 }
@@ -1101,6 +1109,25 @@ impl Driver {
             }
         }
         self.report_send_drops();
+    }
+
+    /// Closes a connection the membership has let go of. It leaves the endpoint's table at once
+    /// (so it never wins a duplicate tie-break against the peer's next connection). A peer that
+    /// timed out may never read again: it is aborted, its goodbye sent only if there is room. Any
+    /// other close is graceful (queued frames, then the goodbye) but bounded: a peer that does
+    /// not make room within `CLOSE_GRACE` is aborted.
+    fn close(&mut self, connection: Connection, reason: GoodbyeReason) {
+        if reason == GoodbyeReason::Timeout {
+            debug!(peer = %connection.node_id().short(), "aborting a timed-out connection");
+            connection.abort(reason, "no answer within the peer timeout");
+            return;
+        }
+        self.closing.spawn(async move {
+            let graceful = connection.close(reason, String::new());
+            if tokio::time::timeout(CLOSE_GRACE, graceful).await.is_err() {
+                connection.abort(reason, String::new());
+            }
+        });
     }
 
     fn send_datagram(&mut self, to: DatagramTarget, frame: Frame) {
@@ -1202,13 +1229,26 @@ impl Driver {
             // Answered by `connected` (now, if its event came first, or when it comes).
             Ok(connection) if !self.conns.contains_key(&ConnId(connection.id().as_u64())) => return,
             Ok(connection) => Ok(connection.node_id()),
-            // Already connected to that node: the existing connection answers.
-            Err(chaski_transport::Error::Duplicate { node, .. }) => Ok(node),
             Err(err) => {
                 debug!(%addr, %err, "dial failed");
+                let error = match &err {
+                    chaski_transport::Error::Duplicate { node, .. } => {
+                        DialError::Duplicate { peer: *node }
+                    }
+                    chaski_transport::Error::SelfConnection { .. } => DialError::SelfConnection,
+                    chaski_transport::Error::Handshake {
+                        source: chaski_transport::HandshakeError::Refused { reason, .. },
+                        ..
+                    } => DialError::Refused(*reason),
+                    _ => DialError::Unreachable,
+                };
                 let now = self.now();
-                self.membership.handle_dial_failed(now, addr);
-                Err(err.to_string())
+                self.membership.handle_dial_failed(now, addr, error);
+                match err {
+                    // Already connected to that node: the existing connection answers.
+                    chaski_transport::Error::Duplicate { node, .. } => Ok(node),
+                    err => Err(err.to_string()),
+                }
             }
         };
         for reply in self.connects.remove(&addr).unwrap_or_default() {
