@@ -112,16 +112,21 @@ async fn log_events(node: Node, mut events: chaski::EventStream) {
     // Hold no handle while waiting, so that the node can shut down when the command is done.
     let weak = node.clone();
     drop(node);
+    // The names of the peers that are up, so that `peer down` names the peer too (the peer
+    // table no longer has it by then). Bounded by the node's connections.
+    let mut up: std::collections::HashMap<chaski::NodeId, String> = Default::default();
     while let Some(event) = events.recv().await {
         let name = |id| peer_name(&weak, id);
         match event {
             NodeEvent::Membership(event) => match event {
                 Event::PeerUp { peer, source, .. } => {
                     let name = peer_name_soon(&weak, peer).await;
-                    info!(peer = %name, via = source.as_str(), "peer up");
+                    info!(peer = %name, id = %peer.short(), via = source.as_str(), "peer up");
+                    up.insert(peer, name);
                 }
                 Event::PeerDown { peer, reason, .. } => {
-                    info!(peer = %peer.short(), reason = ?reason, "peer down");
+                    let name = up.remove(&peer).unwrap_or_else(|| peer.short().to_string());
+                    info!(peer = %name, id = %peer.short(), reason = ?reason, "peer down");
                 }
                 Event::PeerDiscovered { peer, source } => {
                     debug!(peer = %peer.short(), via = source.as_str(), "peer discovered");

@@ -4,10 +4,14 @@
 //!   `cargo xtask bench`.
 //! * [`sim`]: a deterministic network simulator for membership state machines (virtual clock,
 //!   latency, loss, partitions, crashes, restarts).
+//! * `netns` (feature `netns`, Linux): a test bed of hosts in network namespaces joined by a
+//!   bridge, with faults (pulled cables, splits, frozen and killed processes).
 //! * `baseline` (feature `baseline`): the raw tokio TCP baseline every layer's benchmark is
 //!   compared with, measured in the same run.
 
 #[cfg(feature = "baseline")]
 pub mod baseline;
 pub mod bench;
+#[cfg(all(feature = "netns", target_os = "linux"))]
+pub mod netns;
 pub mod sim;

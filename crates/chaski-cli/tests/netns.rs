@@ -1,0 +1,416 @@
+//! Real `chaski` processes on a LAN of hosts in network namespaces (the test bed of
+//! `chaski_testkit::netns`): discovery by multicast across a bridge with no seeds, and the
+//! faults loopback cannot show: a pulled cable, a frozen process, a killed and restarted one, a
+//! split LAN. Every test asserts detection within `peer_timeout` plus 10%, re-pairing within
+//! 2 s of the fault's end, and a bounded number of connections opened per pair of nodes while
+//! the network recovers.
+//!
+//! Needs root and iproute2 (CI runs as root). The test bed removes every namespace and process
+//! it created when dropped, also when a test fails.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use chaski_testkit::netns::{Line, NodeProcess, Stream, TestBed};
+use serde_json::Value;
+
+/// The node's default `peer_timeout`.
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Detection must happen within `peer_timeout` plus 10%.
+const DETECT_BOUND: Duration = Duration::from_millis(3300);
+/// Re-pairing must happen within this time of the fault's end.
+const REPAIR_BOUND: Duration = Duration::from_secs(2);
+/// Connections opened between two nodes while one of them recovers: a few, never hundreds.
+const MAX_CONNECTIONS_PER_PAIR: usize = 4;
+/// The port every node listens on, on its host's address.
+const PORT: u16 = 7400;
+/// Messages per second from each publisher.
+const RATE: u32 = 100;
+
+fn chaski() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_chaski"))
+}
+
+/// A JSON log line of `chaski --log-format json`: its message and fields.
+fn log(line: &Line) -> Option<(String, HashMap<String, String>)> {
+    if line.stream != Stream::Stderr {
+        return None;
+    }
+    let value: Value = serde_json::from_str(&line.text).ok()?;
+    let fields = value.get("fields")?.as_object()?;
+    let mut out = HashMap::new();
+    for (key, value) in fields {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.insert(key.clone(), text);
+    }
+    Some((out.remove("message")?, out))
+}
+
+/// Whether `line` is the log line `message` about peer `peer`.
+fn is(line: &Line, message: &str, peer: &str) -> bool {
+    log(line).is_some_and(|(m, f)| m == message && f.get("peer").is_some_and(|p| p == peer))
+}
+
+/// A message printed by `chaski sub --format json`, with the publisher's name.
+fn message_from(line: &Line) -> Option<String> {
+    if line.stream != Stream::Stdout {
+        return None;
+    }
+    let value: Value = serde_json::from_str(&line.text).ok()?;
+    Some(value.get("publisher_name")?.as_str()?.to_owned())
+}
+
+/// The LAN: a test bed and the node processes on it (one per host, named `h<i>`).
+struct Lan {
+    nodes: Vec<Option<NodeProcess>>,
+    bed: TestBed,
+}
+
+impl Lan {
+    fn new(hosts: usize) -> Lan {
+        let bed = TestBed::new(hosts).expect("cannot build the namespace test bed");
+        Lan {
+            nodes: (0..hosts).map(|_| None).collect(),
+            bed,
+        }
+    }
+
+    /// Starts `chaski <command> <args> --name h<i> --listen <addr>:PORT` on host `i`, with JSON
+    /// logs, no seeds: discovery is by LAN multicast across the bridge.
+    fn start(&mut self, host: usize, command: &[&str]) -> Instant {
+        let name = format!("h{host}");
+        let listen = format!("{}:{PORT}", self.bed.addr(host));
+        let mut args = vec!["--log-format", "json"];
+        args.extend_from_slice(command);
+        args.extend_from_slice(&["--name", &name, "--listen", &listen]);
+        let started = Instant::now();
+        let process = self
+            .bed
+            .spawn(host, &name, chaski(), &args)
+            .expect("cannot start chaski");
+        self.nodes[host] = Some(process);
+        started
+    }
+
+    fn publisher(&mut self, host: usize) -> Instant {
+        let rate = RATE.to_string();
+        self.start(
+            host,
+            &[
+                "pub", "t", "--count", "100000", "--rate", &rate, "--size", "16",
+            ],
+        )
+    }
+
+    fn subscriber(&mut self, host: usize) -> Instant {
+        self.start(host, &["sub", "t", "--format", "json"])
+    }
+
+    fn node(&self, host: usize) -> &NodeProcess {
+        self.nodes[host].as_ref().expect("running")
+    }
+
+    /// Waits until host `a` logs `message` about `h<b>` (from line `from` on); the time it
+    /// was read.
+    fn wait_log(
+        &self,
+        a: usize,
+        from: usize,
+        message: &str,
+        b: usize,
+        timeout: Duration,
+    ) -> Instant {
+        let peer = format!("h{b}");
+        match self
+            .node(a)
+            .wait_line(from, timeout, |line| is(line, message, &peer))
+        {
+            Some((_, line)) => line.at,
+            None => panic!(
+                "h{a} did not log `{message}` for {peer} within {timeout:?}; its log:\n{}",
+                self.tail(a)
+            ),
+        }
+    }
+
+    /// Waits until every pair of the given hosts is paired, both ways.
+    fn wait_all_paired(&self, hosts: &[usize], timeout: Duration) {
+        for &a in hosts {
+            for &b in hosts.iter().filter(|&&b| b != a) {
+                self.wait_log(a, 0, "paired", b, timeout);
+            }
+        }
+    }
+
+    /// The `peer up` lines host `a` logged for `h<b>` between `from` and `to`.
+    fn connections(&self, a: usize, b: usize, from: Instant, to: Instant) -> usize {
+        let peer = format!("h{b}");
+        self.node(a)
+            .lines()
+            .iter()
+            .filter(|l| l.at >= from && l.at <= to && is(l, "peer up", &peer))
+            .count()
+    }
+
+    /// Asserts that no pair of nodes opened more than a few connections in the window.
+    fn assert_connections_bounded(&self, hosts: &[usize], from: Instant, to: Instant) -> usize {
+        let mut most = 0;
+        for &a in hosts {
+            for &b in hosts.iter().filter(|&&b| b != a) {
+                let n = self.connections(a, b, from, to);
+                assert!(
+                    n <= MAX_CONNECTIONS_PER_PAIR,
+                    "h{a} saw {n} connections come up with h{b} during the recovery; its log:\n{}",
+                    self.tail(a)
+                );
+                most = most.max(n);
+            }
+        }
+        most
+    }
+
+    /// Messages host `sub` printed from publisher `h<publisher>` between `from` and `to`.
+    fn received(&self, sub: usize, publisher: usize, from: Instant, to: Instant) -> usize {
+        let name = format!("h{publisher}");
+        self.node(sub)
+            .lines()
+            .iter()
+            .filter(|l| l.at >= from && l.at <= to)
+            .filter(|l| message_from(l).is_some_and(|p| p == name))
+            .count()
+    }
+
+    /// The last log lines of host `a`, for failure messages.
+    fn tail(&self, a: usize) -> String {
+        let lines = self.node(a).lines();
+        let logs: Vec<&Line> = lines
+            .iter()
+            .filter(|l| l.stream == Stream::Stderr)
+            .collect();
+        let skip = logs.len().saturating_sub(40);
+        logs[skip..]
+            .iter()
+            .map(|l| l.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Lets the network run until `deadline`, reading `host`'s output meanwhile. An observation
+/// window, not a synchronisation: connections and messages are counted over it.
+fn observe_until(lan: &Lan, host: usize, deadline: Instant) {
+    let node = lan.node(host);
+    let left = deadline.saturating_duration_since(Instant::now());
+    let _ = node.wait_line(node.cursor(), left, |_| false);
+}
+
+/// A publisher and three subscribers, all paired.
+fn four_hosts() -> Lan {
+    let mut lan = Lan::new(4);
+    lan.publisher(0);
+    for host in 1..4 {
+        lan.subscriber(host);
+    }
+    lan.wait_all_paired(&[0, 1, 2, 3], Duration::from_secs(10));
+    lan
+}
+
+#[test]
+fn lan_discovery_pairs_every_subscriber_within_a_second_with_no_seeds() {
+    let mut lan = Lan::new(4);
+    for host in 1..4 {
+        lan.subscriber(host);
+    }
+    // The subscribers are up (they announce where they listen) before the publisher starts.
+    for host in 1..4 {
+        let node = lan.node(host);
+        node.wait_line(0, Duration::from_secs(10), |l| {
+            log(l).is_some_and(|(m, _)| m.starts_with("listening on"))
+        })
+        .expect("a subscriber started");
+    }
+    let started = lan.publisher(0);
+    for host in 1..4 {
+        let paired = lan.wait_log(host, 0, "paired", 0, Duration::from_secs(5));
+        let took = paired - started;
+        assert!(
+            took <= Duration::from_secs(1),
+            "h{host} paired with the publisher {took:?} after it started"
+        );
+        let delivered = lan.node(host).wait_line(0, Duration::from_secs(5), |l| {
+            message_from(l).is_some_and(|p| p == "h0")
+        });
+        assert!(delivered.is_some(), "h{host} received nothing");
+    }
+}
+
+#[test]
+fn a_pulled_cable_is_detected_by_timeout_and_recovers_without_a_storm() {
+    let lan = four_hosts();
+    let cursors: Vec<usize> = (0..4).map(|h| lan.node(h).cursor()).collect();
+    let cut = Instant::now();
+    lan.bed.cut(1).unwrap();
+    // The publisher notices the silence: not at once (no FIN crosses a pulled cable), and
+    // within the peer timeout plus 10%.
+    let down = lan.wait_log(0, cursors[0], "peer down", 1, Duration::from_secs(10));
+    let detected = down - cut;
+    assert!(
+        detected <= DETECT_BOUND && detected >= PEER_TIMEOUT / 2,
+        "detected after {detected:?}"
+    );
+    // The cut host notices too.
+    lan.wait_log(1, cursors[1], "peer down", 0, Duration::from_secs(10));
+    let mend_at = cut + Duration::from_secs(4);
+    observe_until(&lan, 0, mend_at);
+    lan.bed.mend(1).unwrap();
+    let mended = Instant::now();
+    let repaired = lan.wait_log(1, cursors[1], "paired", 0, Duration::from_secs(10));
+    assert!(
+        repaired - mended <= REPAIR_BOUND,
+        "re-paired {:?} after the cable was back",
+        repaired - mended
+    );
+    lan.wait_log(0, cursors[0], "paired", 1, Duration::from_secs(10));
+    // Messages flow again.
+    lan.node(1)
+        .wait_line(lan.node(1).cursor(), Duration::from_secs(5), |l| {
+            message_from(l).is_some_and(|p| p == "h0")
+        })
+        .expect("messages flow again after the cable is back");
+    let window_end = mended + Duration::from_secs(5);
+    observe_until(&lan, 1, window_end);
+    let most = lan.assert_connections_bounded(&[0, 1, 2, 3], cut, window_end);
+    eprintln!(
+        "pulled cable: detected after {detected:?}, re-paired {:?} after the mend, at most {most} connections per pair",
+        repaired - mended
+    );
+}
+
+#[test]
+fn a_frozen_process_is_detected_by_timeout_and_recovers_without_a_storm() {
+    let lan = four_hosts();
+    let cursors: Vec<usize> = (0..4).map(|h| lan.node(h).cursor()).collect();
+    let frozen = Instant::now();
+    lan.node(1).freeze().unwrap();
+    let down = lan.wait_log(0, cursors[0], "peer down", 1, Duration::from_secs(10));
+    let detected = down - frozen;
+    assert!(
+        detected <= DETECT_BOUND && detected >= PEER_TIMEOUT / 2,
+        "detected after {detected:?}"
+    );
+    observe_until(&lan, 0, frozen + Duration::from_secs(5));
+    lan.node(1).thaw().unwrap();
+    let thawed = Instant::now();
+    let repaired = lan.wait_log(0, cursors[0], "paired", 1, Duration::from_secs(10));
+    assert!(
+        repaired - thawed <= REPAIR_BOUND,
+        "re-paired {:?} after the process resumed",
+        repaired - thawed
+    );
+    let window_end = thawed + Duration::from_secs(5);
+    observe_until(&lan, 1, window_end);
+    let most = lan.assert_connections_bounded(&[0, 1, 2, 3], frozen, window_end);
+    eprintln!(
+        "frozen process: detected after {detected:?}, re-paired {:?} after SIGCONT, at most {most} connections per pair",
+        repaired - thawed
+    );
+}
+
+#[test]
+fn a_killed_node_is_detected_and_its_restart_is_paired_at_once() {
+    let mut lan = four_hosts();
+    let cursor0 = lan.node(0).cursor();
+    let killed = Instant::now();
+    lan.nodes[1].as_mut().unwrap().kill().unwrap();
+    // Its sockets close with the process: detected by FIN, well within the timeout.
+    let down = lan.wait_log(0, cursor0, "peer down", 1, Duration::from_secs(10));
+    assert!(
+        down - killed <= DETECT_BOUND,
+        "detected after {:?}",
+        down - killed
+    );
+    let restarted = lan.subscriber(1);
+    let repaired = lan.wait_log(1, 0, "paired", 0, Duration::from_secs(10));
+    assert!(
+        repaired - restarted <= REPAIR_BOUND,
+        "the restarted node paired {:?} after it started",
+        repaired - restarted
+    );
+    lan.wait_all_paired(&[0, 1, 2, 3], Duration::from_secs(10));
+    let window_end = restarted + Duration::from_secs(5);
+    observe_until(&lan, 0, window_end);
+    let most = lan.assert_connections_bounded(&[0, 2, 3], killed, window_end);
+    for peer in [0, 2, 3] {
+        let n = lan.connections(peer, 1, restarted, window_end);
+        assert!(
+            n <= MAX_CONNECTIONS_PER_PAIR,
+            "h{peer}: {n} connections with the new h1"
+        );
+    }
+    eprintln!(
+        "killed node: detected after {:?}, restart paired after {:?}, at most {most} connections per pair",
+        down - killed,
+        repaired - restarted
+    );
+}
+
+#[test]
+fn a_split_lan_keeps_delivering_in_each_half_and_heals_into_one_graph() {
+    let mut lan = Lan::new(4);
+    lan.publisher(0);
+    lan.subscriber(1);
+    lan.publisher(2);
+    lan.subscriber(3);
+    lan.wait_all_paired(&[0, 1, 2, 3], Duration::from_secs(10));
+    let split = Instant::now();
+    lan.bed.split(&[&[0, 1], &[2, 3]]).unwrap();
+    let heal_at = split + Duration::from_secs(10);
+    observe_until(&lan, 1, heal_at);
+    lan.bed.join().unwrap();
+    let healed = Instant::now();
+
+    // During the split each half delivers to its own subscribers (once the links across the
+    // split have timed out, nothing crosses it).
+    let settled = split + DETECT_BOUND;
+    let expected = f64::from(RATE) * (healed - split).as_secs_f64();
+    for (sub, publisher) in [(1, 0), (3, 2)] {
+        let got = lan.received(sub, publisher, split, healed);
+        assert!(
+            got as f64 >= 0.8 * expected,
+            "h{sub} got {got} of about {expected:.0} messages from h{publisher} during the split"
+        );
+    }
+    for (sub, other) in [(1, 2), (3, 0)] {
+        let crossed = lan.received(sub, other, settled, healed);
+        assert_eq!(
+            crossed, 0,
+            "h{sub} got messages from h{other} across the split"
+        );
+    }
+    // After the heal, the topic is one graph again within 5 s: each subscriber hears the
+    // publisher of the other half.
+    for (sub, other) in [(1, 2), (3, 0)] {
+        let name = format!("h{other}");
+        let node = lan.node(sub);
+        let (_, line) = node
+            .wait_line(node.cursor(), Duration::from_secs(10), |l| {
+                message_from(l).is_some_and(|p| p == name) && l.at >= healed
+            })
+            .unwrap_or_else(|| panic!("h{sub} hears nothing from h{other} after the heal"));
+        let took = line.at - healed;
+        assert!(
+            took <= Duration::from_secs(5),
+            "h{sub} heard h{other} again {took:?} after the heal"
+        );
+        eprintln!("split: h{sub} hears h{other} {took:?} after the heal");
+    }
+    let window_end = healed + Duration::from_secs(3);
+    observe_until(&lan, 0, window_end);
+    lan.assert_connections_bounded(&[0, 1, 2, 3], split, window_end);
+}
