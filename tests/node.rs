@@ -274,6 +274,53 @@ async fn subscriptions_change_at_run_time() -> Result<()> {
     .await
 }
 
+/// `transport_udp = false` is a documented setting: the node runs without a UDP socket, pub/sub
+/// works, and best-effort topics travel over TCP instead (so a large one is not refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_udp_publish_and_subscribe() -> Result<()> {
+    bounded("udp off", async {
+        let no_udp = || {
+            chaski::transport::Config::builder()
+                .udp(false)
+                .build()
+                .expect("valid")
+        };
+        let a = start(builder("a", &["news", "video"]).transport(no_udp())).await?;
+        let b = start(
+            builder("b", &["news", "video"])
+                .transport(no_udp())
+                .best_effort(["video"])
+                .seeds([a.local_addr().to_string()]),
+        )
+        .await?;
+        until_peers(&b, |peers| {
+            peers.iter().any(|p| {
+                p.paired_topics.iter().any(|t| t == "news")
+                    && p.paired_topics.iter().any(|t| t == "video")
+            })
+        })
+        .await?;
+        let mut at_a = a.stream();
+        for i in 0..100u32 {
+            b.publish("news", i.to_be_bytes().to_vec()).await?;
+        }
+        for i in 0..100u32 {
+            let message = next(&mut at_a).await?;
+            assert_eq!(message.topic, "news");
+            assert_eq!(&message.payload[..], &i.to_be_bytes());
+        }
+        b.publish("video", vec![7u8; 64 * 1024]).await?;
+        let frame = next(&mut at_a).await?;
+        assert_eq!(frame.topic, "video");
+        assert_eq!(frame.payload.len(), 64 * 1024);
+        assert_eq!(frame.delivery, Delivery::Reliable, "it came over TCP");
+        a.shutdown().await?;
+        b.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn best_effort_messages_arrive_marked_and_oversized_ones_are_refused() -> Result<()> {
     bounded("best effort", async {

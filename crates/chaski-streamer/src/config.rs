@@ -270,7 +270,8 @@ impl NodeBuilder {
 
     /// Topics whose messages this node publishes best-effort, as UDP datagrams, by default (a
     /// single publish can still choose with [`PublishOptions`](crate::PublishOptions)). Default:
-    /// none (everything reliable, over TCP).
+    /// none (everything reliable, over TCP). With the transport's UDP socket turned off
+    /// (`transport::ConfigBuilder::udp(false)`), best-effort messages travel over TCP.
     pub fn best_effort<I>(mut self, topics: I) -> NodeBuilder
     where
         I: IntoIterator,

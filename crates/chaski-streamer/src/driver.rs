@@ -309,7 +309,12 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
             .capacity(builder.stream_capacity)
             .overflow(builder.stream_overflow),
         max_frame_len,
-        max_datagram_len,
+        // Without UDP, best-effort messages travel over TCP: only the frame limit applies.
+        max_datagram_len: if builder.transport.udp() {
+            max_datagram_len
+        } else {
+            usize::MAX
+        },
         send_queue: builder.transport.send_queue(),
         peer_timeout: builder.peer_timeout,
         counters: counters.clone(),
@@ -701,13 +706,15 @@ impl Driver {
             let Some(connection) = conns.get(conn) else {
                 continue;
             };
-            let ok = match delivery {
-                Delivery::BestEffort => udp_target(connection).is_some_and(|to| {
+            // Without a UDP socket (`transport_udp = false`) best effort travels over TCP.
+            let datagram = delivery == Delivery::BestEffort && endpoint.datagrams().is_some();
+            let ok = match datagram {
+                true => udp_target(connection).is_some_and(|to| {
                     endpoint
                         .datagrams()
                         .is_some_and(|socket| socket.try_send_encoded_to(&frame, to).is_ok())
                 }),
-                _ => match connection.try_send_encoded(frame.clone()) {
+                false => match connection.try_send_encoded(frame.clone()) {
                     Ok(()) => true,
                     Err(SendError::Full) => false,
                     // Closed: the transport reports it; membership will forget the connection.
