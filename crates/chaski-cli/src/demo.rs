@@ -1,7 +1,9 @@
 //! `chaski demo`: a small network on loopback in one process. A relay and six nodes over three
 //! topics find each other through the relay, pair by topic and stream messages; a live table
-//! shows peers, round trips and message rates; one node is killed (no goodbye: its sockets just
-//! close) and restarted, to show failure detection and reconnection; a summary ends it.
+//! shows peers, round trips and message rates; one node is frozen for 2 s (its sockets stay
+//! open, it just stops answering: a silent failure, detected by timeout), one is killed (no
+//! goodbye: its sockets just close) and restarted, to show failure detection and
+//! reconnection; a summary ends it.
 //!
 //! Each node runs on its own single-threaded runtime and thread, so that killing one is
 //! dropping its runtime: every task and socket of that node ends at once, as in a crash. LAN
@@ -34,6 +36,13 @@ const NODES: [(&str, &[&str]); 6] = [
     ("foxtrot", &["alerts"]),
 ];
 const VICTIM: usize = 2;
+/// The node frozen for a while (its thread blocked: sockets open, nothing answered), to show a
+/// silent failure detected by timeout rather than by a closed socket.
+const FROZEN: usize = 4;
+/// How long it stays frozen: longer than the demo's `peer_timeout` (1 s).
+const FREEZE_FOR: Duration = Duration::from_secs(2);
+/// The demo's peer timeout.
+const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Each node publishes on each of its topics this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// How often the live table is printed.
@@ -51,6 +60,8 @@ struct Member {
     name: &'static str,
     topics: &'static [&'static str],
     node: Node,
+    /// The node's runtime (single-threaded): a task that blocks it freezes the whole node.
+    runtime: tokio::runtime::Handle,
     stop: Option<oneshot::Sender<bool>>,
     thread: Option<thread::JoinHandle<()>>,
     /// Set when the member is killed, so that its event printer says nothing more.
@@ -92,7 +103,7 @@ impl Member {
                         .seeds(seed)
                         .lan_discovery(false)
                         .ping_interval(Duration::from_millis(250))
-                        .peer_timeout(Duration::from_secs(1))
+                        .peer_timeout(PEER_TIMEOUT)
                         .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
                         .stream_overflow(Overflow::DropOldest)
                         .build()
@@ -110,7 +121,8 @@ impl Member {
                     if !relay {
                         tokio::spawn(publish(node.clone(), topics));
                     }
-                    let _ = node_tx.send(Ok(node.clone()));
+                    let handle = tokio::runtime::Handle::current();
+                    let _ = node_tx.send(Ok((node.clone(), handle)));
                     // `true`: a clean shutdown; `false` (or the sender dropped): a crash, the
                     // runtime is dropped with every task and socket of the node.
                     if stop_rx.await == Ok(true) {
@@ -119,7 +131,7 @@ impl Member {
                 });
             })
             .context("cannot start a thread")?;
-        let node = node_rx
+        let (node, runtime) = node_rx
             .recv()
             .context("the node's thread ended early")?
             .with_context(|| format!("cannot start node {name}"))?;
@@ -138,6 +150,7 @@ impl Member {
             name,
             topics,
             node,
+            runtime,
             stop: Some(stop),
             thread: Some(thread),
             dead,
@@ -154,6 +167,16 @@ impl Member {
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+
+    /// Freezes the node for `span`, as SIGSTOP would freeze a process: a task blocks its only
+    /// thread, so nothing of the node runs (no read, no ping, no timer) while the kernel keeps
+    /// its sockets open and acknowledges what arrives. No peer sees a FIN: only silence.
+    fn freeze(&self, span: Duration) {
+        self.runtime.spawn(async move {
+            // Blocking the runtime's thread on purpose: that is the fault being shown.
+            thread::sleep(span);
+        });
     }
 
     /// Whether the node is paired on each of its topics.
@@ -389,8 +412,15 @@ async fn demo(duration: Duration) -> Result<u8> {
         println!("{} the network is still forming after 5 s", stamp(t0));
     }
 
-    let kill_at = duration.mul_f64(0.4);
-    let restart_at = duration.mul_f64(0.6);
+    let freeze_at = duration
+        .mul_f64(0.15)
+        .max(formed_in + Duration::from_millis(500));
+    let kill_at = duration
+        .mul_f64(0.5)
+        .max(freeze_at + FREEZE_FOR + Duration::from_secs(1));
+    let restart_at = duration.mul_f64(0.7).max(kill_at + Duration::from_secs(2));
+    let mut frozen: Option<(Instant, NodeId)> = None;
+    let mut thawed_paired_in = None;
     let mut next_table = Instant::now() + Duration::from_millis(500);
     let mut last_table = Instant::now();
     let mut killed: Option<(Instant, NodeId)> = None;
@@ -405,6 +435,29 @@ async fn demo(duration: Duration) -> Result<u8> {
             print_table(&mut members, now - last_table, t0);
             last_table = now;
             next_table = now + TABLE_EVERY;
+        }
+        if frozen.is_none() && t0.elapsed() >= freeze_at {
+            let member = &members[FROZEN + 1];
+            println!(
+                "\n{} freezing {} for {} s (its sockets stay open: no FIN, only silence)",
+                stamp(t0),
+                member.name,
+                FREEZE_FOR.as_secs()
+            );
+            frozen = Some((Instant::now(), member.node.id()));
+            member.freeze(FREEZE_FOR);
+        }
+        if let (Some((at, _)), None) = (frozen, thawed_paired_in) {
+            // Paired everywhere again after it resumed (the peer table is the node's own).
+            if at.elapsed() > FREEZE_FOR + PEER_TIMEOUT && members[FROZEN + 1].paired_everywhere() {
+                let resumed_for = at.elapsed().saturating_sub(FREEZE_FOR);
+                thawed_paired_in = Some(resumed_for);
+                println!(
+                    "{} {} resumed and is paired again on every topic",
+                    stamp(t0),
+                    NODES[FROZEN].0,
+                );
+            }
         }
         if killed.is_none() && t0.elapsed() >= kill_at {
             let member = members.remove(victim);
@@ -449,16 +502,20 @@ async fn demo(duration: Duration) -> Result<u8> {
         member.stop(true).await;
     }
 
-    let detected_by: Vec<(&str, Duration)> = match killed {
-        Some((at, victim_id)) => failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(_, peer, _)| *peer == victim_id)
-            .map(|(by, _, when)| (*by, when.saturating_duration_since(at)))
-            .collect(),
-        None => Vec::new(),
+    let detections = |fault: Option<(Instant, NodeId)>| -> Vec<(&str, Duration)> {
+        match fault {
+            Some((at, victim_id)) => failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, peer, when)| *peer == victim_id && *when >= at)
+                .map(|(by, _, when)| (*by, when.saturating_duration_since(at)))
+                .collect(),
+            None => Vec::new(),
+        }
     };
+    let detected_by = detections(killed);
+    let silent_detected_by = detections(frozen);
     println!("summary");
     println!(
         "  network: a relay and {} nodes over 3 topics, {}",
@@ -483,6 +540,22 @@ async fn demo(duration: Duration) -> Result<u8> {
             slowest.as_millis()
         ),
         None => println!("  failure of {}: not detected", NODES[VICTIM].0),
+    }
+    match silent_detected_by.iter().map(|(_, d)| *d).max() {
+        Some(slowest) => println!(
+            "  silent failure of {} (frozen {} s): detected by {} peers by timeout, the last {} ms after it froze (peer timeout {} ms){}",
+            NODES[FROZEN].0,
+            FREEZE_FOR.as_secs(),
+            silent_detected_by.len(),
+            slowest.as_millis(),
+            PEER_TIMEOUT.as_millis(),
+            if thawed_paired_in.is_some() {
+                "; paired again after it resumed"
+            } else {
+                "; not paired again in time"
+            }
+        ),
+        None => println!("  silent failure of {}: not detected", NODES[FROZEN].0),
     }
     match rejoined_in {
         Some(d) => println!(

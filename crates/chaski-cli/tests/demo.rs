@@ -21,6 +21,8 @@ fn the_demo_ends_by_itself_with_a_summary() {
         "relay listening on 127.0.0.1:",
         "paired on `sensors`",
         "every node is paired on each of its topics",
+        "freezing echo for 2 s",
+        "silent failure of echo (frozen 2 s): detected by",
         "killing charlie",
         "restarting charlie",
         "summary",
