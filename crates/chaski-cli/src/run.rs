@@ -81,8 +81,12 @@ pub(crate) async fn start(settings: &Settings) -> Result<Node> {
     );
     // Subscribe to the events before looking at the peers, so that no peer goes unlogged.
     let events = node.events();
+    // What happened before the subscription is in the table: log it as the events would have.
     for peer in node.peers() {
-        info!(peer = %peer.name, via = peer.source.as_str(), "peer up");
+        info!(peer = %peer.name, id = %peer.id.short(), via = peer.source.as_str(), "peer up");
+        for topic in &peer.paired_topics {
+            info!(peer = %peer.name, %topic, "paired");
+        }
     }
     tokio::spawn(log_events(node.clone(), events));
     Ok(node)

@@ -52,9 +52,17 @@ fn log(line: &Line) -> Option<(String, HashMap<String, String>)> {
     Some((out.remove("message")?, out))
 }
 
-/// Whether `line` is the log line `message` about peer `peer`.
+/// Whether `line` is the log line `message` about peer `peer`. `message` may name a reason
+/// too: `peer down: Timeout` matches a `peer down` line whose reason starts with `Timeout`.
 fn is(line: &Line, message: &str, peer: &str) -> bool {
-    log(line).is_some_and(|(m, f)| m == message && f.get("peer").is_some_and(|p| p == peer))
+    let (message, reason) = message.split_once(": ").unwrap_or((message, ""));
+    log(line).is_some_and(|(m, f)| {
+        m == message
+            && f.get("peer").is_some_and(|p| p == peer)
+            && f.get("reason")
+                .map_or("", String::as_str)
+                .starts_with(reason)
+    })
 }
 
 /// A message printed by `chaski sub --format json`, with the publisher's name.
@@ -258,25 +266,39 @@ fn a_pulled_cable_is_detected_by_timeout_and_recovers_without_a_storm() {
     lan.bed.cut(1).unwrap();
     // The publisher notices the silence: not at once (no FIN crosses a pulled cable), and
     // within the peer timeout plus 10%.
-    let down = lan.wait_log(0, cursors[0], "peer down", 1, Duration::from_secs(10));
+    let down = lan.wait_log(
+        0,
+        cursors[0],
+        "peer down: Timeout",
+        1,
+        Duration::from_secs(10),
+    );
     let detected = down - cut;
     assert!(
         detected <= DETECT_BOUND && detected >= PEER_TIMEOUT / 2,
         "detected after {detected:?}"
     );
     // The cut host notices too.
-    lan.wait_log(1, cursors[1], "peer down", 0, Duration::from_secs(10));
+    lan.wait_log(
+        1,
+        cursors[1],
+        "peer down: Timeout",
+        0,
+        Duration::from_secs(10),
+    );
     let mend_at = cut + Duration::from_secs(4);
     observe_until(&lan, 0, mend_at);
+    // Nothing can pair with h1 while its cable is out: look for pairings from the mend on.
+    let (at_mend_0, at_mend_1) = (lan.node(0).cursor(), lan.node(1).cursor());
     lan.bed.mend(1).unwrap();
     let mended = Instant::now();
-    let repaired = lan.wait_log(1, cursors[1], "paired", 0, Duration::from_secs(10));
+    let repaired = lan.wait_log(1, at_mend_1, "paired", 0, Duration::from_secs(10));
     assert!(
         repaired - mended <= REPAIR_BOUND,
         "re-paired {:?} after the cable was back",
         repaired - mended
     );
-    lan.wait_log(0, cursors[0], "paired", 1, Duration::from_secs(10));
+    lan.wait_log(0, at_mend_0, "paired", 1, Duration::from_secs(10));
     // Messages flow again.
     lan.node(1)
         .wait_line(lan.node(1).cursor(), Duration::from_secs(5), |l| {
@@ -298,16 +320,23 @@ fn a_frozen_process_is_detected_by_timeout_and_recovers_without_a_storm() {
     let cursors: Vec<usize> = (0..4).map(|h| lan.node(h).cursor()).collect();
     let frozen = Instant::now();
     lan.node(1).freeze().unwrap();
-    let down = lan.wait_log(0, cursors[0], "peer down", 1, Duration::from_secs(10));
+    let down = lan.wait_log(
+        0,
+        cursors[0],
+        "peer down: Timeout",
+        1,
+        Duration::from_secs(10),
+    );
     let detected = down - frozen;
     assert!(
         detected <= DETECT_BOUND && detected >= PEER_TIMEOUT / 2,
         "detected after {detected:?}"
     );
     observe_until(&lan, 0, frozen + Duration::from_secs(5));
+    let at_thaw = lan.node(0).cursor();
     lan.node(1).thaw().unwrap();
     let thawed = Instant::now();
-    let repaired = lan.wait_log(0, cursors[0], "paired", 1, Duration::from_secs(10));
+    let repaired = lan.wait_log(0, at_thaw, "paired", 1, Duration::from_secs(10));
     assert!(
         repaired - thawed <= REPAIR_BOUND,
         "re-paired {:?} after the process resumed",
@@ -329,7 +358,7 @@ fn a_killed_node_is_detected_and_its_restart_is_paired_at_once() {
     let killed = Instant::now();
     lan.nodes[1].as_mut().unwrap().kill().unwrap();
     // Its sockets close with the process: detected by FIN, well within the timeout.
-    let down = lan.wait_log(0, cursor0, "peer down", 1, Duration::from_secs(10));
+    let down = lan.wait_log(0, cursor0, "peer down: Lost", 1, Duration::from_secs(10));
     assert!(
         down - killed <= DETECT_BOUND,
         "detected after {:?}",

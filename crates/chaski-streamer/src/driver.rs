@@ -586,12 +586,14 @@ impl Driver {
                 self.udp_peers.remove(addr);
             }
         }
-        self.names.remove(&node);
+        // A duplicate connection that closes must not take the state of the node's current
+        // connection with it (its name, shown on every message, above all).
         if self.peer_conns.get(&node) == Some(&conn) {
             self.peer_conns.remove(&node);
+            self.names.remove(&node);
+            self.paired_since.remove(&node);
+            self.send_drops.remove(&node);
         }
-        self.paired_since.remove(&node);
-        self.send_drops.remove(&node);
         let how = match &reason {
             CloseReason::Goodbye { reason, .. } => Disconnect::Goodbye(*reason),
             CloseReason::Lost(cause) => Disconnect::Lost(lost_cause(cause)),
