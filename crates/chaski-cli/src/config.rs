@@ -192,6 +192,10 @@ settings! {
     transport_linger: HumanDuration => Text,
     /// `transport::ConfigBuilder::udp`.
     transport_udp: bool => Bool,
+    /// `transport::ConfigBuilder::tcp_user_timeout` ("0s": the system default).
+    transport_tcp_user_timeout: HumanDuration => Text,
+    /// `transport::ConfigBuilder::tcp_keepalive` ("0s": off).
+    transport_tcp_keepalive: HumanDuration => Text,
 }
 
 impl Settings {
@@ -293,6 +297,12 @@ impl Settings {
         }
         if let Some(v) = self.transport_udp {
             t = t.udp(v);
+        }
+        if let Some(v) = self.transport_tcp_user_timeout {
+            t = t.tcp_user_timeout((!v.0.is_zero()).then_some(v.0));
+        }
+        if let Some(v) = self.transport_tcp_keepalive {
+            t = t.tcp_keepalive((!v.0.is_zero()).then_some(v.0));
         }
         t.build().map_err(|e| ConfigError::Transport(e.to_string()))
     }
