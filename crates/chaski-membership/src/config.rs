@@ -94,6 +94,7 @@ pub struct Config {
     pub(crate) pair_retry: Duration,
     pub(crate) max_pending_pings: usize,
     pub(crate) max_ping_padding: u32,
+    pub(crate) max_peer_topics: usize,
 }
 
 impl Config {
@@ -140,7 +141,8 @@ impl Config {
                 dedup_publishers: 4096,
                 pair_retry: Duration::from_secs(1),
                 max_pending_pings: 64,
-                max_ping_padding: 1 << 20,
+                max_ping_padding: 64 << 10,
+                max_peer_topics: 1024,
             },
         }
     }
@@ -410,9 +412,16 @@ impl ConfigBuilder {
         max_pending_pings: usize
     }
     setter! {
-        /// Largest padding this node sends in a ping or asks for, or puts in a pong. Default:
-        /// 1 MiB.
+        /// Largest padding this node sends in a ping or asks for, or puts in a pong; a peer also
+        /// gets at most this many padding bytes per `ping_interval` in pongs (beyond, pongs carry
+        /// none), so that a small ping cannot make the node send much more. Default: 64 KiB.
         max_ping_padding: u32
+    }
+    setter! {
+        /// Most topics one peer may subscribe to (in its hello, a peer info, or after a
+        /// subscription update), and most topics in one update or pairing frame. A peer that
+        /// sends more breaks the protocol: its connection is closed. Default: 1,024. Positive.
+        max_peer_topics: usize
     }
 
     /// Checks every rule and returns the configuration.
@@ -470,6 +479,7 @@ impl ConfigBuilder {
             (c.max_pending_searches, "max_pending_searches"),
             (c.dedup_publishers, "dedup_publishers"),
             (c.max_pending_pings, "max_pending_pings"),
+            (c.max_peer_topics, "max_peer_topics"),
         ] {
             if n == 0 {
                 return Err(ConfigError::ZeroLimit(name));

@@ -234,6 +234,16 @@ pub enum Event {
         /// What.
         kind: DropKind,
     },
+    /// A peer sent a frame that breaks a limit ([`crate::limits`]): its connection is closed
+    /// with `Goodbye(ProtocolError)`.
+    ProtocolViolation {
+        /// The peer.
+        peer: NodeId,
+        /// The connection, now closed.
+        conn: ConnId,
+        /// Which limit.
+        kind: crate::Violation,
+    },
 }
 
 /// Where to send a datagram.
@@ -379,6 +389,11 @@ pub struct Counters {
     pub ping_evictions: u64,
     /// Inbound connections refused at `max_peers`.
     pub refused_connections: u64,
-    /// Frames that made no sense in their context (e.g. a second hello), ignored.
+    /// Frames that made no sense in their context (e.g. a second hello, a pong for no ping
+    /// of ours), ignored.
     pub unexpected_frames: u64,
+    /// Frames that broke a limit, by kind (each closed its connection).
+    pub violations: crate::Violations,
+    /// Pongs sent without the padding asked for: the peer's padding budget was spent.
+    pub padding_refused: u64,
 }

@@ -163,6 +163,7 @@ mod config;
 mod dedup;
 mod event;
 pub mod interest;
+pub mod limits;
 mod machine;
 mod rng;
 mod rtt;
@@ -175,6 +176,7 @@ pub use crate::{
         Action, ConnId, Counters, DatagramTarget, DialError, Disconnect, DiscoverySource,
         DownReason, DropKind, Event, LostCause, PeerSnapshot, PingId, Publication, Route,
     },
+    limits::{Violation, Violations},
     machine::{EXTRA_RETRY, FRESHNESS, Membership, PingError, TOMBSTONE_TTL, UNVERIFIED_ATTEMPTS},
     rtt::RttStats,
     time::Instant,

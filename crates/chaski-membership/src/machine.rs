@@ -23,6 +23,7 @@ use crate::{
         DownReason, DropKind, Event, PeerSnapshot, PingId, Publication, Route,
     },
     interest,
+    limits::{self, Violation},
     rng::Rng,
     rtt::RttStats,
     time::Instant,
@@ -41,6 +42,9 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
 /// reply) this node still tells others about it in peer exchanges. Rumours therefore travel one
 /// hop from a node that has really heard from the peer, and a dead peer stops being advertised.
 pub const FRESHNESS: Duration = Duration::from_secs(30);
+
+/// Pings in flight per connection that a pong may answer; older ones are forgotten.
+const MAX_PINGS_IN_FLIGHT: usize = 16;
 
 /// Dial attempts for a peer this node has never been connected to (learnt of through peer
 /// exchange, a search or a beacon) before it is given up; a peer that was connected gets
@@ -103,6 +107,14 @@ struct Conn {
     unneeded_since: Option<Instant>,
     exchange_dirty: bool,
     next_exchange: Instant,
+    /// Pings sent on this connection and not answered yet: (wire id, when), oldest first, at
+    /// most `MAX_PINGS_IN_FLIGHT`. A pong counts only if it answers one of them, and its round
+    /// trip is measured from our own clock, never from a time the peer echoes.
+    pings_out: VecDeque<(u64, Instant)>,
+    /// Padding bytes put in pongs since `padding_since` (the budget is `max_ping_padding` per
+    /// `ping_interval`).
+    padding_sent: u64,
+    padding_since: Instant,
 }
 
 #[derive(Debug)]
@@ -500,6 +512,14 @@ impl Membership {
             });
             return self.after(now);
         }
+        if let Err(kind) = limits::check_hello(hello, &self.config) {
+            self.count_violation(id, conn, kind);
+            self.push(Action::Close {
+                conn,
+                reason: GoodbyeReason::ProtocolError,
+            });
+            return self.after(now);
+        }
         if !outbound && self.conns.len() >= self.config.max_peers {
             self.counters.refused_connections += 1;
             self.event(Event::Dropped {
@@ -550,7 +570,7 @@ impl Membership {
             node_id: id,
             name: hello.name.clone(),
             listen_addrs: hello.listen_addrs.clone(),
-            subscriptions: hello.subscriptions.clone(),
+            subscriptions: hello.subscriptions.iter().map(Topic::detached).collect(),
             capabilities: hello.capabilities,
             full_topics: 0,
         };
@@ -611,6 +631,9 @@ impl Membership {
                 unneeded_since: None,
                 exchange_dirty: false,
                 next_exchange: now + self.config.exchange_interval,
+                pings_out: VecDeque::new(),
+                padding_sent: 0,
+                padding_since: now,
             },
         );
         if is_new {
@@ -705,9 +728,13 @@ impl Membership {
         c.last_rx = now;
         c.frames_in += 1;
         let peer = c.peer;
+        if let Err(kind) = limits::check_frame(&frame, &self.config) {
+            self.violation(now, conn, peer, kind);
+            return self.after(now);
+        }
         match frame {
             Frame::Ping(p) => {
-                let size = p.reply_padding.min(self.config.max_ping_padding);
+                let size = self.padding_allowed(now, conn, p.reply_padding);
                 let padding = padding(size);
                 self.send(
                     conn,
@@ -1447,6 +1474,12 @@ impl Membership {
                 size,
             });
         }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if c.pings_out.len() >= MAX_PINGS_IN_FLIGHT {
+                c.pings_out.pop_front();
+            }
+            c.pings_out.push_back((wire_id, now));
+        }
         let padding = padding(size);
         self.send(
             conn,
@@ -1460,15 +1493,18 @@ impl Membership {
     }
 
     fn on_pong(&mut self, now: Instant, conn: ConnId, peer: NodeId, pong: &Pong) {
-        let sent = Instant::from_micros(pong.sent_at_micros);
-        if sent > now {
-            self.counters.unexpected_frames += 1;
-            return;
-        }
-        let rtt = now - sent;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        // Only an answer to a ping of ours counts, timed by our own clock: an unsolicited or
+        // forged pong cannot claim a low round trip (and so win extra links).
+        let Some(pos) = c.pings_out.iter().position(|&(id, _)| id == pong.id) else {
+            self.counters.unexpected_frames += 1;
+            return;
+        };
+        let sent = c.pings_out[pos].1;
+        c.pings_out.drain(..=pos);
+        let rtt = now - sent;
         c.rtt.update(rtt);
         let stats = c.rtt;
         self.event(Event::LatencyUpdated {
@@ -1488,6 +1524,50 @@ impl Membership {
         }
     }
 
+    /// How much of the `asked` padding a pong on `conn` may carry now: at most
+    /// `max_ping_padding`, and at most that many bytes per `ping_interval` on one connection.
+    fn padding_allowed(&mut self, now: Instant, conn: ConnId, asked: u32) -> u32 {
+        let max = self.config.max_ping_padding;
+        let window = self.config.ping_interval;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return 0;
+        };
+        if now - c.padding_since >= window {
+            c.padding_since = now;
+            c.padding_sent = 0;
+        }
+        let asked = asked.min(max);
+        if c.padding_sent + u64::from(asked) > u64::from(max) {
+            self.counters.padding_refused += 1;
+            return 0;
+        }
+        c.padding_sent += u64::from(asked);
+        asked
+    }
+
+    /// Counts a violation and reports it (the caller closes the connection).
+    fn count_violation(&mut self, peer: NodeId, conn: ConnId, kind: Violation) {
+        self.counters.violations.add(kind);
+        self.event(Event::ProtocolViolation { peer, conn, kind });
+    }
+
+    /// `peer` broke a limit on `conn`: the connection is closed with `ProtocolError` and the
+    /// peer is not dialed again for a while (it is buried as dead; if it connects to us again,
+    /// it is accepted and checked again).
+    fn violation(&mut self, now: Instant, conn: ConnId, peer: NodeId, kind: Violation) {
+        self.count_violation(peer, conn, kind);
+        self.drop_conn(
+            now,
+            conn,
+            DownReason::Closed(GoodbyeReason::ProtocolError),
+            Some(GoodbyeReason::ProtocolError),
+        );
+        if self.known.get(&peer).is_some_and(|k| k.conn.is_none()) {
+            self.forget(peer);
+            self.bury(peer, now);
+        }
+    }
+
     fn on_subscription_update(
         &mut self,
         now: Instant,
@@ -1501,16 +1581,26 @@ impl Membership {
         if u.revision <= k.sub_revision {
             return;
         }
+        // Sets, not nested loops: the lists are bounded (`limits`), and still never quadratic.
+        let removed: HashSet<&Topic> = u.removed.iter().collect();
+        let mut topics: BTreeSet<Topic> = k
+            .info
+            .subscriptions
+            .iter()
+            .filter(|t| !removed.contains(t))
+            .cloned()
+            .collect();
+        // Stored topics are copied out of the read buffer, so that they pin no large buffer.
+        topics.extend(u.added.iter().map(Topic::detached));
+        if topics.len() > self.config.max_peer_topics {
+            self.violation(now, conn, peer, Violation::TooManyTopics);
+            return;
+        }
         self.unindex(peer);
         let k = self.known.get_mut(&peer).expect("known");
         k.sub_revision = u.revision;
         k.last_seen = now;
-        k.info.subscriptions.retain(|t| !u.removed.contains(t));
-        for t in &u.added {
-            if !k.info.subscriptions.contains(t) {
-                k.info.subscriptions.push(t.clone());
-            }
-        }
+        k.info.subscriptions = topics.into_iter().collect();
         self.index(peer);
         for t in &u.removed {
             self.unpair_local(conn, t);
@@ -1702,8 +1792,10 @@ impl Membership {
             };
             self.send(conn, Frame::SearchReply(reply));
         }
-        // Forward whether or not this node is itself full or subscribed.
-        if s.hop_limit > 0 {
+        // Forward whether or not this node is itself full or subscribed, never further than our
+        // own hop limit allows.
+        let hop_limit = s.hop_limit.min(self.config.search_hop_limit);
+        if hop_limit > 0 {
             let mut visited = s.visited;
             if visited.len() <= self.config.search_hop_limit as usize {
                 visited.push(self.me);
@@ -1718,7 +1810,7 @@ impl Membership {
                 search_id: s.search_id,
                 origin: s.origin,
                 topic: s.topic,
-                hop_limit: s.hop_limit - 1,
+                hop_limit: hop_limit - 1,
                 visited,
             };
             for c in next {
@@ -1731,7 +1823,8 @@ impl Membership {
         if r.responder.node_id != self.me {
             self.learn(now, r.responder.clone(), DiscoverySource::Search);
         }
-        if r.origin == self.me || r.hop_limit == 0 {
+        let hop_limit = r.hop_limit.min(self.config.search_hop_limit);
+        if r.origin == self.me || hop_limit == 0 {
             return;
         }
         let back = self.known.get(&r.origin).and_then(|k| k.conn).or_else(|| {
@@ -1742,7 +1835,7 @@ impl Membership {
         });
         if let Some(back) = back {
             let fwd = SearchReply {
-                hop_limit: r.hop_limit - 1,
+                hop_limit: hop_limit - 1,
                 ..r
             };
             self.send(back, Frame::SearchReply(fwd));
@@ -1765,7 +1858,8 @@ impl Membership {
 
     /// Records what another node says about a peer. Connected peers are described by their own
     /// hello and updates, which win.
-    fn learn(&mut self, now: Instant, info: PeerInfo, source: DiscoverySource) {
+    fn learn(&mut self, now: Instant, mut info: PeerInfo, source: DiscoverySource) {
+        detach_topics(&mut info.subscriptions);
         let id = info.node_id;
         if id == self.me {
             return;
@@ -2153,6 +2247,14 @@ impl Membership {
 
 /// The `k` members nearest to `center` on each side in the ring of ids (wrapping), without
 /// `center` itself and without repeats.
+/// Replaces topics decoded from a frame (slices of its read buffer) by copies of their own, so
+/// that a stored topic never keeps a large read buffer alive.
+fn detach_topics(topics: &mut [Topic]) {
+    for t in topics {
+        *t = t.detached();
+    }
+}
+
 fn ring_near(members: &BTreeSet<NodeId>, center: NodeId, k: usize) -> Vec<NodeId> {
     let mut out = Vec::with_capacity(2 * k);
     let after = members

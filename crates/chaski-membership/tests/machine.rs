@@ -414,3 +414,216 @@ fn duplicate_filter_evictions_are_reported() {
     assert_eq!(m.dedup_count(), 2);
     assert_eq!(m.counters().dedup_evictions, 1);
 }
+
+// ----- Limits on what a peer sends (`chaski_membership::limits`) -------------------------------
+
+fn info(id: u128, topics: usize, addrs: usize) -> PeerInfo {
+    PeerInfo {
+        node_id: NodeId::from_u128(id),
+        name: format!("p{id}"),
+        listen_addrs: (0..addrs).map(|i| addr(i as u8)).collect(),
+        subscriptions: (0..topics).map(|i| t(&format!("t{i}"))).collect(),
+        capabilities: Capabilities::NONE,
+        full_topics: 0,
+    }
+}
+
+/// A machine with one connected peer (id 2 on connection 1), its actions drained.
+fn with_peer() -> Membership {
+    let mut m = machine(1, &["a"], |b| b.max_peer_topics(8));
+    m.handle_connected(ms(1), ConnId(1), &hello(2, 2, &["a"]), false, None);
+    drain(&mut m);
+    m
+}
+
+/// Asserts that `frame` on connection 1 closes it as a protocol violation of `kind`, counted and
+/// reported, and that the peer is not dialed again.
+fn assert_violation(frame: Frame, kind: chaski_membership::Violation) {
+    let mut m = with_peer();
+    m.handle_frame(ms(2), ConnId(1), frame);
+    let actions = drain(&mut m);
+    assert!(
+        actions.contains(&Action::Close {
+            conn: ConnId(1),
+            reason: GoodbyeReason::ProtocolError
+        }),
+        "{actions:?}"
+    );
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Event(Event::ProtocolViolation { peer, conn: ConnId(1), kind: k })
+            if *peer == NodeId::from_u128(2) && *k == kind
+    )));
+    assert!(!actions.iter().any(|a| matches!(a, Action::Dial { .. })));
+    assert_eq!(m.counters().violations.total(), 1);
+    assert_eq!(m.connection_count(), 0);
+    // Nothing of the frame was learnt.
+    assert!(m.known_count() <= 1);
+}
+
+#[test]
+fn a_peer_exchange_with_too_many_peers_closes_the_connection() {
+    let peers = (0..257).map(|i| info(100 + i, 1, 1)).collect();
+    assert_violation(
+        Frame::PeerExchange(PeerExchange { peers }),
+        chaski_membership::Violation::TooManyPeers,
+    );
+    // One peer with too many topics or addresses is as bad.
+    assert_violation(
+        Frame::PeerExchange(PeerExchange {
+            peers: vec![info(100, 9, 1)],
+        }),
+        chaski_membership::Violation::TooManyTopics,
+    );
+    assert_violation(
+        Frame::PeerExchange(PeerExchange {
+            peers: vec![info(100, 1, 17)],
+        }),
+        chaski_membership::Violation::TooManyAddrs,
+    );
+}
+
+#[test]
+fn subscription_updates_beyond_the_topic_limit_close_the_connection() {
+    let added = (0..9).map(|i| t(&format!("x{i}"))).collect();
+    assert_violation(
+        Frame::SubscriptionUpdate(chaski_wire::SubscriptionUpdate {
+            added,
+            removed: Vec::new(),
+            revision: 1,
+        }),
+        chaski_membership::Violation::TooManyTopics,
+    );
+    // Within one update's limit, but past the peer's total: two updates of 4 and 4 on top of
+    // the hello's one topic.
+    let mut m = with_peer();
+    for (revision, base) in [(1, 0), (2, 4)] {
+        let added = (base..base + 4).map(|i| t(&format!("x{i}"))).collect();
+        m.handle_frame(
+            ms(2),
+            ConnId(1),
+            Frame::SubscriptionUpdate(chaski_wire::SubscriptionUpdate {
+                added,
+                removed: Vec::new(),
+                revision,
+            }),
+        );
+    }
+    let actions = drain(&mut m);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(1),
+        reason: GoodbyeReason::ProtocolError
+    }));
+    assert_eq!(m.counters().violations.too_many_topics, 1);
+}
+
+#[test]
+fn a_search_with_a_long_visited_list_is_refused_and_hop_limits_are_clamped() {
+    let search = |visited: usize, hop_limit: u32| Search {
+        search_id: 1,
+        origin: info(9, 1, 1),
+        topic: t("zzz"),
+        hop_limit,
+        visited: (0..visited)
+            .map(|i| NodeId::from_u128(1000 + i as u128))
+            .collect(),
+    };
+    // The default search hop limit is 8: at most 9 visited ids.
+    assert_violation(
+        Frame::Search(search(10, 3)),
+        chaski_membership::Violation::TooManyVisited,
+    );
+    // A hop limit above ours is clamped when forwarded.
+    let mut m = with_peer();
+    m.handle_connected(ms(1), ConnId(2), &hello(3, 3, &["b"]), false, None);
+    drain(&mut m);
+    m.handle_frame(ms(2), ConnId(1), Frame::Search(search(1, u32::MAX)));
+    let actions = drain(&mut m);
+    let forwarded = sends(&actions, ConnId(2));
+    let [Frame::Search(s)] = forwarded.as_slice() else {
+        panic!("expected the search forwarded, got {forwarded:?}");
+    };
+    assert_eq!(s.hop_limit, 7, "forwarded with our hop limit (8) minus one");
+}
+
+#[test]
+fn a_hello_beyond_the_limits_is_refused() {
+    let mut m = machine(1, &["a"], |b| b.max_peer_topics(8));
+    let topics: Vec<String> = (0..9).map(|i| format!("t{i}")).collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    m.handle_connected(ms(1), ConnId(1), &hello(2, 2, &names), false, None);
+    let actions = drain(&mut m);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(1),
+        reason: GoodbyeReason::ProtocolError
+    }));
+    assert_eq!(m.connection_count(), 0);
+    assert_eq!(m.counters().violations.too_many_topics, 1);
+}
+
+#[test]
+fn pong_padding_is_capped_and_budgeted_per_connection() {
+    let mut m = machine(1, &["a"], |b| b.max_ping_padding(1000));
+    m.handle_connected(ms(1), ConnId(1), &hello(2, 2, &["a"]), false, None);
+    drain(&mut m);
+    let mut padded = Vec::new();
+    for id in 0..20 {
+        let ping = Ping {
+            id,
+            sent_at_micros: 0,
+            padding: Bytes::new(),
+            reply_padding: u32::MAX,
+        };
+        m.handle_frame(ms(2), ConnId(1), Frame::Ping(ping));
+        for frame in sends(&drain(&mut m), ConnId(1)) {
+            if let Frame::Pong(p) = frame {
+                padded.push(p.padding.len());
+            }
+        }
+    }
+    // Every ping is answered; only the first within one ping interval carries padding, capped.
+    assert_eq!(padded.len(), 20);
+    assert_eq!(padded[0], 1000);
+    assert!(padded[1..].iter().all(|&n| n == 0), "{padded:?}");
+    assert_eq!(m.counters().padding_refused, 19);
+}
+
+#[test]
+fn only_pongs_for_our_own_pings_count() {
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(1), ConnId(1), &hello(2, 2, &["a"]), false, None);
+    let actions = drain(&mut m);
+    let ping_id = sends(&actions, ConnId(1))
+        .into_iter()
+        .find_map(|f| match f {
+            Frame::Ping(p) => Some(p.id),
+            _ => None,
+        })
+        .expect("a first ping");
+    // An unsolicited pong claiming a tiny round trip is ignored.
+    let forged = chaski_wire::Pong {
+        id: ping_id + 1000,
+        sent_at_micros: 30_000,
+        padding: Bytes::new(),
+    };
+    m.handle_frame(ms(30), ConnId(1), Frame::Pong(forged));
+    let actions = drain(&mut m);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Event(Event::LatencyUpdated { .. }))),
+        "{actions:?}"
+    );
+    // The real answer is timed by our clock, whatever time it echoes.
+    let answer = chaski_wire::Pong {
+        id: ping_id,
+        sent_at_micros: 29_999,
+        padding: Bytes::new(),
+    };
+    m.handle_frame(ms(30), ConnId(1), Frame::Pong(answer));
+    let actions = drain(&mut m);
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Event(Event::LatencyUpdated { srtt, .. }) if *srtt == Duration::from_millis(29)
+    )));
+}

@@ -165,6 +165,12 @@ impl Topic {
         &self.0
     }
 
+    /// The same topic in a buffer of its own: a topic decoded from a frame is a slice of the
+    /// read buffer and keeps all of it alive; store a detached copy instead.
+    pub fn detached(&self) -> Topic {
+        Topic(ByteString::from(self.as_str()))
+    }
+
     /// The name as bytes, sharing the underlying buffer.
     pub fn to_bytes(&self) -> Bytes {
         self.0.as_bytes().clone()
