@@ -274,6 +274,31 @@ async fn subscriptions_change_at_run_time() -> Result<()> {
     .await
 }
 
+/// `max_connections(2)`, documented as the minimum, starts and pairs (its ring has one
+/// neighbour on each side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smallest_documented_max_connections_works() -> Result<()> {
+    bounded("max_connections 2", async {
+        let a = start(builder("a", &["news"]).max_connections(2)).await?;
+        let b = start(
+            builder("b", &["news"])
+                .max_connections(2)
+                .seeds([a.local_addr().to_string()]),
+        )
+        .await?;
+        until_peers(&b, |peers| {
+            peers
+                .iter()
+                .any(|p| p.paired_topics.iter().any(|t| t == "news"))
+        })
+        .await?;
+        a.shutdown().await?;
+        b.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
 /// `transport_udp = false` is a documented setting: the node runs without a UDP socket, pub/sub
 /// works, and best-effort topics travel over TCP instead (so a large one is not refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,9 @@ pub enum ConfigError {
     #[error("max_connections must be at least 2, got {0}")]
     MaxConnectionsTooSmall(usize),
     /// `2 * ring_neighbours` exceeds `max_connections`.
-    #[error("2 * ring_neighbours ({ring}) must not exceed max_connections ({max})")]
+    #[error(
+        "2 * ring_neighbours ({ring}) must not exceed max_connections ({max}): raise max_connections or lower ring_neighbours"
+    )]
     RingTooWide {
         /// `ring_neighbours`.
         ring: usize,

@@ -7,6 +7,13 @@
 //! on a path that keeps per-publisher order it cannot be new. Checking allocates nothing; only a
 //! publisher seen for the first time takes a table slot. When the table holds its limit of
 //! publishers, the one heard from least recently is evicted (and counted).
+//!
+//! The filter cannot be poisoned by plain forgery: a sequence more than [`MAX_AHEAD`] above the
+//! highest seen is *implausible* when it comes second-hand (not from the publisher's own
+//! connection) and is refused without moving the window, so one forged message with sequence
+//! 2^64-1 cannot make every later real message look old. A first-hand message (from the
+//! publisher's own connection) is believed: it may jump ahead, and one far behind the window
+//! re-bases it (the publisher itself says where it is).
 
 use std::collections::HashMap;
 
@@ -14,6 +21,10 @@ use chaski_wire::NodeId;
 
 /// How many sequences below the highest one the filter remembers per publisher.
 pub const WINDOW: u64 = 8192;
+
+/// How far above the highest sequence seen from a publisher a second-hand message may be
+/// (about a million messages missed at once); beyond, it is implausible and refused.
+pub const MAX_AHEAD: u64 = 1 << 20;
 const WORDS: usize = (WINDOW / 64) as usize;
 
 #[derive(Debug, Clone)]
@@ -63,6 +74,9 @@ pub(crate) enum Seen {
     New,
     /// Already seen (or older than the window).
     Duplicate,
+    /// Second-hand and more than [`MAX_AHEAD`] above the highest sequence seen: refused, the
+    /// window untouched.
+    Implausible,
 }
 
 /// The bounded duplicate filter keyed by (publisher, sequence).
@@ -90,11 +104,24 @@ impl DuplicateFilter {
         self.windows.len()
     }
 
-    /// Checks (publisher, sequence) and marks it seen.
-    pub(crate) fn check(&mut self, publisher: NodeId, sequence: u64) -> Seen {
+    /// Checks (publisher, sequence) and marks it seen. `first_hand`: the message came from the
+    /// publisher's own connection.
+    pub(crate) fn check(&mut self, publisher: NodeId, sequence: u64, first_hand: bool) -> Seen {
         self.clock += 1;
         if let Some(w) = self.windows.get_mut(&publisher) {
             w.last_used = self.clock;
+            if sequence > w.highest.saturating_add(MAX_AHEAD) && !first_hand {
+                return Seen::Implausible;
+            }
+            if first_hand && w.highest - sequence.min(w.highest) >= WINDOW {
+                // The publisher itself is far behind what the window holds: the window was
+                // poisoned (or the publisher restarted): start again from here.
+                w.highest = sequence;
+                w.bits = [0; WORDS];
+                let (word, bit) = Window::bit(sequence);
+                w.bits[word] |= bit;
+                return Seen::New;
+            }
             return if w.check_and_mark(sequence) {
                 Seen::New
             } else {
@@ -134,17 +161,33 @@ mod tests {
         let p = NodeId::from_u128(1);
         let mut f = DuplicateFilter::new(4);
         for s in [5, 3, 4, 1, 2, 1000, 6] {
-            assert_eq!(f.check(p, s), Seen::New, "seq {s}");
+            assert_eq!(f.check(p, s, false), Seen::New, "seq {s}");
         }
         for s in [5, 3, 4, 1, 2, 1000, 6] {
-            assert_eq!(f.check(p, s), Seen::Duplicate, "seq {s}");
+            assert_eq!(f.check(p, s, false), Seen::Duplicate, "seq {s}");
         }
         // Far ahead: the window slides; older than the window counts as duplicate.
         let far = 5 * WINDOW;
-        assert_eq!(f.check(p, far), Seen::New);
-        assert_eq!(f.check(p, far - WINDOW), Seen::Duplicate);
-        assert_eq!(f.check(p, far - WINDOW + 1), Seen::New);
-        assert_eq!(f.check(p, far - 1), Seen::New);
+        assert_eq!(f.check(p, far, false), Seen::New);
+        assert_eq!(f.check(p, far - WINDOW, false), Seen::Duplicate);
+        assert_eq!(f.check(p, far - WINDOW + 1, false), Seen::New);
+        assert_eq!(f.check(p, far - 1, false), Seen::New);
+    }
+
+    #[test]
+    fn a_forged_far_ahead_sequence_cannot_silence_a_publisher() {
+        let p = NodeId::from_u128(1);
+        let mut f = DuplicateFilter::new(4);
+        assert_eq!(f.check(p, 10, false), Seen::New);
+        assert_eq!(f.check(p, u64::MAX, false), Seen::Implausible);
+        assert_eq!(f.check(p, 11, false), Seen::New, "the window did not move");
+        // Within reach, a jump is fine.
+        assert_eq!(f.check(p, 11 + MAX_AHEAD, false), Seen::New);
+        // The publisher's own connection may jump anywhere, and re-bases a poisoned window.
+        assert_eq!(f.check(p, u64::MAX - 1, true), Seen::New);
+        assert_eq!(f.check(p, 12 + MAX_AHEAD, true), Seen::New, "re-based");
+        assert_eq!(f.check(p, 13 + MAX_AHEAD, false), Seen::New);
+        assert_eq!(f.check(p, 13 + MAX_AHEAD, false), Seen::Duplicate);
     }
 
     #[test]
@@ -155,13 +198,13 @@ mod tests {
             NodeId::from_u128(2),
             NodeId::from_u128(3),
         );
-        f.check(a, 1);
-        f.check(b, 1);
-        f.check(a, 2);
-        f.check(c, 1); // evicts b
+        f.check(a, 1, false);
+        f.check(b, 1, false);
+        f.check(a, 2, false);
+        f.check(c, 1, false); // evicts b
         assert_eq!(f.len(), 2);
         assert_eq!(f.evictions, 1);
-        assert_eq!(f.check(a, 1), Seen::Duplicate);
-        assert_eq!(f.check(b, 1), Seen::New, "b was forgotten");
+        assert_eq!(f.check(a, 1, false), Seen::Duplicate);
+        assert_eq!(f.check(b, 1, false), Seen::New, "b was forgotten");
     }
 }

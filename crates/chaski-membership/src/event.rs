@@ -379,6 +379,9 @@ pub struct Counters {
     pub messages_new: u64,
     /// Messages dropped as duplicates.
     pub messages_duplicate: u64,
+    /// Messages refused as implausible: an impersonated publisher, or a sequence far ahead of
+    /// the publisher's (see [`crate::limits`]).
+    pub messages_rejected: u64,
     /// Known peers evicted or not added because the table was full.
     pub known_evictions: u64,
     /// Publishers evicted from the duplicate filter.
@@ -396,4 +399,9 @@ pub struct Counters {
     pub violations: crate::Violations,
     /// Pongs sent without the padding asked for: the peer's padding budget was spent.
     pub padding_refused: u64,
+    /// Learned addresses not dialed because no peer can be there (unspecified, multicast,
+    /// broadcast, port 0, or loopback while this node does not listen on loopback).
+    pub undialable_addrs: u64,
+    /// Dials to learned addresses put off by the rate limit (`LEARNED_DIAL_RATE`).
+    pub dials_deferred: u64,
 }

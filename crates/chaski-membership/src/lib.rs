@@ -171,13 +171,16 @@ mod time;
 
 pub use crate::{
     config::{Config, ConfigBuilder, ConfigError},
-    dedup::WINDOW as DEDUP_WINDOW,
+    dedup::{MAX_AHEAD as DEDUP_MAX_AHEAD, WINDOW as DEDUP_WINDOW},
     event::{
         Action, ConnId, Counters, DatagramTarget, DialError, Disconnect, DiscoverySource,
         DownReason, DropKind, Event, LostCause, PeerSnapshot, PingId, Publication, Route,
     },
     limits::{Violation, Violations},
-    machine::{EXTRA_RETRY, FRESHNESS, Membership, PingError, TOMBSTONE_TTL, UNVERIFIED_ATTEMPTS},
+    machine::{
+        EXTRA_RETRY, FRESHNESS, LEARNED_DIAL_BURST, LEARNED_DIAL_RATE, Membership, PingError,
+        TOMBSTONE_TTL, UNVERIFIED_ATTEMPTS,
+    },
     rtt::RttStats,
     time::Instant,
 };

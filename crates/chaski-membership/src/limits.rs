@@ -11,6 +11,8 @@
 //! | topics in one `SubscriptionUpdate`, `PairRequest`, `PairResponse`, `Unpair` | `Config::max_peer_topics` |
 //! | node ids in a `Search`'s visited list | `Config::search_hop_limit` + 1 |
 //! | hop limit of a `Search` or `SearchReply` | clamped to `Config::search_hop_limit` |
+//! | a message's publisher | must be the sending peer when the hop count is 0 |
+//! | a message's sequence | at most `dedup::MAX_AHEAD` above the highest seen from its publisher, unless first-hand |
 //! | padding asked for by a `Ping` | replies carry at most `Config::max_ping_padding`, and at most that many padding bytes per connection per `ping_interval`; beyond, the pong has none |
 //!
 //! [`Event::ProtocolViolation`]: crate::Event::ProtocolViolation
@@ -38,6 +40,12 @@ pub enum Violation {
     TooManyTopics,
     /// A search whose visited list is longer than the hop limit allows.
     TooManyVisited,
+    /// A message that claims to come straight from its publisher (hop count 0) from a peer that
+    /// is not that publisher.
+    ImpersonatedPublisher,
+    /// A second-hand message whose sequence is implausibly far ahead of what this node has seen
+    /// from its publisher (`dedup::MAX_AHEAD`): a forgery that would silence the publisher.
+    ImplausibleSequence,
 }
 
 impl Violation {
@@ -49,6 +57,8 @@ impl Violation {
             Violation::TooManyAddrs => "too_many_addrs",
             Violation::TooManyTopics => "too_many_topics",
             Violation::TooManyVisited => "too_many_visited",
+            Violation::ImpersonatedPublisher => "impersonated_publisher",
+            Violation::ImplausibleSequence => "implausible_sequence",
         }
     }
 }
@@ -65,6 +75,10 @@ pub struct Violations {
     pub too_many_topics: u64,
     /// [`Violation::TooManyVisited`].
     pub too_many_visited: u64,
+    /// [`Violation::ImpersonatedPublisher`].
+    pub impersonated_publisher: u64,
+    /// [`Violation::ImplausibleSequence`].
+    pub implausible_sequence: u64,
 }
 
 impl Violations {
@@ -74,13 +88,20 @@ impl Violations {
             Violation::TooManyAddrs => &mut self.too_many_addrs,
             Violation::TooManyTopics => &mut self.too_many_topics,
             Violation::TooManyVisited => &mut self.too_many_visited,
+            Violation::ImpersonatedPublisher => &mut self.impersonated_publisher,
+            Violation::ImplausibleSequence => &mut self.implausible_sequence,
         };
         *slot += 1;
     }
 
     /// All violations, whatever their kind.
     pub fn total(&self) -> u64 {
-        self.too_many_peers + self.too_many_addrs + self.too_many_topics + self.too_many_visited
+        self.too_many_peers
+            + self.too_many_addrs
+            + self.too_many_topics
+            + self.too_many_visited
+            + self.impersonated_publisher
+            + self.implausible_sequence
     }
 }
 

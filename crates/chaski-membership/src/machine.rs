@@ -43,6 +43,14 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
 /// hop from a node that has really heard from the peer, and a dead peer stops being advertised.
 pub const FRESHNESS: Duration = Duration::from_secs(30);
 
+/// Dials a second to addresses learned from the network (beacons, exchanges, searches) of nodes
+/// never connected to; beyond, such dials wait for the next pairing round.
+pub const LEARNED_DIAL_RATE: f64 = 20.0;
+
+/// Burst of dials to learned addresses allowed at once (a network forming, a relay's
+/// introductions).
+pub const LEARNED_DIAL_BURST: f64 = 64.0;
+
 /// Pings in flight per connection that a pong may answer; older ones are forgotten.
 const MAX_PINGS_IN_FLIGHT: usize = 16;
 
@@ -203,6 +211,9 @@ pub struct Membership {
     next_wire_ping: u64,
     pending_pings: VecDeque<PendingPing>,
     counters: Counters,
+    /// The bucket of dials to learned addresses (see `take_dial_token`).
+    dial_tokens: f64,
+    dial_tokens_at: Instant,
 }
 
 impl Membership {
@@ -246,6 +257,8 @@ impl Membership {
             next_wire_ping: 1,
             pending_pings: VecDeque::new(),
             counters: Counters::default(),
+            dial_tokens: LEARNED_DIAL_BURST,
+            dial_tokens_at: now,
             config,
         };
         for topic in m.config.subscriptions.clone() {
@@ -905,22 +918,69 @@ impl Membership {
     /// driver could not attribute to a connection): whether to deliver it locally and where to
     /// forward it, after the duplicate filter and the hop limit. Counts as a sign of life of
     /// `from`. Allocation-free once warm (except for a publisher seen for the first time).
+    ///
+    /// A message is believed only within reason ([`crate::limits`]): one that claims to come
+    /// straight from its publisher (hop count 0) from a peer that is not that publisher, or a
+    /// second-hand one implausibly far ahead of the publisher's sequence, is a protocol
+    /// violation: it is neither delivered nor forwarded, and `from` is closed.
     pub fn route(&mut self, now: Instant, from: Option<ConnId>, msg: &Message) -> Route<'_> {
+        self.route_checked(now, from, msg, true)
+    }
+
+    /// As [`route`](Membership::route), for a best-effort datagram attributed to `from` by its
+    /// source address. A datagram's source can be spoofed: an implausible one is dropped (and
+    /// counted in `messages_rejected`), never held against the connection.
+    pub fn route_datagram(&mut self, now: Instant, from: ConnId, msg: &Message) -> Route<'_> {
+        self.route_checked(now, Some(from), msg, false)
+    }
+
+    fn route_checked(
+        &mut self,
+        now: Instant,
+        from: Option<ConnId>,
+        msg: &Message,
+        reliable: bool,
+    ) -> Route<'_> {
+        let mut sender = None;
         if let Some(c) = from.and_then(|f| self.conns.get_mut(&f)) {
-            c.last_rx = now;
-            c.frames_in += 1;
+            if reliable {
+                c.last_rx = now;
+                c.frames_in += 1;
+            }
+            sender = Some(c.peer);
         }
         self.scratch.clear();
+        let first_hand = sender == Some(msg.publisher);
+        let mut verdict = None;
+        if msg.hops == 0 && sender.is_some() && !first_hand {
+            verdict = Some(Violation::ImpersonatedPublisher);
+        }
         let evictions = self.dedup.evictions;
-        let seen = if msg.publisher == self.me {
+        let seen = if verdict.is_some() || msg.publisher == self.me {
             Seen::Duplicate
         } else {
-            self.dedup.check(msg.publisher, msg.sequence)
+            self.dedup.check(msg.publisher, msg.sequence, first_hand)
         };
+        if seen == Seen::Implausible {
+            verdict = Some(Violation::ImplausibleSequence);
+        }
         if self.dedup.evictions != evictions {
             self.event(Event::Dropped {
                 kind: DropKind::DedupPublisher,
             });
+        }
+        if let Some(kind) = verdict {
+            self.counters.messages_rejected += 1;
+            if let (true, Some(conn), Some(peer)) = (reliable, from, sender) {
+                self.violation(now, conn, peer, kind);
+            }
+            self.scratch.clear();
+            return Route {
+                deliver: false,
+                duplicate: true,
+                forward: &self.scratch,
+                hop_limit: 0,
+            };
         }
         if seen == Seen::Duplicate {
             self.counters.messages_duplicate += 1;
@@ -1300,10 +1360,56 @@ impl Membership {
         if self.conns.len() + self.dials.len() >= self.config.max_peers {
             return false;
         }
+        // An address the network told us about (not one the user gave, nor a peer we have been
+        // connected to) is dialed only if it can be a peer's, and at a bounded rate: nothing a
+        // peer says can make this node dial at will.
+        let learned = !matches!(source, DiscoverySource::Seed | DiscoverySource::Manual)
+            && !peer.is_some_and(|p| self.known.get(&p).is_some_and(|k| k.verified));
+        if learned {
+            if !self.dialable(addr) {
+                self.counters.undialable_addrs += 1;
+                return false;
+            }
+            if !self.take_dial_token() {
+                self.counters.dials_deferred += 1;
+                return false;
+            }
+        }
         self.dials.insert(addr, Dial { peer, source });
         self.counters.dials += 1;
         self.push(Action::Dial { addr, peer });
         true
+    }
+
+    /// Whether an address learned from the network may be dialed: a unicast address with a
+    /// port, and a loopback one only if this node itself listens on loopback.
+    fn dialable(&self, addr: SocketAddr) -> bool {
+        let ip = addr.ip();
+        let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+        let loopback_ok = self
+            .config
+            .listen_addrs
+            .iter()
+            .any(|a| a.ip().is_loopback());
+        addr.port() != 0
+            && !ip.is_unspecified()
+            && !ip.is_multicast()
+            && !broadcast
+            && (!ip.is_loopback() || loopback_ok)
+    }
+
+    /// Takes one token of the bucket that bounds dials to learned addresses
+    /// ([`LEARNED_DIAL_RATE`] a second, bursts of [`LEARNED_DIAL_BURST`]).
+    fn take_dial_token(&mut self) -> bool {
+        let elapsed = (self.now - self.dial_tokens_at).as_secs_f64();
+        self.dial_tokens_at = self.now;
+        self.dial_tokens = (self.dial_tokens + elapsed * LEARNED_DIAL_RATE).min(LEARNED_DIAL_BURST);
+        if self.dial_tokens >= 1.0 {
+            self.dial_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     fn dial_failed_for(&mut self, now: Instant, peer: NodeId) {
@@ -1843,6 +1949,11 @@ impl Membership {
     }
 
     fn on_beacon(&mut self, _now: Instant, from: SocketAddr, b: Beacon) {
+        if !self.config.lan_discovery {
+            // A unicast beacon to the node's port, with LAN discovery off: not asked for.
+            self.counters.unexpected_frames += 1;
+            return;
+        }
         if b.node_id == self.me || b.network_id != self.config.network_id {
             return;
         }
@@ -1852,8 +1963,14 @@ impl Membership {
                 return;
             }
         }
-        let addr = b.listen_addrs.first().copied().unwrap_or(from);
-        self.dial(addr, Some(b.node_id), DiscoverySource::Lan);
+        // Dialed where the beacon came from, on the port it names: a beacon cannot aim this node
+        // at another host.
+        let port = b.listen_addrs.first().map_or(from.port(), SocketAddr::port);
+        self.dial(
+            SocketAddr::new(from.ip(), port),
+            Some(b.node_id),
+            DiscoverySource::Lan,
+        );
     }
 
     /// Records what another node says about a peer. Connected peers are described by their own

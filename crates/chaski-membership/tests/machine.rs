@@ -250,6 +250,14 @@ fn message(publisher: u128, sequence: u64, topic: &str, hop_limit: u32) -> Messa
     }
 }
 
+/// A copy of `msg` as a neighbour forwards it (one hop on).
+fn forwarded(msg: &Message) -> Message {
+    Message {
+        hops: msg.hops + 1,
+        ..msg.clone()
+    }
+}
+
 #[test]
 fn routing_filters_at_the_sender_drops_duplicates_and_respects_the_hop_limit() {
     let mut m = machine(1, &["a"], |b| b);
@@ -274,13 +282,13 @@ fn routing_filters_at_the_sender_drops_duplicates_and_respects_the_hop_limit() {
     assert!(r.deliver && !r.duplicate);
     assert_eq!(r.forward, &[ConnId(3)], "not back to the sender");
     assert_eq!(r.hop_limit, 4);
-    let r = m.route(ms(1), Some(ConnId(3)), &msg);
+    let r = m.route(ms(1), Some(ConnId(3)), &forwarded(&msg));
     assert!(r.duplicate && !r.deliver && r.forward.is_empty());
     // Hop limit 0: delivered, not forwarded.
     let r = m.route(ms(1), Some(ConnId(3)), &message(3, 1, "a", 0));
     assert!(r.deliver && r.forward.is_empty());
     // Our own message coming back.
-    let r = m.route(ms(1), Some(ConnId(2)), &message(1, 1, "a", 5));
+    let r = m.route(ms(1), Some(ConnId(2)), &forwarded(&message(1, 1, "a", 5)));
     assert!(r.duplicate);
     assert_eq!(m.counters().messages_duplicate, 2);
     assert_eq!(m.counters().messages_new, 2);
@@ -397,7 +405,11 @@ fn duplicate_filter_evictions_are_reported() {
     m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
     drain(&mut m);
     for publisher in 10..13 {
-        let r = m.route(ms(1), Some(ConnId(2)), &message(publisher, 1, "a", 1));
+        let r = m.route(
+            ms(1),
+            Some(ConnId(2)),
+            &forwarded(&message(publisher, 1, "a", 1)),
+        );
         assert!(r.deliver);
     }
     let actions = drain(&mut m);
@@ -626,4 +638,172 @@ fn only_pongs_for_our_own_pings_count() {
         a,
         Action::Event(Event::LatencyUpdated { srtt, .. }) if *srtt == Duration::from_millis(29)
     )));
+}
+
+#[test]
+fn a_message_claiming_another_publisher_first_hand_is_a_violation() {
+    let mut m = with_peer();
+    // Peer 2 sends a message "straight from" publisher 7.
+    let r = m.route(ms(2), Some(ConnId(1)), &message(7, 1, "a", 5));
+    assert!(r.duplicate && !r.deliver && r.forward.is_empty());
+    let actions = drain(&mut m);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(1),
+        reason: GoodbyeReason::ProtocolError
+    }));
+    assert_eq!(m.counters().violations.impersonated_publisher, 1);
+    assert_eq!(m.counters().messages_rejected, 1);
+}
+
+#[test]
+fn a_forged_far_ahead_sequence_is_refused_and_does_not_silence_the_publisher() {
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
+    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
+    drain(&mut m);
+    // Publisher 9 is heard second-hand through 2.
+    for seq in 1..=3 {
+        let r = m.route(ms(1), Some(ConnId(2)), &forwarded(&message(9, seq, "a", 5)));
+        assert!(r.deliver);
+    }
+    // 3 forwards a forged message from 9 with the largest sequence.
+    let r = m.route(
+        ms(2),
+        Some(ConnId(3)),
+        &forwarded(&message(9, u64::MAX, "a", 5)),
+    );
+    assert!(!r.deliver && r.forward.is_empty());
+    let actions = drain(&mut m);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(3),
+        reason: GoodbyeReason::ProtocolError
+    }));
+    assert_eq!(m.counters().violations.implausible_sequence, 1);
+    // 9's real messages still arrive.
+    for seq in 4..=6 {
+        let r = m.route(ms(3), Some(ConnId(2)), &forwarded(&message(9, seq, "a", 5)));
+        assert!(r.deliver, "message {seq} of the real publisher");
+    }
+    // As a datagram, the same forgery is dropped without closing anything.
+    let r = m.route_datagram(
+        ms(4),
+        ConnId(2),
+        &forwarded(&message(9, u64::MAX - 1, "a", 5)),
+    );
+    assert!(!r.deliver);
+    assert!(
+        drain(&mut m)
+            .iter()
+            .all(|a| !matches!(a, Action::Close { .. }))
+    );
+    assert!(
+        m.route(ms(5), Some(ConnId(2)), &forwarded(&message(9, 7, "a", 5)))
+            .deliver
+    );
+}
+
+#[test]
+fn beacons_are_dialed_at_their_source_and_ignored_with_lan_discovery_off() {
+    let beacon = |listen: SocketAddr| Beacon {
+        network_id: String::new(),
+        node_id: NodeId::from_u128(5),
+        name: "n5".into(),
+        listen_addrs: vec![listen],
+        subscription_digest: 0,
+        subscription_count: 1,
+        capabilities: Capabilities::NONE,
+        sequence: 1,
+        auth_tag: Bytes::new(),
+    };
+    let elsewhere = SocketAddr::from(([10, 9, 8, 7], 9999));
+    let from = SocketAddr::from(([127, 0, 0, 5], 7000));
+    // LAN discovery on: the beacon's source address with its port, not the claimed host.
+    let mut m = machine(1, &["a"], |b| b.lan_discovery(true));
+    m.handle_datagram(ms(1), from, Frame::Beacon(beacon(elsewhere)));
+    let dials: Vec<SocketAddr> = drain(&mut m)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Dial { addr, .. } => Some(addr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dials, vec![SocketAddr::from(([127, 0, 0, 5], 9999))]);
+    // LAN discovery off: a unicast beacon dials nothing.
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_datagram(ms(1), from, Frame::Beacon(beacon(elsewhere)));
+    assert!(
+        !drain(&mut m)
+            .iter()
+            .any(|a| matches!(a, Action::Dial { .. }))
+    );
+}
+
+#[test]
+fn learned_addresses_are_dialed_only_if_a_peer_can_be_there_and_at_a_bounded_rate() {
+    // Listening on 10.0.0.1 (not loopback): loopback, multicast, unspecified are not dialed.
+    let mut m = Membership::new(
+        Config::builder(NodeId::from_u128(1))
+            .listen_addr(SocketAddr::from(([10, 0, 0, 1], 7447)))
+            .lan_discovery(false)
+            .subscribe(t("a"))
+            .build()
+            .unwrap(),
+        Instant::ZERO,
+    );
+    m.handle_timeout(Instant::ZERO);
+    m.handle_connected(ms(1), ConnId(1), &hello(2, 2, &["a"]), false, None);
+    drain(&mut m);
+    let mut peers = Vec::new();
+    for (i, ip) in [
+        [127, 0, 0, 9],
+        [224, 0, 0, 1],
+        [0, 0, 0, 0],
+        [255, 255, 255, 255],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut p = info(100 + i as u128, 1, 0);
+        p.subscriptions = vec![t("a")];
+        p.listen_addrs = vec![SocketAddr::from((ip, 7447))];
+        peers.push(p);
+    }
+    // And 200 plausible ones.
+    for i in 0..200u32 {
+        let mut p = info(1000 + u128::from(i), 1, 0);
+        p.subscriptions = vec![t("a")];
+        p.listen_addrs = vec![SocketAddr::from((
+            [10, 1, (i / 250) as u8, (i % 250) as u8 + 1],
+            7447,
+        ))];
+        peers.push(p);
+    }
+    for chunk in peers.chunks(200) {
+        m.handle_frame(
+            ms(2),
+            ConnId(1),
+            Frame::PeerExchange(PeerExchange {
+                peers: chunk.to_vec(),
+            }),
+        );
+    }
+    let dials: Vec<SocketAddr> = drain(&mut m)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Dial { addr, .. } => Some(addr),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        dials
+            .iter()
+            .all(|a| a.ip().to_string().starts_with("10.1.")),
+        "{dials:?}"
+    );
+    assert!(
+        dials.len() <= chaski_membership::LEARNED_DIAL_BURST as usize,
+        "{} dials at once",
+        dials.len()
+    );
+    assert!(m.counters().undialable_addrs >= 1);
 }

@@ -198,7 +198,8 @@ impl NodeBuilder {
     }
 
     /// Direct connections to keep per subscribed topic, preferring low latency. Default: 5 (as the
-    /// original). Must be at least 2 (a topic's backbone needs two neighbours).
+    /// original). Must be at least 2 (a topic's backbone needs two neighbours); with 2 or 3, the
+    /// backbone ring has one neighbour on each side, from 4 on two.
     pub fn max_connections(mut self, max: usize) -> NodeBuilder {
         self.max_connections = max;
         self

@@ -240,8 +240,13 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         .listen_addr(local_addr)
         .relay(builder.relay)
         .network_id(builder.network_id.clone())
-        .rng_seed(id.as_u128() as u64)
+        // From the operating system, not from the public node id: a peer must not be able to
+        // predict the node's random choices (jitter, which extra links it tries).
+        .rng_seed(os_random_u64())
         .max_connections(builder.max_connections)
+        // The ring needs two links per neighbour pair: with fewer than 4 connections a topic's
+        // ring keeps one neighbour on each side (the documented minimum is 2 connections).
+        .ring_neighbours((builder.max_connections / 2).clamp(1, 2))
         .disconnect_unneeded(builder.disconnect_unneeded)
         .lan_discovery(builder.lan_discovery)
         .ping_interval(builder.ping_interval)
@@ -367,6 +372,12 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
     Ok(Node {
         inner: Arc::new(inner),
     })
+}
+
+/// 64 random bits from the operating system.
+fn os_random_u64() -> u64 {
+    // A fresh random node id is 128 bits from the operating system's generator.
+    NodeId::random().as_u128() as u64
 }
 
 /// The wall clock in microseconds since the Unix epoch (0 if the clock is before it).
@@ -555,8 +566,10 @@ impl Driver {
         let conn = ConnId(connection.id().as_u64());
         let hello = connection.remote_hello().clone();
         debug!(peer = %hello.node_id.short(), name = %hello.name, addr = %connection.remote_addr(), "connected");
-        for addr in &hello.listen_addrs {
-            self.udp_peers.insert(*addr, conn);
+        // Best-effort datagrams are accepted from, and sent to, the peer's connected address
+        // (with the port it listens on), never an address its hello merely claims.
+        if let Some(addr) = udp_target(&connection) {
+            self.udp_peers.insert(addr, conn);
         }
         self.names.insert(hello.node_id, hello.name.as_str().into());
         self.peer_conns.insert(hello.node_id, conn);
@@ -581,9 +594,9 @@ impl Driver {
         let Some(connection) = self.conns.remove(&conn) else {
             return;
         };
-        for addr in &connection.remote_hello().listen_addrs {
-            if self.udp_peers.get(addr) == Some(&conn) {
-                self.udp_peers.remove(addr);
+        if let Some(addr) = udp_target(&connection) {
+            if self.udp_peers.get(&addr) == Some(&conn) {
+                self.udp_peers.remove(&addr);
             }
         }
         // A duplicate connection that closes must not take the state of the node's current
@@ -660,7 +673,10 @@ impl Driver {
             Counters::add(&self.counters.duplicates, 1);
             return;
         }
-        let route = self.membership.route(now, Some(from), &message);
+        let route = match delivery {
+            Delivery::BestEffort => self.membership.route_datagram(now, from, &message),
+            _ => self.membership.route(now, Some(from), &message),
+        };
         if route.duplicate {
             Counters::add(&self.counters.duplicates, 1);
             return;
@@ -1337,6 +1353,9 @@ impl Driver {
     }
 }
 
+/// Where a peer's best-effort datagrams come from and go to: the address it is connected from,
+/// with the port it says it listens on (its UDP socket shares its TCP port). Only the port is
+/// the peer's word, so its hello cannot aim our datagrams at another host.
 fn udp_target(connection: &Connection) -> Option<SocketAddr> {
     let remote = connection.remote_addr();
     let addrs = &connection.remote_hello().listen_addrs;
@@ -1344,5 +1363,5 @@ fn udp_target(connection: &Connection) -> Option<SocketAddr> {
         .iter()
         .find(|a| a.ip() == remote.ip())
         .or_else(|| addrs.iter().find(|a| a.is_ipv4() == remote.is_ipv4()))
-        .copied()
+        .map(|a| SocketAddr::new(remote.ip(), a.port()))
 }

@@ -204,7 +204,8 @@ pub(crate) struct Shared {
     pub(crate) direction: Direction,
     pub(crate) remote_addr: SocketAddr,
     pub(crate) remote_hello: Hello,
-    /// (dialer's node id, dialer's hello timestamp): the smaller key wins a duplicate tie-break.
+    /// (dialer's node id, order of establishment at this endpoint): the smaller key wins a
+    /// duplicate tie-break.
     pub(crate) dialer_key: (NodeId, u64),
     pub(crate) max_frame_len: usize,
     pub(crate) established_at: Instant,

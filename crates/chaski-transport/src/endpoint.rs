@@ -334,9 +334,8 @@ impl Inner {
         }
     }
 
-    /// The local hello to send now, with a timestamp strictly greater than any sent before, so
-    /// that (dialer id, dialer hello timestamp) identifies a connection for the duplicate
-    /// tie-break.
+    /// The local hello to send now, with a timestamp strictly greater than any sent before (for
+    /// the peer's information; it decides nothing).
     fn hello_to_send(&self) -> Hello {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -580,16 +579,20 @@ where
         .await;
         return Err(Error::SelfConnection { addr: remote_addr });
     }
+    // Only what this endpoint knows first-hand decides a tie-break: who dialed, and the order in
+    // which the handshakes completed here. Never a value the peer chooses (its hello's timestamp
+    // would let anyone claiming a node's id take over that node's live connection).
+    let id = ConnectionId(inner.next_id.fetch_add(1, Ordering::Relaxed));
     let dialer_key = match direction {
-        Direction::Outbound => (inner.node_id, local_hello.timestamp_micros),
-        Direction::Inbound => (node, remote_hello.timestamp_micros),
+        Direction::Outbound => (inner.node_id, id.0),
+        Direction::Inbound => (node, id.0),
     };
 
     let (tx, rx) = mpsc::channel(config.send_queue);
     let (reader, writer) = tokio::io::split(stream);
     let connection = Connection {
         shared: Arc::new(Shared {
-            id: ConnectionId(inner.next_id.fetch_add(1, Ordering::Relaxed)),
+            id,
             direction,
             remote_addr,
             remote_hello,
@@ -608,7 +611,10 @@ where
     };
 
     // Duplicate resolution: of two connections between the same nodes, the one with the smaller
-    // (dialer id, dialer hello timestamp) survives. Both ends compute the same answer.
+    // (dialer id, local order) survives: the one dialed by the smaller id, and of two dialed by
+    // the same node, the one established first here (a live connection is never replaced by a
+    // newer one from the same dialer; a peer that lost its side re-dials with backoff until
+    // this side notices, within `peer_timeout`).
     enum Decision {
         Shutdown,
         Duplicate(ConnectionId),

@@ -25,11 +25,11 @@
 //! **Self-connections and duplicates.** A connection whose peer has our node id is closed with
 //! `Goodbye(SelfConnection)` on both ends ([`Error::SelfConnection`] for the dialer). The endpoint
 //! keeps one connection per node id: of two connections between the same two nodes, the one with
-//! the smaller *(dialer's node id, dialer's hello timestamp)* survives: so the connection dialed
-//! by the smaller node id, and of two dialed by the same node, the older. Both ends know both
-//! values, so both pick the same survivor whatever the timing; the loser is closed with
-//! `Goodbye(Duplicate)` ([`Error::Duplicate`] for a dial that loses). Hello timestamps are made
-//! strictly increasing per endpoint for this.
+//! the smaller *(dialer's node id, order of establishment here)* survives: so the connection
+//! dialed by the smaller node id, and of two dialed by the same node, the one established first.
+//! Only what the endpoint knows first-hand decides, never a value the peer chooses. Both ends
+//! see who dialed and, in practice, the same order; the loser is closed with `Goodbye(Duplicate)`
+//! ([`Error::Duplicate`] for a dial that loses).
 //!
 //! # Connections
 //!
