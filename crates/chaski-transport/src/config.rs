@@ -23,6 +23,7 @@ pub struct Config {
     pub(crate) handshake_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) send_queue: usize,
+    pub(crate) send_queue_bytes: usize,
     pub(crate) event_queue: usize,
     pub(crate) read_buffer: usize,
     pub(crate) max_write_batch: usize,
@@ -42,6 +43,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             send_queue: 4096,
+            send_queue_bytes: 32 << 20,
             event_queue: 1024,
             read_buffer: 64 << 10,
             max_write_batch: 256 << 10,
@@ -116,6 +118,11 @@ impl Config {
     /// How long a closed connection waits for the peer to close its side.
     pub fn linger(&self) -> Duration {
         self.linger
+    }
+
+    /// See [`ConfigBuilder::send_queue_bytes`].
+    pub fn send_queue_bytes(&self) -> usize {
+        self.send_queue_bytes
     }
 
     /// See [`ConfigBuilder::tcp_user_timeout`].
@@ -260,6 +267,17 @@ impl ConfigBuilder {
         self
     }
 
+    /// Bytes each connection's send queue may hold, besides its limit in frames
+    /// ([`send_queue`](Self::send_queue)): when full, `try_send` fails with `Full` and `send`
+    /// waits, as for the frame limit. An empty queue takes any one frame, however large. A peer
+    /// that stops reading can thus make the node hold at most this much for it.
+    ///
+    /// Default: 32 MiB. Must be at least 64 KiB.
+    pub fn send_queue_bytes(mut self, bytes: usize) -> ConfigBuilder {
+        self.config.send_queue_bytes = bytes;
+        self
+    }
+
     /// How long the kernel may hold unacknowledged data on a TCP socket before it gives up on
     /// the connection (`TCP_USER_TIMEOUT`, Linux only; ignored elsewhere). It bounds what a dead
     /// peer costs after the connection is dropped: an aborted socket with data still queued is
@@ -296,6 +314,7 @@ impl ConfigBuilder {
         at_least("max_outbound", c.max_outbound, 1)?;
         at_least("send_queue", c.send_queue, 1)?;
         at_least("event_queue", c.event_queue, 1)?;
+        at_least("send_queue_bytes", c.send_queue_bytes, 64 << 10)?;
         at_least("read_buffer", c.read_buffer, 1 << 10)?;
         at_least("max_write_batch", c.max_write_batch, 1 << 10)?;
         at_least("max_frame_len", c.max_frame_len, 1 << 10)?;

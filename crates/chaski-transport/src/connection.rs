@@ -184,6 +184,17 @@ pub(crate) enum Outgoing {
     Close(Goodbye),
 }
 
+impl Outgoing {
+    /// The bytes it holds, for the send queue's byte bound.
+    fn size(&self) -> usize {
+        match self {
+            Outgoing::Message(m) => m.payload.len() + m.topic.len() + 64,
+            Outgoing::Encoded(bytes) => bytes.len(),
+            Outgoing::Close(_) => 0,
+        }
+    }
+}
+
 /// What the reader asks of the writer when the connection ends on the reading side.
 struct Stop {
     goodbye: Option<Goodbye>,
@@ -217,6 +228,11 @@ pub(crate) struct Shared {
     /// The endpoint whose table holds this connection (weak: a handle does not keep the endpoint
     /// alive). Closing or aborting removes the connection from that table at once.
     pub(crate) endpoint: Weak<Inner>,
+    /// Bytes queued and not yet taken by the writer, bounded by `Config::send_queue_bytes`.
+    pub(crate) queued_bytes: AtomicUsize,
+    pub(crate) max_queued_bytes: usize,
+    /// Woken by the writer when it has taken queued bytes (room for a waiting sender).
+    pub(crate) room: Notify,
     /// Set by [`Connection::abort`]; the reader task takes it and ends the connection.
     pub(crate) abort: Mutex<Option<Goodbye>>,
     /// Wakes the reader task when `abort` is set.
@@ -472,6 +488,21 @@ impl Connection {
         if let Some(result) = self.try_direct(&item) {
             return result;
         }
+        let size = item.size();
+        // Wait for room in bytes as well as in frames.
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.bytes_fit(size) {
+                break;
+            }
+            if self.is_closed() {
+                return Err(SendError::Closed);
+            }
+            room.await;
+        }
+        self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
         let in_flight = InFlight::new(&self.shared.write.inflight);
         // Most of the time there is room: skip the machinery of waiting.
         match self.tx.try_send(item) {
@@ -489,13 +520,30 @@ impl Connection {
         if let Some(result) = self.try_direct(&item) {
             return result;
         }
+        let size = item.size();
+        if !self.bytes_fit(size) {
+            return Err(SendError::Full);
+        }
         let in_flight = InFlight::new(&self.shared.write.inflight);
         self.tx.try_send(item).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
         })?;
+        self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
         in_flight.queued();
         Ok(())
+    }
+
+    /// Whether `size` more bytes fit in the send queue's byte bound (an empty queue takes any
+    /// one frame, however large: the frame limit bounds it).
+    fn bytes_fit(&self, size: usize) -> bool {
+        let queued = self.shared.queued_bytes.load(Ordering::Acquire);
+        queued == 0 || queued + size <= self.shared.max_queued_bytes
+    }
+
+    /// Bytes waiting in the send queue now.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::Acquire)
     }
 
     /// The direct path: when nothing is queued or being written, write a small frame from the
@@ -709,7 +757,11 @@ where
             .ok()
             .flatten()
             .map_or(0, |len| (LENGTH_PREFIX_LEN + len).saturating_sub(buf.len()));
-        let want = pending.clamp(config.read_buffer / 4, 4 << 20);
+        // Never more than what has already arrived (doubling), whatever the prefix claims: a
+        // peer that announces a large frame costs memory only as it sends the bytes.
+        let want = pending
+            .min(buf.len().max(config.read_buffer))
+            .max(config.read_buffer / 4);
         if buf.capacity() - buf.len() < want {
             buf.reserve(want.max(config.read_buffer));
         }
@@ -775,6 +827,8 @@ where
         }
     };
     shared.closed.store(true, Ordering::Release);
+    // Senders waiting for room in bytes see the end.
+    shared.room.notify_waiters();
 
     // Stop the writer (unless it ended first), telling the peer why when it broke the protocol.
     if writer_done.is_none() {
@@ -932,9 +986,11 @@ async fn write_loop(
         let mut frames = 0u64;
         let mut pending = 0usize;
         let mut goodbye = None;
+        let mut taken_bytes = 0usize;
         'gather: loop {
             let mut drained = items.drain(..);
             for item in drained.by_ref() {
+                taken_bytes += item.size();
                 match item {
                     Outgoing::Message(message) => {
                         let result = if zero_copy && message.payload.len() >= ZERO_COPY_MIN {
@@ -1024,8 +1080,11 @@ async fn write_loop(
         state.last_write = Some(Instant::now());
         // Reclaim the buffer (the written slices are gone) for the next batch.
         state.buf.reserve(max_batch.min(64 << 10));
-        // Written: the direct path may be used again once nothing else is in flight.
+        // Written: the direct path may be used again once nothing else is in flight, and the
+        // bytes are out of the queue.
         side.inflight.fetch_sub(taken, Ordering::AcqRel);
+        shared.queued_bytes.fetch_sub(taken_bytes, Ordering::AcqRel);
+        shared.room.notify_waiters();
         let streaming = frames > 1;
         if let Some(goodbye) = goodbye {
             state.done = true;

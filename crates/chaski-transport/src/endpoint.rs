@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -604,6 +604,9 @@ where
             write: WriteSide::new(writer),
             endpoint_traffic: inner.traffic.clone(),
             endpoint: Arc::downgrade(&inner),
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes: config.send_queue_bytes,
+            room: tokio::sync::Notify::new(),
             abort: Mutex::new(None),
             abort_signal: tokio::sync::Notify::new(),
         }),

@@ -214,6 +214,59 @@ async fn a_full_queue_fails_fast_or_waits() -> Result<()> {
     .await
 }
 
+/// A peer that never reads can make the node hold at most `send_queue_bytes` for it, however
+/// many frames the queue's frame limit would take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_queue_is_bounded_in_bytes() -> Result<()> {
+    bounded(async {
+        const LIMIT: usize = 1 << 20;
+        let config = Config::builder().send_queue_bytes(LIMIT).build()?;
+        let (client, _events) = endpoint("client", config).await?;
+        let listener = tokio::net::TcpListener::bind(localhost()).await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await?;
+            let mut peer = RawPeer {
+                stream,
+                buf: BytesMut::new(),
+            };
+            peer.send(&Frame::Hello(hello("mute", NodeId::random())))
+                .await?;
+            let _ = peer.recv().await?;
+            std::future::pending::<()>().await;
+            Ok::<_, anyhow::Error>(())
+        });
+        let connection = client.connect(addr).await?;
+        let frame =
+            EncodedFrame::from_message(&message(0, Bytes::from(vec![1u8; 64 << 10])), 1 << 20)?;
+        let mut queued = 0;
+        loop {
+            match connection.try_send_encoded(frame.clone()) {
+                Ok(()) => queued += 1,
+                Err(SendError::Full) => break,
+                Err(other) => bail!("unexpected {other:?}"),
+            }
+            ensure!(queued < 100_000, "the byte bound never held");
+            // Let the writer move what the socket takes, so that the kernel buffers fill too.
+            if queued % 16 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert!(
+            connection.queued_bytes() <= LIMIT,
+            "{} bytes queued",
+            connection.queued_bytes()
+        );
+        assert!(
+            connection.queued() < 4096,
+            "the frame limit was not what stopped it"
+        );
+        server.abort();
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_close_is_a_goodbye_on_both_sides() -> Result<()> {
     bounded(async {
