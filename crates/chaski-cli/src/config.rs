@@ -192,6 +192,12 @@ settings! {
     transport_linger: HumanDuration => Text,
     /// `transport::ConfigBuilder::udp`.
     transport_udp: bool => Bool,
+    /// `transport::ConfigBuilder::send_queue_bytes`.
+    transport_send_queue_bytes: usize => Int,
+    /// `transport::ConfigBuilder::max_inbound_per_ip`.
+    transport_max_inbound_per_ip: usize => Int,
+    /// `transport::ConfigBuilder::max_handshakes_per_ip`.
+    transport_max_handshakes_per_ip: usize => Int,
     /// `transport::ConfigBuilder::tcp_user_timeout` ("0s": the system default).
     transport_tcp_user_timeout: HumanDuration => Text,
     /// `transport::ConfigBuilder::tcp_keepalive` ("0s": off).
@@ -297,6 +303,15 @@ impl Settings {
         }
         if let Some(v) = self.transport_udp {
             t = t.udp(v);
+        }
+        if let Some(v) = self.transport_send_queue_bytes {
+            t = t.send_queue_bytes(v);
+        }
+        if let Some(v) = self.transport_max_inbound_per_ip {
+            t = t.max_inbound_per_ip(v);
+        }
+        if let Some(v) = self.transport_max_handshakes_per_ip {
+            t = t.max_handshakes_per_ip(v);
         }
         if let Some(v) = self.transport_tcp_user_timeout {
             t = t.tcp_user_timeout((!v.0.is_zero()).then_some(v.0));

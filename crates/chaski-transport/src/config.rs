@@ -20,6 +20,8 @@ pub const MAX_HELLO_LEN: usize = 64 << 10;
 pub struct Config {
     pub(crate) max_inbound: usize,
     pub(crate) max_outbound: usize,
+    pub(crate) max_inbound_per_ip: usize,
+    pub(crate) max_handshakes_per_ip: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) send_queue: usize,
@@ -40,6 +42,8 @@ impl Default for Config {
         Config {
             max_inbound: 1024,
             max_outbound: 256,
+            max_inbound_per_ip: 256,
+            max_handshakes_per_ip: 64,
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             send_queue: 4096,
@@ -118,6 +122,16 @@ impl Config {
     /// How long a closed connection waits for the peer to close its side.
     pub fn linger(&self) -> Duration {
         self.linger
+    }
+
+    /// See [`ConfigBuilder::max_inbound_per_ip`].
+    pub fn max_inbound_per_ip(&self) -> usize {
+        self.max_inbound_per_ip
+    }
+
+    /// See [`ConfigBuilder::max_handshakes_per_ip`].
+    pub fn max_handshakes_per_ip(&self) -> usize {
+        self.max_handshakes_per_ip
     }
 
     /// See [`ConfigBuilder::send_queue_bytes`].
@@ -267,6 +281,25 @@ impl ConfigBuilder {
         self
     }
 
+    /// Most inbound sockets (handshaking or established) from one IP address; more are closed
+    /// at once and counted (`EndpointStats::refused_per_ip`), so that one host cannot take every
+    /// inbound slot.
+    ///
+    /// Default: 256. Must be at least 1.
+    pub fn max_inbound_per_ip(mut self, max: usize) -> ConfigBuilder {
+        self.config.max_inbound_per_ip = max;
+        self
+    }
+
+    /// Most handshakes in progress from one IP address (idle sockets that never send a hello
+    /// hold a handshake slot for up to `handshake_timeout`); more are closed at once and counted.
+    ///
+    /// Default: 64. Must be at least 1.
+    pub fn max_handshakes_per_ip(mut self, max: usize) -> ConfigBuilder {
+        self.config.max_handshakes_per_ip = max;
+        self
+    }
+
     /// Bytes each connection's send queue may hold, besides its limit in frames
     /// ([`send_queue`](Self::send_queue)): when full, `try_send` fails with `Full` and `send`
     /// waits, as for the frame limit. An empty queue takes any one frame, however large. A peer
@@ -312,6 +345,8 @@ impl ConfigBuilder {
         };
         at_least("max_inbound", c.max_inbound, 1)?;
         at_least("max_outbound", c.max_outbound, 1)?;
+        at_least("max_inbound_per_ip", c.max_inbound_per_ip, 1)?;
+        at_least("max_handshakes_per_ip", c.max_handshakes_per_ip, 1)?;
         at_least("send_queue", c.send_queue, 1)?;
         at_least("event_queue", c.event_queue, 1)?;
         at_least("send_queue_bytes", c.send_queue_bytes, 64 << 10)?;

@@ -664,7 +664,10 @@ pub(crate) struct Parts<S> {
     pub(crate) rx: mpsc::Receiver<Outgoing>,
     pub(crate) inner: Arc<Inner>,
     /// Released when the task ends (an inbound or outbound slot).
-    pub(crate) permit: tokio::sync::OwnedSemaphorePermit,
+    pub(crate) permit: (
+        tokio::sync::OwnedSemaphorePermit,
+        Option<crate::endpoint::IpSlot>,
+    ),
 }
 
 /// The connection's task: announces it, spawns the writer, reads until the end, reports the end

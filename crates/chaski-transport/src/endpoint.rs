@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -33,6 +33,10 @@ use crate::{
 /// Refused inbound connections that may linger at once to be told `Goodbye(Overloaded)`; beyond
 /// this they are closed without a word.
 const MAX_REFUSING: usize = 64;
+
+/// Addresses tracked for the per-address limits; beyond, inbound sockets from new addresses are
+/// refused until some close (the table cannot grow without bound).
+const MAX_TRACKED_IPS: usize = 4096;
 
 /// How many times [`Endpoint::bind`] with port 0 retries when the UDP port matching the TCP port
 /// is taken.
@@ -93,6 +97,8 @@ pub(crate) struct Inner {
     /// Established connections by the peer's node id. Every entry holds an inbound or outbound
     /// slot, so the table never exceeds `max_inbound + max_outbound` entries.
     table: Mutex<HashMap<NodeId, Connection>>,
+    /// Inbound sockets and handshakes per remote IP (at most `MAX_TRACKED_IPS` entries).
+    per_ip: Mutex<HashMap<IpAddr, IpCount>>,
     inbound: Arc<Semaphore>,
     outbound: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
@@ -132,6 +138,7 @@ impl Endpoint {
             next_id: AtomicU64::new(1),
             events: events_tx,
             table: Mutex::new(HashMap::new()),
+            per_ip: Mutex::new(HashMap::new()),
             inbound: Arc::new(Semaphore::new(config.max_inbound)),
             outbound: Arc::new(Semaphore::new(config.max_outbound)),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
@@ -233,7 +240,14 @@ impl Endpoint {
             }
         };
         tune_stream(&stream, &inner.config);
-        establish(inner.clone(), stream, addr, Direction::Outbound, permit).await
+        establish(
+            inner.clone(),
+            stream,
+            addr,
+            Direction::Outbound,
+            (permit, None),
+        )
+        .await
     }
 
     /// Runs the handshake over any stream (a TLS stream, an in-memory pipe, ...) and makes it a
@@ -258,7 +272,14 @@ impl Endpoint {
                     limit: self.inner.config.max_inbound,
                 })?,
         };
-        establish(self.inner.clone(), stream, remote_addr, direction, permit).await
+        establish(
+            self.inner.clone(),
+            stream,
+            remote_addr,
+            direction,
+            (permit, None),
+        )
+        .await
     }
 
     /// A snapshot of the endpoint's counters.
@@ -268,6 +289,7 @@ impl Endpoint {
         EndpointStats {
             accepted: load(&c.accepted),
             inbound_refused: load(&c.inbound_refused),
+            refused_per_ip: load(&c.refused_per_ip),
             dialed: load(&c.dialed),
             dial_failures: load(&c.dial_failures),
             handshake_failures: c.handshake_failures.snapshot(),
@@ -460,12 +482,26 @@ async fn accept_loop(
         };
         add(&inner.counters.accepted, 1);
         tune_stream(&stream, &inner.config);
+        // One address may hold only so many inbound sockets (and handshakes in progress): a
+        // single host cannot take every slot.
+        let Some(slot) = IpSlot::take(&inner, addr.ip()) else {
+            add(&inner.counters.refused_per_ip, 1);
+            debug!(%addr, "inbound connection refused: per-address limit reached");
+            let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            continue;
+        };
         match inner.inbound.clone().try_acquire_owned() {
             Ok(permit) => {
                 let inner = inner.clone();
                 tokio::spawn(async move {
-                    if let Err(error) =
-                        establish(inner, stream, addr, Direction::Inbound, permit).await
+                    if let Err(error) = establish(
+                        inner,
+                        stream,
+                        addr,
+                        Direction::Inbound,
+                        (permit, Some(slot)),
+                    )
+                    .await
                     {
                         debug!(%addr, %error, "inbound connection failed");
                     }
@@ -517,7 +553,7 @@ async fn establish<S>(
     mut stream: S,
     remote_addr: SocketAddr,
     direction: Direction,
-    permit: OwnedSemaphorePermit,
+    (permit, slot): (OwnedSemaphorePermit, Option<IpSlot>),
 ) -> Result<Connection, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -543,6 +579,10 @@ where
     )
     .await
     .unwrap_or(Err(HandshakeError::Timeout(config.handshake_timeout)));
+    // The handshake is over (well or not): the address's handshake slot is free again.
+    if let Some(slot) = &slot {
+        slot.handshake_done();
+    }
     let (remote_hello, leftover) = match exchanged {
         Ok(exchanged) => exchanged,
         Err(error) => {
@@ -687,7 +727,79 @@ where
         connection: connection.clone(),
         rx,
         inner,
-        permit,
+        permit: (permit, slot),
     }));
     Ok(connection)
+}
+
+/// Inbound sockets and handshakes in progress from one IP address, counted while held.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IpCount {
+    sockets: usize,
+    handshakes: usize,
+}
+
+/// One inbound socket's place in the per-address counts; released when dropped (when the
+/// handshake fails or the connection ends).
+#[derive(Debug)]
+pub(crate) struct IpSlot {
+    inner: Arc<Inner>,
+    ip: IpAddr,
+    handshaking: AtomicBool,
+}
+
+impl IpSlot {
+    /// A slot for a socket from `ip`, or `None` at the per-address limits
+    /// ([`Config::max_inbound_per_ip`], [`Config::max_handshakes_per_ip`]).
+    fn take(inner: &Arc<Inner>, ip: IpAddr) -> Option<IpSlot> {
+        let mut per_ip = inner.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let full = per_ip.len() >= MAX_TRACKED_IPS && !per_ip.contains_key(&ip);
+        let count = per_ip.entry(ip).or_default();
+        if full
+            || count.sockets >= inner.config.max_inbound_per_ip
+            || count.handshakes >= inner.config.max_handshakes_per_ip
+        {
+            if count.sockets == 0 {
+                per_ip.remove(&ip);
+            }
+            return None;
+        }
+        count.sockets += 1;
+        count.handshakes += 1;
+        Some(IpSlot {
+            inner: inner.clone(),
+            ip,
+            handshaking: AtomicBool::new(true),
+        })
+    }
+
+    fn handshake_done(&self) {
+        if self.handshaking.swap(false, Ordering::AcqRel) {
+            let mut per_ip = self
+                .inner
+                .per_ip
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(count) = per_ip.get_mut(&self.ip) {
+                count.handshakes = count.handshakes.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        self.handshake_done();
+        let mut per_ip = self
+            .inner
+            .per_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            count.sockets = count.sockets.saturating_sub(1);
+            if count.sockets == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
 }

@@ -133,6 +133,7 @@ pub struct TrafficStats {
 pub(crate) struct EndpointCounters {
     pub(crate) accepted: AtomicU64,
     pub(crate) inbound_refused: AtomicU64,
+    pub(crate) refused_per_ip: AtomicU64,
     pub(crate) dialed: AtomicU64,
     pub(crate) dial_failures: AtomicU64,
     pub(crate) handshake_failures: CauseCounters,
@@ -152,6 +153,10 @@ pub struct EndpointStats {
     pub accepted: u64,
     /// Inbound connections refused because the inbound limit was reached.
     pub inbound_refused: u64,
+    /// Inbound connections refused because their address had reached its limit
+    /// ([`Config::max_inbound_per_ip`](crate::Config::max_inbound_per_ip) or
+    /// [`Config::max_handshakes_per_ip`](crate::Config::max_handshakes_per_ip)).
+    pub refused_per_ip: u64,
     /// Dials started.
     pub dialed: u64,
     /// Dials that did not produce a TCP connection (refused, timed out).

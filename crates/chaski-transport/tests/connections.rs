@@ -5,7 +5,7 @@ mod common;
 
 use std::{collections::HashSet, time::Duration};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use bytes::{Bytes, BytesMut};
 use chaski_transport::{
     CloseReason, Config, Direction, EncodedFrame, Endpoint, Error, Event, HandshakeError,
@@ -267,6 +267,59 @@ async fn the_send_queue_is_bounded_in_bytes() -> Result<()> {
     .await
 }
 
+/// Idle sockets from one address hold at most `max_handshakes_per_ip` handshake slots; the
+/// excess is closed at once and counted, and another address still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_handshake_slot() -> Result<()> {
+    bounded(async {
+        let config = Config::builder().max_handshakes_per_ip(4).build()?;
+        let (server, mut events) = endpoint("server", config).await?;
+        let addr = server.local_addr();
+        // Ten silent sockets from 127.0.0.1.
+        let mut silent = Vec::new();
+        // The excess sockets are closed by the server at once (a reset, which may already
+        // fail the connect), the others wait for their hello.
+        let mut closed = 0;
+        for _ in 0..10 {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => silent.push(stream),
+                Err(_) => closed += 1,
+            }
+        }
+        for stream in &mut silent {
+            let mut byte = [0u8; 1];
+            use tokio::io::AsyncReadExt;
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(500), stream.read(&mut byte)).await
+            {
+                closed += 1;
+            }
+        }
+        assert_eq!(
+            closed, 6,
+            "the sockets beyond the limit are closed, the others wait"
+        );
+        assert_eq!(server.stats().refused_per_ip, 6);
+        // An honest node from another loopback address completes its handshake meanwhile.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.2:0".parse()?)?;
+        let stream = socket.connect(addr).await?;
+        let mut peer = RawPeer {
+            stream,
+            buf: BytesMut::new(),
+        };
+        peer.send(&Frame::Hello(hello("honest", NodeId::random())))
+            .await
+            .context("honest hello")?;
+        let answer = peer.recv().await.context("honest answer")?;
+        assert!(matches!(answer, Some(Frame::Hello(_))), "{answer:?}");
+        let inbound = connected(&mut events).await?;
+        assert_eq!(inbound.remote_addr().ip().to_string(), "127.0.0.2");
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_close_is_a_goodbye_on_both_sides() -> Result<()> {
     bounded(async {
@@ -469,7 +522,11 @@ async fn a_thousand_concurrent_connections_to_one_listener() -> Result<()> {
     }
     bounded(async {
         const N: u64 = 1000;
-        let config = Config::builder().max_inbound(N as usize).build()?;
+        let config = Config::builder()
+            .max_inbound(N as usize)
+            .max_inbound_per_ip(N as usize)
+            .max_handshakes_per_ip(N as usize)
+            .build()?;
         let (server, mut events) = endpoint("server", config).await?;
         let addr = server.local_addr();
         let mut clients = Vec::new();
