@@ -140,6 +140,8 @@ settings! {
     max_connections: usize => Int,
     /// [`NodeBuilder::disconnect_unneeded`].
     disconnect_unneeded: bool => Bool,
+    /// [`NodeBuilder::status_from_anywhere`].
+    status_from_anywhere: bool => Bool,
     /// [`NodeBuilder::lan_discovery`].
     lan_discovery: bool => Bool,
     /// [`NodeBuilder::lan_port`].
@@ -345,6 +347,9 @@ impl Settings {
         }
         if let Some(v) = self.disconnect_unneeded {
             b = b.disconnect_unneeded(v);
+        }
+        if let Some(v) = self.status_from_anywhere {
+            b = b.status_from_anywhere(v);
         }
         if let Some(v) = self.lan_discovery {
             b = b.lan_discovery(v);

@@ -97,6 +97,7 @@ pub struct Config {
     pub(crate) max_pending_pings: usize,
     pub(crate) max_ping_padding: u32,
     pub(crate) max_peer_topics: usize,
+    pub(crate) status_from_anywhere: bool,
 }
 
 impl Config {
@@ -145,6 +146,7 @@ impl Config {
                 max_pending_pings: 64,
                 max_ping_padding: 64 << 10,
                 max_peer_topics: 1024,
+                status_from_anywhere: false,
             },
         }
     }
@@ -424,6 +426,15 @@ impl ConfigBuilder {
         /// subscription update), and most topics in one update or pairing frame. A peer that
         /// sends more breaks the protocol: its connection is closed. Default: 1,024. Positive.
         max_peer_topics: usize
+    }
+
+    setter! {
+        /// Whether status requests (the peer table: ids, names, addresses, topics, round trips,
+        /// traffic) are answered on connections from any address. Off by default: only a
+        /// requester connected from a loopback address (or one whose address the driver did
+        /// not give to `handle_connected`) is answered; any other is closed with
+        /// `Goodbye(Unauthorized)`. Default: false.
+        status_from_anywhere: bool
     }
 
     /// Checks every rule and returns the configuration.

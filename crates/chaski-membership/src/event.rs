@@ -404,4 +404,6 @@ pub struct Counters {
     pub undialable_addrs: u64,
     /// Dials to learned addresses put off by the rate limit (`LEARNED_DIAL_RATE`).
     pub dials_deferred: u64,
+    /// Status requests refused: not from a loopback address, and `status_from_anywhere` off.
+    pub status_refused: u64,
 }

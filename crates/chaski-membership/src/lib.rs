@@ -145,7 +145,22 @@
 //! | on-demand pings | `max_pending_pings` (64) | drop the oldest (counted) |
 //! | links per topic | `max_connections` (5) | refuse extras; evict the slowest extra for a ring link |
 //! | peer exchange frame | `max_exchange_peers` (128) peers, `exchange_per_topic` (8) per topic | truncated |
+//! | pings in flight per connection | 16 | the oldest forgotten (its pong is then ignored) |
+//! | dials to learned addresses | [`LEARNED_DIAL_RATE`] (20/s), bursts of [`LEARNED_DIAL_BURST`] (64) | put off to a later pairing round (counted) |
 //! | action queue | what one call produced | the driver drains it after every call |
+//!
+//! # What a peer may send
+//!
+//! Every list and number a remote controls is checked on receipt, before any work proportional
+//! to it ([`limits`] has the table: peers per frame, addresses per peer, topics per peer and per
+//! frame (`max_peer_topics`, 1,024), visited ids per search, hop limits clamped to ours, the
+//! publisher and sequence of a message, pong padding). A frame that breaks a limit closes that
+//! connection with `Goodbye(ProtocolError)`, is counted by kind ([`Counters::violations`]) and
+//! reported ([`Event::ProtocolViolation`]); the machine goes on serving everyone else. Pongs
+//! count only as answers to our own pings, timed by our clock. Addresses learned from the
+//! network are dialed only if a peer can be there (unicast, not unspecified; loopback only when
+//! this node listens on loopback), beacons at their source address, at a bounded rate. Status
+//! requests are answered only to loopback unless `status_from_anywhere` is set.
 //!
 //! # Control traffic at steady state
 //!

@@ -779,8 +779,25 @@ impl Membership {
             Frame::Search(s) => self.on_search(now, conn, s),
             Frame::SearchReply(r) => self.on_search_reply(now, conn, r),
             Frame::StatusRequest(StatusRequest { request_id }) => {
-                let status = self.status(now, request_id);
-                self.send(conn, Frame::StatusResponse(status));
+                // A connection whose address the driver did not give counts as local: the
+                // driver that leaves it out answers for it.
+                let local = self
+                    .conns
+                    .get(&conn)
+                    .and_then(|c| c.remote_addr)
+                    .is_none_or(|a| a.ip().is_loopback());
+                if !local && !self.config.status_from_anywhere {
+                    self.counters.status_refused += 1;
+                    self.drop_conn(
+                        now,
+                        conn,
+                        DownReason::Closed(GoodbyeReason::Unauthorized),
+                        Some(GoodbyeReason::Unauthorized),
+                    );
+                } else {
+                    let status = self.status(now, request_id);
+                    self.send(conn, Frame::StatusResponse(status));
+                }
             }
             Frame::Publish(_) => {}
             _ => self.counters.unexpected_frames += 1,

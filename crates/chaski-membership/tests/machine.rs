@@ -807,3 +807,33 @@ fn learned_addresses_are_dialed_only_if_a_peer_can_be_there_and_at_a_bounded_rat
     );
     assert!(m.counters().undialable_addrs >= 1);
 }
+
+#[test]
+fn status_requests_are_answered_only_from_loopback_unless_configured() {
+    let remote = SocketAddr::from(([10, 0, 0, 5], 40000));
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(1), ConnId(1), &hello(2, 2, &["a"]), false, Some(remote));
+    drain(&mut m);
+    let request = Frame::StatusRequest(StatusRequest { request_id: 1 });
+    m.handle_frame(ms(2), ConnId(1), request.clone());
+    let actions = drain(&mut m);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(1),
+        reason: GoodbyeReason::Unauthorized
+    }));
+    assert!(
+        sends(&actions, ConnId(1)).is_empty(),
+        "no peer table left the node"
+    );
+    assert_eq!(m.counters().status_refused, 1);
+    // From loopback, or with `status_from_anywhere`, it is answered.
+    let mut m = machine(1, &["a"], |b| b.status_from_anywhere(true));
+    m.handle_connected(ms(1), ConnId(1), &hello(2, 2, &["a"]), false, Some(remote));
+    drain(&mut m);
+    m.handle_frame(ms(2), ConnId(1), request);
+    let actions = drain(&mut m);
+    assert!(matches!(
+        sends(&actions, ConnId(1)).as_slice(),
+        [Frame::StatusResponse(_)]
+    ));
+}

@@ -93,6 +93,7 @@ pub struct NodeBuilder {
     pub(crate) relay: bool,
     pub(crate) max_connections: usize,
     pub(crate) disconnect_unneeded: bool,
+    pub(crate) status_from_anywhere: bool,
     pub(crate) lan_discovery: bool,
     pub(crate) lan_port: u16,
     pub(crate) lan_group: Ipv4Addr,
@@ -121,6 +122,7 @@ impl Default for NodeBuilder {
             relay: false,
             max_connections: 5,
             disconnect_unneeded: true,
+            status_from_anywhere: false,
             lan_discovery: true,
             lan_port: DEFAULT_LAN_PORT,
             lan_group: DEFAULT_LAN_GROUP,
@@ -209,6 +211,14 @@ impl NodeBuilder {
     /// after a grace period; connections to seeds are kept. Default: true.
     pub fn disconnect_unneeded(mut self, yes: bool) -> NodeBuilder {
         self.disconnect_unneeded = yes;
+        self
+    }
+
+    /// Answer status requests (`chaski peers`: the peer table with ids, addresses, topics,
+    /// round trips and traffic) from any address. Default: false: only requesters connected
+    /// from a loopback address are answered; others are closed with `Goodbye(Unauthorized)`.
+    pub fn status_from_anywhere(mut self, yes: bool) -> NodeBuilder {
+        self.status_from_anywhere = yes;
         self
     }
 

@@ -248,6 +248,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         // ring keeps one neighbour on each side (the documented minimum is 2 connections).
         .ring_neighbours((builder.max_connections / 2).clamp(1, 2))
         .disconnect_unneeded(builder.disconnect_unneeded)
+        .status_from_anywhere(builder.status_from_anywhere)
         .lan_discovery(builder.lan_discovery)
         .ping_interval(builder.ping_interval)
         .peer_timeout(builder.peer_timeout)
@@ -1293,10 +1294,18 @@ impl Driver {
     }
 
     fn publish_peers(&mut self) {
-        self.counters.dials.store(
-            self.membership.counters().dials,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let m = self.membership.counters();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.counters.dials.store(m.dials, relaxed);
+        self.counters
+            .protocol_violations
+            .store(m.violations.total(), relaxed);
+        self.counters
+            .messages_rejected
+            .store(m.messages_rejected, relaxed);
+        self.counters
+            .padding_refused
+            .store(m.padding_refused, relaxed);
         if self.peers_dirty {
             self.peers_dirty = false;
             self.peers_out

@@ -91,6 +91,13 @@ pub struct NodeStats {
     pub datagrams_ignored: u64,
     /// Connections this node has started to dial (seeds, discovered peers, reconnections).
     pub dials: u64,
+    /// Frames from peers that broke a protocol limit (each closed its connection); by kind in
+    /// `membership::Event::ProtocolViolation`.
+    pub protocol_violations: u64,
+    /// Messages refused as implausible (an impersonated publisher, a forged sequence).
+    pub messages_rejected: u64,
+    /// Pongs sent without the padding a peer asked for (its padding budget was spent).
+    pub padding_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +111,9 @@ pub(crate) struct Counters {
     pub(crate) send_dropped: AtomicU64,
     pub(crate) datagrams_ignored: AtomicU64,
     pub(crate) dials: AtomicU64,
+    pub(crate) protocol_violations: AtomicU64,
+    pub(crate) messages_rejected: AtomicU64,
+    pub(crate) padding_refused: AtomicU64,
 }
 
 impl Counters {
@@ -123,6 +133,9 @@ impl Counters {
             send_dropped: get(&self.send_dropped),
             datagrams_ignored: get(&self.datagrams_ignored),
             dials: get(&self.dials),
+            protocol_violations: get(&self.protocol_violations),
+            messages_rejected: get(&self.messages_rejected),
+            padding_refused: get(&self.padding_refused),
         }
     }
 }

@@ -34,6 +34,11 @@ use crate::{
 /// this they are closed without a word.
 const MAX_REFUSING: usize = 64;
 
+/// Two connections between the same nodes established within this time of each other are
+/// simultaneous dials, settled by the dialer rule; a later one never replaces an established
+/// connection.
+const SIMULTANEOUS_DIALS: Duration = Duration::from_secs(2);
+
 /// Addresses tracked for the per-address limits; beyond, inbound sockets from new addresses are
 /// refused until some close (the table cannot grow without bound).
 const MAX_TRACKED_IPS: usize = 4096;
@@ -669,7 +674,13 @@ where
             Decision::Shutdown
         } else {
             match table.get(&node) {
-                Some(existing) if existing.shared.dialer_key <= dialer_key => {
+                // A connection that has been up for a while is kept, whoever dialed: only
+                // simultaneous dials are settled by the dialer rule, so that a newcomer
+                // claiming a connected node's id cannot take over its link.
+                Some(existing)
+                    if existing.shared.dialer_key <= dialer_key
+                        || existing.shared.established_at.elapsed() > SIMULTANEOUS_DIALS =>
+                {
                     Decision::Duplicate(existing.id())
                 }
                 _ => Decision::Registered(table.insert(node, connection.clone())),

@@ -27,7 +27,10 @@
 //! keeps one connection per node id: of two connections between the same two nodes, the one with
 //! the smaller *(dialer's node id, order of establishment here)* survives: so the connection
 //! dialed by the smaller node id, and of two dialed by the same node, the one established first.
-//! Only what the endpoint knows first-hand decides, never a value the peer chooses. Both ends
+//! Only what the endpoint knows first-hand decides, never a value the peer chooses, and the rule
+//! applies only to connections established within 2 s of each other (simultaneous dials): a
+//! connection up for longer is never replaced, so a newcomer claiming a connected node's id
+//! cannot take over its link. Both ends
 //! see who dialed and, in practice, the same order; the loser is closed with `Goodbye(Duplicate)`
 //! ([`Error::Duplicate`] for a dial that loses).
 //!
