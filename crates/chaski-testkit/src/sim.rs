@@ -881,6 +881,23 @@ impl Sim {
         }
     }
 
+    /// Sends `frame` on `conn` as if node `from` had sent it (for hostile-node tests: any
+    /// well-formed frame, whatever `from`'s machine would say). Delivered like any frame.
+    pub fn inject(&mut self, from: usize, conn: ConnId, frame: Frame) {
+        self.send_frame(from, conn, frame);
+    }
+
+    /// The connections node `index` has now, by peer.
+    pub fn connections_of(&self, index: usize) -> Vec<ConnId> {
+        let Some(m) = self.node(index) else {
+            return Vec::new();
+        };
+        m.connected_peers()
+            .into_iter()
+            .filter_map(|p| m.connection_to(p))
+            .collect()
+    }
+
     /// Lost connections the transport would report: for tests that want a reset rather than a
     /// silence, closes `conn` at both ends with [`LostCause::Reset`].
     pub fn reset(&mut self, conn: ConnId) {
