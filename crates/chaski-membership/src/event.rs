@@ -406,4 +406,6 @@ pub struct Counters {
     pub dials_deferred: u64,
     /// Status requests refused: not from a loopback address, and `status_from_anywhere` off.
     pub status_refused: u64,
+    /// Idle inbound connections closed at `max_peers` to make room for a link this node wants.
+    pub idle_evictions: u64,
 }

@@ -137,7 +137,7 @@
 //!
 //! | Table | Limit (default) | When full |
 //! |---|---|---|
-//! | connections | `max_peers` (256) | inbound refused with `Overloaded` ([`Event::Dropped`]), no dial started |
+//! | connections | `max_peers` (256) | inbound refused with `Overloaded` ([`Event::Dropped`]); a dial this node wants closes the oldest idle inbound connection (no link, wanted by no topic, not kept) to make room, else is not started |
 //! | known peers | `max_known_peers` (4,096) | evict the least recently seen entry that is neither connected nor being re-dialed; if none, the new one is not added (counted either way) |
 //! | dead peers (tombstones) | `max_known_peers` | oldest forgotten |
 //! | duplicate filter | `dedup_publishers` (4,096) publishers x 8,192 sequences (1 KiB each) | evict the publisher heard from least recently (counted) |

@@ -1374,7 +1374,9 @@ impl Membership {
         if self.self_addrs.contains(&addr) || self.dials.contains_key(&addr) {
             return false;
         }
-        if self.conns.len() + self.dials.len() >= self.config.max_peers {
+        if self.conns.len() + self.dials.len() >= self.config.max_peers
+            && !self.evict_idle_inbound()
+        {
             return false;
         }
         // An address the network told us about (not one the user gave, nor a peer we have been
@@ -1395,6 +1397,37 @@ impl Membership {
         self.dials.insert(addr, Dial { peer, source });
         self.counters.dials += 1;
         self.push(Action::Dial { addr, peer });
+        true
+    }
+
+    /// At `max_peers`, makes room for a link this node wants: closes the oldest inbound
+    /// connection that carries no link, is wanted by no topic and is not kept (a peer that only
+    /// pings holds a slot; it must not keep the node from its own links). Returns whether one
+    /// was closed.
+    fn evict_idle_inbound(&mut self) -> bool {
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.outbound
+                    && c.paired.is_empty()
+                    && c.pending.is_empty()
+                    && !self.known.get(&c.peer).is_some_and(|k| k.keep)
+                    && !self.is_desired_anywhere(c.peer)
+            })
+            .min_by_key(|(_, c)| c.since)
+            .map(|(&id, _)| id);
+        let Some(conn) = victim else {
+            return false;
+        };
+        self.counters.idle_evictions += 1;
+        let now = self.now;
+        self.drop_conn(
+            now,
+            conn,
+            DownReason::Closed(GoodbyeReason::NotNeeded),
+            Some(GoodbyeReason::NotNeeded),
+        );
         true
     }
 

@@ -837,3 +837,37 @@ fn status_requests_are_answered_only_from_loopback_unless_configured() {
         [Frame::StatusResponse(_)]
     ));
 }
+
+#[test]
+fn idle_inbound_connections_give_way_to_links_the_node_wants() {
+    let mut m = machine(1, &["a"], |b| b.max_peers(2));
+    // Two peers that share nothing with us fill the slots (they only ping).
+    m.handle_connected(ms(1), ConnId(1), &hello(2, 2, &["z"]), false, Some(addr(2)));
+    m.handle_connected(ms(2), ConnId(2), &hello(3, 3, &["z"]), false, Some(addr(3)));
+    drain(&mut m);
+    // A subscriber of our topic is heard of: the oldest idle inbound makes room for it.
+    let mut p = PeerInfo {
+        node_id: NodeId::from_u128(9),
+        name: "n9".into(),
+        listen_addrs: vec![addr(9)],
+        subscriptions: vec![t("a")],
+        capabilities: Capabilities::NONE,
+        full_topics: 0,
+    };
+    p.subscriptions = vec![t("a")];
+    m.handle_frame(
+        ms(3),
+        ConnId(2),
+        Frame::PeerExchange(PeerExchange { peers: vec![p] }),
+    );
+    let actions = drain(&mut m);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(1),
+        reason: GoodbyeReason::NotNeeded
+    }));
+    assert!(actions.contains(&Action::Dial {
+        addr: addr(9),
+        peer: Some(NodeId::from_u128(9))
+    }));
+    assert_eq!(m.counters().idle_evictions, 1);
+}
