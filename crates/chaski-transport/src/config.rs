@@ -300,10 +300,12 @@ impl ConfigBuilder {
         self
     }
 
-    /// Bytes each connection's send queue may hold, besides its limit in frames
-    /// ([`send_queue`](Self::send_queue)): when full, `try_send` fails with `Full` and `send`
-    /// waits, as for the frame limit. An empty queue takes any one frame, however large. A peer
-    /// that stops reading can thus make the node hold at most this much for it.
+    /// Bytes each connection's send queue may hold in frames of 1 KiB or more, besides its limit
+    /// in frames ([`send_queue`](Self::send_queue)): when full, `try_send` fails with `Full` and
+    /// `send` waits, as for the frame limit. An empty queue takes any one frame, however large.
+    /// Smaller frames are bounded by the frame limit alone (`send_queue` × 1 KiB, 4 MiB by
+    /// default), so that small messages pay no shared counter. A peer that stops reading can thus
+    /// make the node hold at most about this much plus 4 MiB for it.
     ///
     /// Default: 32 MiB. Must be at least 64 KiB.
     pub fn send_queue_bytes(mut self, bytes: usize) -> ConfigBuilder {

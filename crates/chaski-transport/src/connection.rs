@@ -45,6 +45,10 @@ const ZERO_COPY_MIN: usize = 4 << 10;
 /// shorter gap means frames are streaming and the writer task should coalesce them.
 const DIRECT_IDLE: Duration = Duration::from_micros(10);
 
+/// Frames at least this large count against the send queue's byte bound; smaller ones are
+/// bounded by its frame limit.
+const COUNTED_MIN: usize = 1 << 10;
+
 /// How long an aborted connection's writer may take to write its goodbye before it is stopped.
 const ABORT_GOODBYE_WAIT: Duration = Duration::from_millis(100);
 
@@ -185,13 +189,16 @@ pub(crate) enum Outgoing {
 }
 
 impl Outgoing {
-    /// The bytes it holds, for the send queue's byte bound.
+    /// The bytes it counts for the send queue's byte bound: frames below [`COUNTED_MIN`] count
+    /// as nothing (the frame limit bounds them: at most `send_queue` × 1 KiB), so that the small
+    /// message hot path pays no shared counter.
     fn size(&self) -> usize {
-        match self {
+        let size = match self {
             Outgoing::Message(m) => m.payload.len() + m.topic.len() + 64,
             Outgoing::Encoded(bytes) => bytes.len(),
             Outgoing::Close(_) => 0,
-        }
+        };
+        if size < COUNTED_MIN { 0 } else { size }
     }
 }
 
@@ -490,7 +497,7 @@ impl Connection {
         }
         let size = item.size();
         // Wait for room in bytes as well as in frames.
-        loop {
+        while size != 0 {
             let room = self.shared.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
@@ -502,7 +509,9 @@ impl Connection {
             }
             room.await;
         }
-        self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if size != 0 {
+            self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        }
         let in_flight = InFlight::new(&self.shared.write.inflight);
         // Most of the time there is room: skip the machinery of waiting.
         match self.tx.try_send(item) {
@@ -521,7 +530,7 @@ impl Connection {
             return result;
         }
         let size = item.size();
-        if !self.bytes_fit(size) {
+        if size != 0 && !self.bytes_fit(size) {
             return Err(SendError::Full);
         }
         let in_flight = InFlight::new(&self.shared.write.inflight);
@@ -529,7 +538,9 @@ impl Connection {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
         })?;
-        self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if size != 0 {
+            self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        }
         in_flight.queued();
         Ok(())
     }
@@ -1086,8 +1097,10 @@ async fn write_loop(
         // Written: the direct path may be used again once nothing else is in flight, and the
         // bytes are out of the queue.
         side.inflight.fetch_sub(taken, Ordering::AcqRel);
-        shared.queued_bytes.fetch_sub(taken_bytes, Ordering::AcqRel);
-        shared.room.notify_waiters();
+        if taken_bytes != 0 {
+            shared.queued_bytes.fetch_sub(taken_bytes, Ordering::AcqRel);
+            shared.room.notify_waiters();
+        }
         let streaming = frames > 1;
         if let Some(goodbye) = goodbye {
             state.done = true;
