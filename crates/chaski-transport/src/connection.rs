@@ -496,20 +496,8 @@ impl Connection {
             return result;
         }
         let size = item.size();
-        // Wait for room in bytes as well as in frames.
-        while size != 0 {
-            let room = self.shared.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            if self.bytes_fit(size) {
-                break;
-            }
-            if self.is_closed() {
-                return Err(SendError::Closed);
-            }
-            room.await;
-        }
         if size != 0 {
+            self.wait_for_bytes(size).await?;
             self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
         }
         let in_flight = InFlight::new(&self.shared.write.inflight);
@@ -543,6 +531,23 @@ impl Connection {
         }
         in_flight.queued();
         Ok(())
+    }
+
+    /// Waits until `size` more bytes fit in the send queue's byte bound.
+    async fn wait_for_bytes(&self, size: usize) -> Result<(), SendError> {
+        loop {
+            // Registered before the check, so that room made in between is not missed.
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.bytes_fit(size) {
+                return Ok(());
+            }
+            if self.is_closed() {
+                return Err(SendError::Closed);
+            }
+            room.await;
+        }
     }
 
     /// Whether `size` more bytes fit in the send queue's byte bound (an empty queue takes any

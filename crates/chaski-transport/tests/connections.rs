@@ -161,27 +161,31 @@ async fn frames_up_to_the_maximum_pass_and_one_byte_more_is_rejected() -> Result
     .await
 }
 
+/// A server that completes the handshake and then never reads (until the task is aborted).
+async fn mute_server() -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(localhost()).await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await?;
+        let mut peer = RawPeer {
+            stream,
+            buf: BytesMut::new(),
+        };
+        peer.send(&Frame::Hello(hello("mute", NodeId::random())))
+            .await?;
+        let _ = peer.recv().await?;
+        std::future::pending::<()>().await;
+        Ok(())
+    });
+    Ok((addr, server))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_fails_fast_or_waits() -> Result<()> {
     bounded(async {
         let config = Config::builder().send_queue(8).build()?;
         let (client, _events) = endpoint("client", config).await?;
-        // A server that completes the handshake and then never reads.
-        let listener = tokio::net::TcpListener::bind(localhost()).await?;
-        let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await?;
-            let mut peer = RawPeer {
-                stream,
-                buf: BytesMut::new(),
-            };
-            peer.send(&Frame::Hello(hello("mute", NodeId::random())))
-                .await?;
-            let _ = peer.recv().await?;
-            // Hold the stream open without reading until the test ends.
-            std::future::pending::<()>().await;
-            Ok::<_, anyhow::Error>(())
-        });
+        let (addr, server) = mute_server().await?;
         let connection = client.connect(addr).await?;
         let big =
             EncodedFrame::from_message(&message(0, Bytes::from(vec![1u8; 64 << 10])), 1 << 20)?;
@@ -222,20 +226,7 @@ async fn the_send_queue_is_bounded_in_bytes() -> Result<()> {
         const LIMIT: usize = 1 << 20;
         let config = Config::builder().send_queue_bytes(LIMIT).build()?;
         let (client, _events) = endpoint("client", config).await?;
-        let listener = tokio::net::TcpListener::bind(localhost()).await?;
-        let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await?;
-            let mut peer = RawPeer {
-                stream,
-                buf: BytesMut::new(),
-            };
-            peer.send(&Frame::Hello(hello("mute", NodeId::random())))
-                .await?;
-            let _ = peer.recv().await?;
-            std::future::pending::<()>().await;
-            Ok::<_, anyhow::Error>(())
-        });
+        let (addr, server) = mute_server().await?;
         let connection = client.connect(addr).await?;
         let frame =
             EncodedFrame::from_message(&message(0, Bytes::from(vec![1u8; 64 << 10])), 1 << 20)?;
