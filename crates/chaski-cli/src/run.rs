@@ -2,6 +2,7 @@
 //! events logged, and a clean shutdown (goodbye to every peer) on Ctrl-C or SIGTERM.
 
 use std::{
+    collections::HashMap,
     io::Write,
     sync::OnceLock,
     time::{Duration, Instant},
@@ -82,13 +83,15 @@ pub(crate) async fn start(settings: &Settings) -> Result<Node> {
     // Subscribe to the events before looking at the peers, so that no peer goes unlogged.
     let events = node.events();
     // What happened before the subscription is in the table: log it as the events would have.
+    let mut up = HashMap::new();
     for peer in node.peers() {
         info!(peer = %peer.name, id = %peer.id.short(), via = peer.source.as_str(), "peer up");
         for topic in &peer.paired_topics {
             info!(peer = %peer.name, %topic, "paired");
         }
+        up.insert(peer.id, peer.name);
     }
-    tokio::spawn(log_events(node.clone(), events));
+    tokio::spawn(log_events(node.clone(), events, up));
     Ok(node)
 }
 
@@ -111,14 +114,17 @@ pub(crate) async fn peer_name_soon(node: &Node, id: chaski::NodeId) -> String {
         .map_or_else(|| id.short().to_string(), |p| p.name)
 }
 
-/// Logs the node's events until it stops.
-async fn log_events(node: Node, mut events: chaski::EventStream) {
+/// Logs the node's events until it stops. `up`: the names of the peers already up.
+async fn log_events(
+    node: Node,
+    mut events: chaski::EventStream,
+    mut up: HashMap<chaski::NodeId, String>,
+) {
     // Hold no handle while waiting, so that the node can shut down when the command is done.
     let weak = node.clone();
     drop(node);
-    // The names of the peers that are up, so that `peer down` names the peer too (the peer
-    // table no longer has it by then). Bounded by the node's connections.
-    let mut up: std::collections::HashMap<chaski::NodeId, String> = Default::default();
+    // `up` holds the names of the peers that are up, so that `peer down` names the peer too
+    // (the peer table no longer has it by then). Bounded by the node's connections.
     while let Some(event) = events.recv().await {
         let name = |id| peer_name(&weak, id);
         match event {
@@ -140,7 +146,8 @@ async fn log_events(node: Node, mut events: chaski::EventStream) {
                     info!(peer = %name, %topic, "paired");
                 }
                 Event::Unpaired { topic, peer } => {
-                    info!(peer = %name(peer), %topic, "unpaired");
+                    let name = up.get(&peer).cloned().unwrap_or_else(|| name(peer));
+                    info!(peer = %name, %topic, "unpaired");
                 }
                 Event::TopicIsolated { topic } => {
                     info!(%topic, "no subscriber known for the topic yet; searching");
