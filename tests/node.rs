@@ -266,7 +266,13 @@ async fn subscriptions_change_at_run_time() -> Result<()> {
                 break;
             }
         }
-        assert_eq!(a.stats().messages_in, seen + 1, "only the marker arrived");
+        assert_eq!(
+            a.stats().messages_in,
+            seen + 1,
+            "only the marker arrived: {:?} {:?}",
+            a.stats(),
+            a.peers()
+        );
         a.shutdown().await?;
         b.shutdown().await?;
         Ok(())
