@@ -720,20 +720,20 @@ impl Driver {
         let Ok(frame) = EncodedFrame::from_message(message, max_frame_len) else {
             return 0;
         };
+        // Without a UDP socket (`transport_udp = false`) best effort travels over TCP.
+        let udp = match delivery {
+            Delivery::BestEffort => endpoint.datagrams(),
+            _ => None,
+        };
         let mut sent = 0;
         for conn in targets {
             let Some(connection) = conns.get(conn) else {
                 continue;
             };
-            // Without a UDP socket (`transport_udp = false`) best effort travels over TCP.
-            let datagram = delivery == Delivery::BestEffort && endpoint.datagrams().is_some();
-            let ok = match datagram {
-                true => udp_target(connection).is_some_and(|to| {
-                    endpoint
-                        .datagrams()
-                        .is_some_and(|socket| socket.try_send_encoded_to(&frame, to).is_ok())
-                }),
-                false => match connection.try_send_encoded(frame.clone()) {
+            let ok = match udp {
+                Some(socket) => udp_target(connection)
+                    .is_some_and(|to| socket.try_send_encoded_to(&frame, to).is_ok()),
+                None => match connection.try_send_encoded(frame.clone()) {
                     Ok(()) => true,
                     Err(SendError::Full) => false,
                     // Closed: the transport reports it; membership will forget the connection.

@@ -190,14 +190,7 @@ impl TestBed {
     /// Pulls host `i`'s cable: its bridge port leaves the bridge, so frames to and from it
     /// vanish without any error on the host (the carrier stays up).
     pub fn cut(&self, host: usize) -> io::Result<()> {
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &format!("p{host}"),
-            "nomaster",
-        ])
+        self.set_port(host, &["nomaster"])
     }
 
     /// Plugs host `i`'s cable back into the first bridge.
@@ -206,15 +199,15 @@ impl TestBed {
     }
 
     fn attach(&self, host: usize, bridge: usize) -> io::Result<()> {
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &format!("p{host}"),
-            "master",
-            &format!("br{bridge}"),
-        ])
+        self.set_port(host, &["master", &format!("br{bridge}")])
+    }
+
+    /// `ip link set p<host> <settings>` in the switch namespace.
+    fn set_port(&self, host: usize, settings: &[&str]) -> io::Result<()> {
+        let port = format!("p{host}");
+        let mut args = vec!["-n", &self.switch, "link", "set", &port];
+        args.extend_from_slice(settings);
+        ip(&args)
     }
 
     /// Splits the LAN: each group of hosts gets a bridge of its own; hosts in no group are cut

@@ -336,6 +336,10 @@ impl Inner {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, IpCount>> {
+        self.per_ip.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn outbound_permit(&self) -> Result<OwnedSemaphorePermit, Error> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
@@ -763,7 +767,7 @@ impl IpSlot {
     /// A slot for a socket from `ip`, or `None` at the per-address limits
     /// ([`Config::max_inbound_per_ip`], [`Config::max_handshakes_per_ip`]).
     fn take(inner: &Arc<Inner>, ip: IpAddr) -> Option<IpSlot> {
-        let mut per_ip = inner.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut per_ip = inner.per_ip();
         let full = per_ip.len() >= MAX_TRACKED_IPS && !per_ip.contains_key(&ip);
         let count = per_ip.entry(ip).or_default();
         if full
@@ -786,11 +790,7 @@ impl IpSlot {
 
     fn handshake_done(&self) {
         if self.handshaking.swap(false, Ordering::AcqRel) {
-            let mut per_ip = self
-                .inner
-                .per_ip
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut per_ip = self.inner.per_ip();
             if let Some(count) = per_ip.get_mut(&self.ip) {
                 count.handshakes = count.handshakes.saturating_sub(1);
             }
@@ -801,11 +801,7 @@ impl IpSlot {
 impl Drop for IpSlot {
     fn drop(&mut self) {
         self.handshake_done();
-        let mut per_ip = self
-            .inner
-            .per_ip
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut per_ip = self.inner.per_ip();
         if let Some(count) = per_ip.get_mut(&self.ip) {
             count.sockets = count.sockets.saturating_sub(1);
             if count.sockets == 0 {
