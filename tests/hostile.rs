@@ -18,8 +18,9 @@ use chaski_wire::{
 use common::{bounded, builder, next, start, until_peers};
 
 /// How much the process may grow while under attack (victim, publisher and attacker share it),
-/// besides what decoding the attack's frame costs ([`DECODE_FACTOR`] times its size: a frame
-/// is decoded whole before its lists are checked, and the allocator keeps what it freed).
+/// besides what decoding the attack's frame costs when it is read at all ([`DECODE_FACTOR`]
+/// times its size: a control frame, at most 1 MiB, is decoded whole before its lists are
+/// checked, and the allocator keeps what it freed).
 const MEMORY_BOUND: u64 = 32 << 20;
 /// Memory a decoded control frame may take per byte of frame (prost's structures).
 const DECODE_FACTOR: u64 = 8;
@@ -123,9 +124,11 @@ fn report(attack: &str, before: u64, scene: &Scene) {
     let after = hostile::rss_bytes();
     let stats = scene.victim.stats();
     eprintln!(
-        "{attack}: RSS {} -> {} MiB; violations {}, rejected {}, padding refused {}, dials {}",
+        "{attack}: RSS {} -> {} MiB; frames rejected {}, violations {}, messages rejected {}, \
+         padding refused {}, dials {}",
         before >> 20,
         after >> 20,
+        stats.frames_rejected,
         stats.protocol_violations,
         stats.messages_rejected,
         stats.padding_refused,
@@ -182,24 +185,49 @@ async fn a_ping_flood_asking_for_maximum_padding_costs_bounded_memory() -> Resul
     .await
 }
 
+/// Which counter a refused frame moves.
+#[derive(Clone, Copy, Debug)]
+enum Counted {
+    /// A frame too long for its kind: closed by the transport before it is decoded.
+    Unread,
+    /// A frame that breaks a list limit: decoded (it is small), then refused by membership.
+    Violation,
+}
+
+impl Counted {
+    fn get(self, node: &Node) -> u64 {
+        let stats = node.stats();
+        match self {
+            Counted::Unread => stats.frames_rejected,
+            Counted::Violation => stats.protocol_violations,
+        }
+    }
+}
+
 /// Sends `frame` (encoded before measuring, so that the attacker's own structures do not count)
-/// and checks that the victim closes that connection with `ProtocolError`, counts it, keeps
-/// delivering the honest publisher's messages and stays within the memory bound.
-async fn refused(scene: &mut Scene, what: &str, frame: Frame) -> Result<()> {
+/// from a fresh attacker and checks that the victim closes that connection with
+/// `ProtocolError`, counts it, keeps delivering the honest publisher's messages and stays
+/// within the memory bound.
+async fn refused(scene: &mut Scene, what: &str, frame: Frame, counted: Counted) -> Result<()> {
     let mut attacker = scene.attacker(None, Vec::new()).await?;
-    let violations = scene.victim.stats().protocol_violations;
+    let count = counted.get(&scene.victim);
     let bytes = hostile::encode(&frame)?;
     drop(frame);
     let before = hostile::rss_bytes();
     let len = bytes.len();
-    attacker.send_raw(&bytes).await?;
+    // The victim may close the connection before the whole frame is written.
+    let _ = attacker.send_raw(&bytes).await;
     drop(bytes);
     let reason = attacker.closed_by_victim(CLOSE_WITHIN).await?;
     assert_eq!(reason, Some(GoodbyeReason::ProtocolError), "{what}");
-    until_stats(&scene.victim, |s| s.protocol_violations > violations).await?;
+    until_stats(&scene.victim, |_| counted.get(&scene.victim) > count).await?;
     scene.honest_flow(1000).await?;
     report(what, before, scene);
-    assert_memory(before, len);
+    match counted {
+        // Never read whole: costs nothing beyond the bound.
+        Counted::Unread => assert_memory(before, 0),
+        Counted::Violation => assert_memory(before, len),
+    }
     Ok(())
 }
 
@@ -208,12 +236,18 @@ async fn an_oversized_peer_exchange_closes_that_connection_and_dials_nothing() -
     bounded("peer exchange", async {
         let mut scene = Scene::new().await?;
         let dials = scene.victim.stats().dials;
-        // 209,715 made-up peers: about 8 MiB in one frame.
-        let peers = (0..209_715u32)
-            .map(|i| peer(1 << 64 | u128::from(i), 1 + (i % 60_000) as u16))
-            .collect();
-        let frame = Frame::PeerExchange(PeerExchange { peers });
-        refused(&mut scene, "peer exchange of 209,715 peers", frame).await?;
+        let made_up = |n: u32| {
+            let peers = (0..n)
+                .map(|i| peer(1 << 64 | u128::from(i), 1 + (i % 60_000) as u16))
+                .collect();
+            Frame::PeerExchange(PeerExchange { peers })
+        };
+        // 209,715 made-up peers: about 8 MiB in one frame, over the control frame limit.
+        let what = "peer exchange of 209,715 peers";
+        refused(&mut scene, what, made_up(209_715), Counted::Unread).await?;
+        // 300 made-up peers: a small frame, over the list limit.
+        let what = "peer exchange of 300 peers";
+        refused(&mut scene, what, made_up(300), Counted::Violation).await?;
         assert_eq!(
             scene.victim.stats().dials,
             dials,
@@ -228,15 +262,20 @@ async fn an_oversized_peer_exchange_closes_that_connection_and_dials_nothing() -
 async fn a_subscription_update_of_100000_topics_closes_that_connection() -> Result<()> {
     bounded("subscription update", async {
         let mut scene = Scene::new().await?;
-        let added = (0..100_000)
-            .map(|i| Topic::new(&format!("topic-{i}")).unwrap())
-            .collect();
-        let frame = Frame::SubscriptionUpdate(SubscriptionUpdate {
-            added,
-            removed: Vec::new(),
-            revision: 1,
-        });
-        refused(&mut scene, "subscription update of 100,000 topics", frame).await?;
+        let update = |n: usize| {
+            let added = (0..n)
+                .map(|i| Topic::new(&format!("topic-{i}")).unwrap())
+                .collect();
+            Frame::SubscriptionUpdate(SubscriptionUpdate {
+                added,
+                removed: Vec::new(),
+                revision: 1,
+            })
+        };
+        let what = "subscription update of 100,000 topics";
+        refused(&mut scene, what, update(100_000), Counted::Unread).await?;
+        let what = "subscription update of 2,000 topics";
+        refused(&mut scene, what, update(2_000), Counted::Violation).await?;
         scene.shutdown().await
     })
     .await
@@ -246,14 +285,19 @@ async fn a_subscription_update_of_100000_topics_closes_that_connection() -> Resu
 async fn a_search_with_a_million_visited_ids_is_refused() -> Result<()> {
     bounded("search", async {
         let mut scene = Scene::new().await?;
-        let frame = Frame::Search(Search {
-            search_id: 1,
-            origin: peer(77, 9),
-            topic: Topic::new("elsewhere").unwrap(),
-            hop_limit: u32::MAX,
-            visited: (0..1_000_000u128).map(NodeId::from_u128).collect(),
-        });
-        refused(&mut scene, "search with 1,000,000 visited ids", frame).await?;
+        let search = |n: u128| {
+            Frame::Search(Search {
+                search_id: 1,
+                origin: peer(77, 9),
+                topic: Topic::new("elsewhere").unwrap(),
+                hop_limit: u32::MAX,
+                visited: (0..n).map(NodeId::from_u128).collect(),
+            })
+        };
+        let what = "search with 1,000,000 visited ids";
+        refused(&mut scene, what, search(1_000_000), Counted::Unread).await?;
+        let what = "search with 100 visited ids";
+        refused(&mut scene, what, search(100), Counted::Violation).await?;
         scene.shutdown().await
     })
     .await
@@ -278,14 +322,13 @@ async fn a_forged_publish_cannot_silence_a_publisher() -> Result<()> {
         let mut scene = Scene::new().await?;
         let before = hostile::rss_bytes();
         let victim_publisher = scene.publisher.id();
-        // Over TCP, as if forwarded (hop 1), with the largest sequence.
+        // Over TCP, as if forwarded (hop 1), with the largest sequence: refused and counted.
         let mut attacker = scene.attacker(None, Vec::new()).await?;
         attacker
             .send(&Frame::Publish(forged(victim_publisher, u64::MAX, 1)))
             .await?;
-        let reason = attacker.closed_by_victim(CLOSE_WITHIN).await?;
-        assert_eq!(reason, Some(GoodbyeReason::ProtocolError));
-        // As if straight from the publisher (hop 0), from someone else.
+        until_stats(&scene.victim, |s| s.messages_rejected >= 1).await?;
+        // As if straight from the publisher (hop 0), from someone else: that connection closed.
         let mut impostor = scene.attacker(None, Vec::new()).await?;
         impostor
             .send(&Frame::Publish(forged(victim_publisher, 1_000_000, 0)))
@@ -309,6 +352,106 @@ async fn a_forged_publish_cannot_silence_a_publisher() -> Result<()> {
         report("forged publishes (TCP, impostor, datagram)", before, &scene);
         assert_memory(before, 0);
         scene.shutdown().await
+    })
+    .await
+}
+
+/// Publisher `p`'s message `sequence` on `t`, forwarded by a relay.
+fn relayed(p: NodeId, sequence: u64) -> Frame {
+    Frame::Publish(Message {
+        payload: Bytes::from(format!("{sequence}")),
+        ..forged(p, sequence, 1)
+    })
+}
+
+/// The next `n` messages on `stream` carry sequences `from..from + n`, in order.
+async fn expect_sequences(stream: &mut MessageStream, from: u64, n: u64) -> Result<()> {
+    for sequence in from..from + n {
+        let message = next(stream).await?;
+        ensure!(
+            message.sequence == sequence,
+            "expected {sequence}, got {} ({:?})",
+            message.sequence,
+            message.payload
+        );
+        ensure!(message.payload == format!("{sequence}").as_bytes());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_sequence_cannot_silence_a_publisher_heard_second_hand() -> Result<()> {
+    bounded("forged sequence, second-hand", async {
+        let _guard = ONE_AT_A_TIME.lock().await;
+        // The relays never answer pings: a peer timeout longer than the test keeps them.
+        let victim = start(
+            builder("victim", &["t"])
+                .ping_interval(Duration::from_secs(20))
+                .peer_timeout(Duration::from_secs(60)),
+        )
+        .await?;
+        let mut stream = victim.stream();
+        let before = hostile::rss_bytes();
+        // Publisher p never connects to the victim: two relays forward its messages.
+        let p = NodeId::random();
+        let connect = |name: &str| {
+            HostilePeer::connect(
+                victim.local_addr(),
+                hostile::hello(NodeId::random(), name, Vec::new(), &["t"]),
+            )
+        };
+        let mut relay = connect("relay").await?;
+        let mut other_relay = connect("other-relay").await?;
+        let mut mallory = connect("mallory").await?;
+        for sequence in 1..=100 {
+            relay.send(&relayed(p, sequence)).await?;
+        }
+        expect_sequences(&mut stream, 1, 100).await?;
+        // The forgeries: the largest sequence, and the largest the filter once let through.
+        mallory
+            .send(&Frame::Publish(forged(p, u64::MAX, 1)))
+            .await?;
+        mallory
+            .send(&Frame::Publish(forged(p, 100 + (1 << 20) - 1, 1)))
+            .await?;
+        until_stats(&victim, |s| s.messages_rejected >= 2).await?;
+        // p's real messages go on arriving, every one.
+        for sequence in 101..=3100 {
+            relay.send(&relayed(p, sequence)).await?;
+        }
+        expect_sequences(&mut stream, 101, 3000).await?;
+        // An honest gap: the victim missed 100,000 messages. Both relays forward what follows
+        // (as flooding does); the first relay's word alone is refused, the second's confirms
+        // it: every message arrives, once (across two connections, in any order).
+        let resume = 103_101;
+        for sequence in resume..resume + 100 {
+            relay.send(&relayed(p, sequence)).await?;
+        }
+        for sequence in resume..resume + 100 {
+            other_relay.send(&relayed(p, sequence)).await?;
+        }
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            got.push(next(&mut stream).await?.sequence);
+        }
+        got.sort_unstable();
+        ensure!(got == (resume..resume + 100).collect::<Vec<_>>(), "{got:?}");
+        // No copy comes after them: the next message is the next one.
+        relay.send(&relayed(p, resume + 100)).await?;
+        expect_sequences(&mut stream, resume + 100, 1).await?;
+        let stats = victim.stats();
+        eprintln!(
+            "forged sequences, second-hand: RSS {} -> {} MiB; violations {}, rejected {}",
+            before >> 20,
+            hostile::rss_bytes() >> 20,
+            stats.protocol_violations,
+            stats.messages_rejected
+        );
+        ensure!(stats.protocol_violations >= 2, "{stats:?}");
+        assert_memory(before, 0);
+        drop((relay, other_relay, mallory));
+        victim.shutdown().await?;
+        Ok(())
     })
     .await
 }
@@ -365,6 +508,47 @@ async fn a_unicast_beacon_makes_a_node_without_lan_discovery_dial_nothing() -> R
         let dialed = tokio::time::timeout(Duration::from_millis(500), bait.accept()).await;
         assert!(dialed.is_err(), "the victim dialed the beacon's address");
         assert_eq!(scene.victim.stats().dials, dials);
+        scene.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_made_up_address_in_a_peer_exchange_learns_nothing_from_the_victim() -> Result<()> {
+    bounded("made-up address", async {
+        let mut scene = Scene::new().await?;
+        // A listener that answers as some other node: the address the attacker gives for a
+        // peer that does not exist.
+        let bait = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = bait.local_addr()?.port();
+        let mut attacker = scene.attacker(None, Vec::new()).await?;
+        let made_up = peer(0xbad, port);
+        attacker
+            .send(&Frame::PeerExchange(PeerExchange {
+                peers: vec![made_up],
+            }))
+            .await?;
+        // The victim wants a neighbour on "t" and dials it (an address on loopback, where the
+        // victim listens too, is allowed); it must not say a word there.
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), bait.accept())
+            .await
+            .context("the victim never dialed the learned address")??;
+        let hello = hostile::encode(&Frame::Hello(hostile::hello(
+            NodeId::random(),
+            "someone-else",
+            Vec::new(),
+            &["t"],
+        )))?;
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &hello).await?;
+        let mut heard = Vec::new();
+        tokio::time::timeout(
+            CLOSE_WITHIN,
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut heard),
+        )
+        .await
+        .context("the victim kept the connection")??;
+        assert!(heard.is_empty(), "the victim said {} bytes", heard.len());
+        scene.honest_flow(100).await?;
         scene.shutdown().await
     })
     .await

@@ -92,7 +92,7 @@ pub struct Config {
     pub(crate) max_pending_searches: usize,
     pub(crate) component_search_max: Duration,
     pub(crate) message_hop_limit: u32,
-    pub(crate) dedup_publishers: usize,
+    pub(crate) dedup_streams: usize,
     pub(crate) pair_retry: Duration,
     pub(crate) max_pending_pings: usize,
     pub(crate) max_ping_padding: u32,
@@ -141,7 +141,7 @@ impl Config {
                 max_pending_searches: 1024,
                 component_search_max: Duration::from_secs(300),
                 message_hop_limit: 64,
-                dedup_publishers: 4096,
+                dedup_streams: 4096,
                 pair_retry: Duration::from_secs(1),
                 max_pending_pings: 64,
                 max_ping_padding: 64 << 10,
@@ -401,9 +401,10 @@ impl ConfigBuilder {
         message_hop_limit: u32
     }
     setter! {
-        /// Publishers tracked by the duplicate filter (each with a window of 8,192 sequences, 1 KiB);
-        /// the one heard from least recently is evicted when full. Default: 4,096. Positive.
-        dedup_publishers: usize
+        /// Streams (publisher and topic) tracked by the duplicate filter, each with a window of
+        /// 8,192 sequences (1 KiB, and another 1 KiB after a jump that only time confirmed); the
+        /// one heard from least recently is evicted when full. Default: 4,096. Positive.
+        dedup_streams: usize
     }
     setter! {
         /// Wait before asking again a peer that refused (or dropped) a pairing. Default: 1 s.
@@ -490,7 +491,7 @@ impl ConfigBuilder {
             (c.exchange_per_topic, "exchange_per_topic"),
             (c.max_exchange_peers, "max_exchange_peers"),
             (c.max_pending_searches, "max_pending_searches"),
-            (c.dedup_publishers, "dedup_publishers"),
+            (c.dedup_streams, "dedup_streams"),
             (c.max_pending_pings, "max_pending_pings"),
             (c.max_peer_topics, "max_peer_topics"),
         ] {

@@ -133,6 +133,12 @@ pub enum DialError {
     },
     /// The address is this node's own: it is never dialed again.
     SelfConnection,
+    /// A dial with `confirm` found another node than the one expected (an address that was
+    /// wrong or made up); nothing was sent to it. The expected peer is forgotten for a while.
+    WrongPeer {
+        /// The node that answered.
+        found: NodeId,
+    },
 }
 
 /// What was dropped, in [`Event::Dropped`].
@@ -141,8 +147,8 @@ pub enum DialError {
 pub enum DropKind {
     /// A known peer evicted from the full known-peer table (or not added to it).
     KnownPeer,
-    /// A publisher evicted from the full duplicate filter.
-    DedupPublisher,
+    /// A stream (publisher and topic) evicted from the full duplicate filter.
+    DedupStream,
     /// A search forgotten from the full search table.
     Search,
     /// An on-demand ping dropped from the full pending table.
@@ -278,6 +284,12 @@ pub enum Action {
         addr: SocketAddr,
         /// The node expected there, if known.
         peer: Option<NodeId>,
+        /// The address was learned from the network (a search, an exchange, a beacon) and the
+        /// node has not been connected at it: the driver reads the peer's hello first, sends
+        /// this node's only if it names `peer`, and otherwise reports
+        /// [`DialError::WrongPeer`] (`chaski_transport::Endpoint::connect_expecting` does
+        /// exactly this).
+        confirm: bool,
     },
     /// Send a `Goodbye` with this reason on the connection, then close it. The state machine has
     /// already forgotten the connection; a later `handle_disconnected` for it is ignored.
@@ -316,8 +328,6 @@ pub struct Route<'a> {
 /// [`Membership::publish`](crate::Membership::publish).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Publication<'a> {
-    /// The sequence number to put in the message.
-    pub sequence: u64,
     /// The hop limit to put in the message.
     pub hop_limit: u32,
     /// Whether this node itself subscribes to the topic (local delivery).
@@ -380,12 +390,17 @@ pub struct Counters {
     /// Messages dropped as duplicates.
     pub messages_duplicate: u64,
     /// Messages refused as implausible: an impersonated publisher, or a sequence far ahead of
-    /// the publisher's (see [`crate::limits`]).
+    /// its stream's, not confirmed (see [`crate::limits`] and [`crate::dedup`]).
     pub messages_rejected: u64,
     /// Known peers evicted or not added because the table was full.
     pub known_evictions: u64,
-    /// Publishers evicted from the duplicate filter.
+    /// Streams (publisher and topic) evicted from the duplicate filter.
     pub dedup_evictions: u64,
+    /// Peer exchanges sent with fewer peers than chosen, to fit a control frame.
+    pub exchanges_cut: u64,
+    /// Dials to learned addresses where another node than the one expected answered
+    /// ([`DialError::WrongPeer`]): nothing was sent to it.
+    pub misdirected_dials: u64,
     /// Searches forgotten because the table was full.
     pub search_evictions: u64,
     /// On-demand pings dropped because the pending table was full.
@@ -395,7 +410,8 @@ pub struct Counters {
     /// Frames that made no sense in their context (e.g. a second hello, a pong for no ping
     /// of ours), ignored.
     pub unexpected_frames: u64,
-    /// Frames that broke a limit, by kind (each closed its connection).
+    /// Frames that broke a limit, by kind (each closed its connection, but for implausible
+    /// sequences).
     pub violations: crate::Violations,
     /// Pongs sent without the padding asked for: the peer's padding budget was spent.
     pub padding_refused: u64,

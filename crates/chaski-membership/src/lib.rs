@@ -140,13 +140,15 @@
 //! | connections | `max_peers` (256) | inbound refused with `Overloaded` ([`Event::Dropped`]); a dial this node wants closes the oldest idle inbound connection (no link, wanted by no topic, not kept) to make room, else is not started |
 //! | known peers | `max_known_peers` (4,096) | evict the least recently seen entry that is neither connected nor being re-dialed; if none, the new one is not added (counted either way) |
 //! | dead peers (tombstones) | `max_known_peers` | oldest forgotten |
-//! | duplicate filter | `dedup_publishers` (4,096) publishers x 8,192 sequences (1 KiB each) | evict the publisher heard from least recently (counted) |
+//! | duplicate filter | `dedup_streams` (4,096) streams (publisher and topic) x 8,192 sequences (1 KiB each, 2 KiB after a jump only time confirmed) | evict the stream heard from least recently (counted) |
 //! | searches remembered | `max_pending_searches` (1,024) | forget the oldest (counted) |
 //! | on-demand pings | `max_pending_pings` (64) | drop the oldest (counted) |
 //! | links per topic | `max_connections` (5) | refuse extras; evict the slowest extra for a ring link |
 //! | peer exchange frame | `max_exchange_peers` (128) peers, `exchange_per_topic` (8) per topic | truncated |
 //! | pings in flight per connection | 16 | the oldest forgotten (its pong is then ignored) |
 //! | dials to learned addresses | [`LEARNED_DIAL_RATE`] (20/s), bursts of [`LEARNED_DIAL_BURST`] (64) | put off to a later pairing round (counted) |
+//! | peer exchange bytes | what fits a 1 MiB control frame, less 64 KiB | cut (counted in `exchanges_cut`) |
+//! | unconfirmed sequence jumps | 4 per stream, one per peer | the oldest claim replaced |
 //! | action queue | what one call produced | the driver drains it after every call |
 //!
 //! # What a peer may send
@@ -159,8 +161,11 @@
 //! reported ([`Event::ProtocolViolation`]); the machine goes on serving everyone else. Pongs
 //! count only as answers to our own pings, timed by our clock. Addresses learned from the
 //! network are dialed only if a peer can be there (unicast, not unspecified; loopback only when
-//! this node listens on loopback), beacons at their source address, at a bounded rate. Status
-//! requests are answered only to loopback unless `status_from_anywhere` is set.
+//! this node listens on loopback), beacons at their source address, at a bounded rate, and with
+//! [`Action::Dial`]'s `confirm` set: the driver says nothing there until the peer's hello names
+//! the node expected ([`DialError::WrongPeer`] otherwise). A second-hand message far ahead of its
+//! stream's sequence is believed only once confirmed ([`dedup`]). Status requests are answered
+//! only to loopback unless `status_from_anywhere` is set.
 //!
 //! # Control traffic at steady state
 //!
@@ -175,7 +180,7 @@
 //! quiet.
 
 mod config;
-mod dedup;
+pub mod dedup;
 mod event;
 pub mod interest;
 pub mod limits;

@@ -12,7 +12,7 @@
 //! | node ids in a `Search`'s visited list | `Config::search_hop_limit` + 1 |
 //! | hop limit of a `Search` or `SearchReply` | clamped to `Config::search_hop_limit` |
 //! | a message's publisher | must be the sending peer when the hop count is 0 |
-//! | a message's sequence | at most `dedup::MAX_AHEAD` above the highest seen from its publisher, unless first-hand |
+//! | a message's sequence | second-hand, at most [`MAX_AHEAD`](crate::dedup::MAX_AHEAD) above the highest seen on its stream (publisher and topic) unless confirmed by a second peer, the publisher or time ([`crate::dedup`]); refused and counted, the connection kept |
 //! | padding asked for by a `Ping` | replies carry at most `Config::max_ping_padding`, and at most that many padding bytes per connection per `ping_interval`; beyond, the pong has none |
 //!
 //! [`Event::ProtocolViolation`]: crate::Event::ProtocolViolation
@@ -44,7 +44,9 @@ pub enum Violation {
     /// is not that publisher.
     ImpersonatedPublisher,
     /// A second-hand message whose sequence is implausibly far ahead of what this node has seen
-    /// from its publisher (`dedup::MAX_AHEAD`): a forgery that would silence the publisher.
+    /// on its stream ([`crate::dedup::MAX_AHEAD`]), not confirmed: a forgery that would silence
+    /// the publisher, or the first copy after this node missed messages. Refused; the
+    /// connection is not closed for it.
     ImplausibleSequence,
 }
 

@@ -61,7 +61,6 @@ pub(crate) enum Command {
         payload: Bytes,
         headers: Vec<Header>,
         delivery: Delivery,
-        sequence: u64,
     },
     /// Route this topic in the routing snapshot from now on; `false` if the table is full.
     Route {
@@ -175,6 +174,8 @@ struct Driver {
     routes_built: Instant,
     /// Topics published on without subscribing, oldest first (bounded).
     published: VecDeque<Topic>,
+    /// This node's publication counters, one per topic.
+    sequences: crate::sequence::Sequences,
     stream_reports: HashMap<u64, (u64, Instant)>,
     send_drops: HashMap<NodeId, (u64, Instant)>,
     unknown_datagrams: (u64, Instant),
@@ -304,7 +305,6 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         peers,
         streams: registry.clone(),
         routes: routes.clone(),
-        sequence: std::sync::atomic::AtomicU64::new(0),
         unrouted: (
             std::sync::atomic::AtomicU64::new(0),
             std::sync::atomic::AtomicU64::new(0),
@@ -347,6 +347,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         routes_dirty: true,
         routes_built: now,
         published: VecDeque::new(),
+        sequences: Default::default(),
         stream_reports: HashMap::new(),
         send_drops: HashMap::new(),
         unknown_datagrams: (0, now),
@@ -607,6 +608,10 @@ impl Driver {
             self.names.remove(&node);
             self.paired_since.remove(&node);
             self.send_drops.remove(&node);
+        }
+        if let CloseReason::Lost(LostCause::Decode(error)) = &reason {
+            Counters::add(&self.counters.frames_rejected, 1);
+            debug!(peer = %node.short(), %error, "closed on a bad frame");
         }
         let how = match &reason {
             CloseReason::Goodbye { reason, .. } => Disconnect::Goodbye(*reason),
@@ -881,9 +886,8 @@ impl Driver {
                     payload,
                     headers,
                     delivery,
-                    sequence,
                 } => {
-                    self.publish(topic, payload, headers, delivery, sequence);
+                    self.publish(topic, payload, headers, delivery);
                 }
                 Command::Route { topic, reply } => {
                     let _ = reply.send(self.route_topic(topic));
@@ -913,6 +917,13 @@ impl Driver {
         None
     }
 
+    /// The publication counter of `topic`.
+    fn counter(&mut self, topic: &Topic) -> crate::sequence::Counter {
+        let (membership, published) = (&self.membership, &self.published);
+        self.sequences
+            .counter(topic, |t| membership.wants(t) || published.contains(t))
+    }
+
     /// Adds `topic` to the routing snapshot (for handles publishing on a topic this node does not
     /// subscribe to). Returns `false` only if it cannot.
     fn route_topic(&mut self, topic: Topic) -> bool {
@@ -940,6 +951,7 @@ impl Driver {
             if routes.topics.contains_key(&topic) {
                 continue;
             }
+            let sequence = self.counter(&topic);
             // `publish` also advances the membership's own counter, which nothing uses: the
             // handles number the node's messages.
             let publication = self.membership.publish(&topic);
@@ -954,6 +966,7 @@ impl Driver {
                 TopicRoute {
                     conns,
                     deliver: publication.deliver,
+                    sequence,
                 },
             );
         }
@@ -962,15 +975,9 @@ impl Driver {
         self.routes_built = Instant::now();
     }
 
-    fn publish(
-        &mut self,
-        topic: Topic,
-        payload: Bytes,
-        headers: Vec<Header>,
-        delivery: Delivery,
-        sequence: u64,
-    ) {
+    fn publish(&mut self, topic: Topic, payload: Bytes, headers: Vec<Header>, delivery: Delivery) {
         Counters::add(&self.counters.published, 1);
+        let sequence = crate::sequence::next(&self.counter(&topic));
         let publication = self.membership.publish(&topic);
         let message = Message {
             topic,
@@ -1117,10 +1124,21 @@ impl Driver {
                         Err(_) => {}
                     }
                 }
-                Action::Dial { addr, .. } => {
+                Action::Dial {
+                    addr,
+                    peer,
+                    confirm,
+                } => {
                     let endpoint = self.endpoint.clone();
-                    self.dials
-                        .spawn(async move { (addr, endpoint.connect(addr).await) });
+                    // A learned address: the node there speaks first and must be `peer`.
+                    let expect = peer.filter(|_| confirm);
+                    self.dials.spawn(async move {
+                        let result = match expect {
+                            Some(node) => endpoint.connect_expecting(addr, node).await,
+                            None => endpoint.connect(addr).await,
+                        };
+                        (addr, result)
+                    });
                 }
                 Action::Close { conn, reason } => {
                     self.routes_dirty = true;
@@ -1266,6 +1284,10 @@ impl Driver {
                         source: chaski_transport::HandshakeError::Refused { reason, .. },
                         ..
                     } => DialError::Refused(*reason),
+                    chaski_transport::Error::Handshake {
+                        source: chaski_transport::HandshakeError::UnexpectedPeer { found, .. },
+                        ..
+                    } => DialError::WrongPeer { found: *found },
                     _ => DialError::Unreachable,
                 };
                 let now = self.now();

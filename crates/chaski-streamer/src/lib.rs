@@ -43,8 +43,9 @@
 //!
 //! # Order and duplicates
 //!
-//! A subscriber never receives a message twice (the duplicate filter is keyed by publisher and
-//! sequence number). Messages keep their publisher's order along each path of the topic's graph.
+//! A publisher numbers its messages on each topic 1, 2, 3, ... ([`Received::sequence`]). A
+//! subscriber never receives a message twice (the duplicate filter is keyed by publisher, topic
+//! and sequence number). Messages keep their publisher's order along each path of the topic's graph.
 //! When the graph offers several paths (subscribers paired with each other as well as with the
 //! publisher), a copy forwarded by a neighbour can overtake the publisher's own copy while the
 //! publisher's queue to this subscriber is the fuller one: order across paths is not guaranteed,
@@ -79,6 +80,7 @@ mod driver;
 mod error;
 mod events;
 mod node;
+mod sequence;
 mod stream;
 
 pub use crate::{

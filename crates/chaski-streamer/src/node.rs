@@ -96,6 +96,9 @@ pub struct NodeStats {
     pub protocol_violations: u64,
     /// Messages refused as implausible (an impersonated publisher, a forged sequence).
     pub messages_rejected: u64,
+    /// Connections closed because a frame could not be taken: malformed, of an unknown kind,
+    /// or longer than its kind's limit (by cause in the transport's `rejected_in`).
+    pub frames_rejected: u64,
     /// Pongs sent without the padding a peer asked for (its padding budget was spent).
     pub padding_refused: u64,
 }
@@ -114,6 +117,7 @@ pub(crate) struct Counters {
     pub(crate) protocol_violations: AtomicU64,
     pub(crate) messages_rejected: AtomicU64,
     pub(crate) padding_refused: AtomicU64,
+    pub(crate) frames_rejected: AtomicU64,
 }
 
 impl Counters {
@@ -136,6 +140,7 @@ impl Counters {
             protocol_violations: get(&self.protocol_violations),
             messages_rejected: get(&self.messages_rejected),
             padding_refused: get(&self.padding_refused),
+            frames_rejected: get(&self.frames_rejected),
         }
     }
 }
@@ -239,6 +244,8 @@ pub(crate) struct TopicRoute {
     pub(crate) conns: Vec<Connection>,
     /// Whether this node subscribes to the topic itself.
     pub(crate) deliver: bool,
+    /// The topic's publication counter.
+    pub(crate) sequence: crate::sequence::Counter,
 }
 
 /// A publication validated by `Node::prepare`, with its route when the snapshot has one and it
@@ -260,8 +267,6 @@ pub(crate) struct Inner {
     pub(crate) peers: watch::Receiver<Arc<Vec<Peer>>>,
     pub(crate) streams: Arc<StreamRegistry>,
     pub(crate) routes: Arc<ArcSwap<Routes>>,
-    /// The node's publication counter: the sequence number of its last message.
-    pub(crate) sequence: AtomicU64,
     /// When the last `NoSubscribers` event was sent (microseconds since the node started), and
     /// how many unrouted publications since.
     pub(crate) unrouted: (AtomicU64, AtomicU64),
@@ -392,18 +397,13 @@ impl Node {
 
     /// A publication for the driver to route (best-effort, or a topic the snapshot lacks).
     fn driver_publish(&self, publication: Prepared<'_>) -> Command {
-        let sequence = self.next_sequence();
+        // The driver numbers it, from the topic's counter.
         Command::Publish {
             topic: publication.topic,
             payload: publication.payload,
             headers: publication.headers,
             delivery: publication.delivery,
-            sequence,
         }
-    }
-
-    fn next_sequence(&self) -> u64 {
-        self.inner.sequence.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Stamps a publication the snapshot routes (sequence number, clock, hop limit) and counts
@@ -422,7 +422,7 @@ impl Node {
             topic,
             payload,
             publisher: self.inner.id,
-            sequence: self.next_sequence(),
+            sequence: crate::sequence::next(&route.sequence),
             timestamp_micros: driver::wall_micros(),
             hop_limit,
             hops: 0,

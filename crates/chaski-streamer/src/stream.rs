@@ -64,7 +64,8 @@ pub struct Received {
     pub publisher: NodeId,
     /// The publisher's name, when this node knows it (a connected or known peer, or itself).
     pub publisher_name: Option<Arc<str>>,
-    /// The publisher's sequence number for it.
+    /// The publisher's sequence number for it, counted per topic from 1 (consecutive for the
+    /// messages one publisher sends on one topic).
     pub sequence: u64,
     /// The publisher's wall clock when it published, microseconds since the Unix epoch.
     pub timestamp_micros: u64,

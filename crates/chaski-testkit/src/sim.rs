@@ -95,7 +95,7 @@ pub struct Delivery {
     pub topic: Topic,
     /// The publisher.
     pub publisher: NodeId,
-    /// The publisher's sequence number.
+    /// The publisher's sequence number on the topic.
     pub sequence: u64,
     /// When it was delivered.
     pub at: Instant,
@@ -165,6 +165,7 @@ enum Ev {
     DialFailed {
         addr: SocketAddr,
         record: usize,
+        error: DialError,
     },
     Frame {
         conn: ConnId,
@@ -201,6 +202,8 @@ pub struct Sim {
     held: Vec<(usize, ConnId, Frame)>,
     /// Connections a transport replaced by a newer one, to close after the current step.
     transport_closes: Vec<(usize, ConnId)>,
+    /// Each node's publication counter per topic, as a driver keeps (kept across restarts).
+    sequences: HashMap<(usize, Topic), u64>,
 }
 
 impl Sim {
@@ -224,6 +227,7 @@ impl Sim {
             actions: VecDeque::new(),
             held: Vec::new(),
             transport_closes: Vec::new(),
+            sequences: HashMap::new(),
         }
     }
 
@@ -422,11 +426,13 @@ impl Sim {
         };
         let publisher = m.node_id();
         let p = m.publish(topic);
+        let sequence = self.sequences.entry((index, topic.clone())).or_default();
+        *sequence += 1;
         let msg = Message {
             topic: topic.clone(),
             payload,
             publisher,
-            sequence: p.sequence,
+            sequence: *sequence,
             timestamp_micros: now.as_micros(),
             hop_limit: p.hop_limit,
             hops: 0,
@@ -582,9 +588,13 @@ impl Sim {
                     m.handle_disconnected(now, conn, Disconnect::Goodbye(GoodbyeReason::Duplicate));
                 }
             }
-            Ev::DialFailed { addr, record } => {
+            Ev::DialFailed {
+                addr,
+                record,
+                error,
+            } => {
                 self.dials[record].failed_at = Some(now);
-                m.handle_dial_failed(now, addr, DialError::Unreachable);
+                m.handle_dial_failed(now, addr, error);
             }
             Ev::Frame { conn, frame } => {
                 node.last_rx.insert(conn, now);
@@ -671,7 +681,11 @@ impl Sim {
                     }
                     self.send_frame(index, conn, frame);
                 }
-                Action::Dial { addr, .. } => self.dial(index, addr),
+                Action::Dial {
+                    addr,
+                    peer,
+                    confirm,
+                } => self.dial(index, addr, peer.filter(|_| confirm)),
                 Action::Close { conn, reason } => self.close(index, conn, reason),
                 Action::SendDatagram { to, frame } => {
                     self.traffic.datagrams += 1;
@@ -744,7 +758,9 @@ impl Sim {
         self.schedule_at(at, peer, inc, Ev::Frame { conn, frame });
     }
 
-    fn dial(&mut self, index: usize, addr: SocketAddr) {
+    /// Node `index` dials `addr`; with `expect`, as a driver does for a learned address: the
+    /// node there must be `expect`, else the dial fails with `WrongPeer` after a round trip.
+    fn dial(&mut self, index: usize, addr: SocketAddr, expect: Option<NodeId>) {
         self.traffic.dials += 1;
         self.last_change = self.now;
         let record = self.dials.len();
@@ -759,20 +775,40 @@ impl Sim {
         let Some(peer) = target.filter(|&p| self.nodes[p].machine.is_some() && p != index) else {
             // Nobody listens there: refused after a round trip (a fixed 2 ms if unknown).
             let rtt = target.map_or(Duration::from_millis(2), |p| self.latency(index, p) * 2);
-            self.schedule_at(
-                self.now + rtt,
-                index,
-                my_inc,
-                Ev::DialFailed { addr, record },
-            );
+            let error = DialError::Unreachable;
+            let failed = Ev::DialFailed {
+                addr,
+                record,
+                error,
+            };
+            self.schedule_at(self.now + rtt, index, my_inc, failed);
             return;
         };
         if !self.reachable(index, peer) {
             let at = self.now + self.config.connect_timeout;
-            self.schedule_at(at, index, my_inc, Ev::DialFailed { addr, record });
+            let error = DialError::Unreachable;
+            let failed = Ev::DialFailed {
+                addr,
+                record,
+                error,
+            };
+            self.schedule_at(at, index, my_inc, failed);
             return;
         }
         let lat = self.latency(index, peer);
+        let found = self.nodes[peer].machine.as_ref().map(Membership::node_id);
+        if let (Some(expected), Some(found)) = (expect, found) {
+            if expected != found {
+                let error = DialError::WrongPeer { found };
+                let failed = Ev::DialFailed {
+                    addr,
+                    record,
+                    error,
+                };
+                self.schedule_at(self.now + lat * 2, index, my_inc, failed);
+                return;
+            }
+        }
         let my_id = self.nodes[index]
             .machine
             .as_ref()
@@ -1019,10 +1055,10 @@ impl Sim {
         }
         let mut seen = BTreeSet::new();
         for d in &self.deliveries {
-            if !seen.insert((d.node, d.publisher, d.sequence)) {
+            if !seen.insert((d.node, d.publisher, d.topic.clone(), d.sequence)) {
                 return Err(format!(
-                    "node {} got message {} of {} twice",
-                    d.node, d.sequence, d.publisher
+                    "node {} got message {} of {} on {} twice",
+                    d.node, d.sequence, d.publisher, d.topic
                 ));
             }
         }

@@ -30,6 +30,7 @@ pub struct Config {
     pub(crate) read_buffer: usize,
     pub(crate) max_write_batch: usize,
     pub(crate) max_frame_len: usize,
+    pub(crate) max_control_frame_len: usize,
     pub(crate) max_datagram_len: usize,
     pub(crate) linger: Duration,
     pub(crate) udp: bool,
@@ -52,6 +53,7 @@ impl Default for Config {
             read_buffer: 64 << 10,
             max_write_batch: 256 << 10,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_control_frame_len: chaski_wire::DEFAULT_MAX_CONTROL_FRAME_LEN,
             max_datagram_len: 8 << 10,
             linger: Duration::from_secs(1),
             udp: true,
@@ -112,6 +114,12 @@ impl Config {
     /// The maximum frame length (body bytes, without the length prefix), both directions.
     pub fn max_frame_len(&self) -> usize {
         self.max_frame_len
+    }
+
+    /// The maximum control frame length (every kind but messages and status responses),
+    /// received.
+    pub fn max_control_frame_len(&self) -> usize {
+        self.max_control_frame_len.min(self.max_frame_len)
     }
 
     /// The maximum UDP datagram (length prefix included), both directions.
@@ -253,6 +261,19 @@ impl ConfigBuilder {
         self
     }
 
+    /// The maximum length of a received control frame: any kind but `Publish` (messages) and
+    /// `StatusResponse`. A longer one closes the connection
+    /// (`DecodeError::ControlFrameTooLarge`, counted as `too_large`) as soon as its first bytes
+    /// arrive: a control frame is decoded whole before its lists are checked, so this bounds
+    /// what decoding one can cost. Capped by `max_frame_len`.
+    ///
+    /// Default: [`DEFAULT_MAX_CONTROL_FRAME_LEN`](chaski_wire::DEFAULT_MAX_CONTROL_FRAME_LEN)
+    /// (1 MiB), which every frame a Chaski node sends fits. Must be at least 1 KiB.
+    pub fn max_control_frame_len(mut self, bytes: usize) -> ConfigBuilder {
+        self.config.max_control_frame_len = bytes;
+        self
+    }
+
     /// The maximum UDP datagram, length prefix included. Larger datagrams are refused when sending
     /// and dropped (and counted) when received.
     ///
@@ -355,6 +376,7 @@ impl ConfigBuilder {
         at_least("read_buffer", c.read_buffer, 1 << 10)?;
         at_least("max_write_batch", c.max_write_batch, 1 << 10)?;
         at_least("max_frame_len", c.max_frame_len, 1 << 10)?;
+        at_least("max_control_frame_len", c.max_control_frame_len, 1 << 10)?;
         at_least("max_datagram_len", c.max_datagram_len, 64)?;
         if c.max_frame_len > MAX_FRAME_LEN_LIMIT {
             return Err(ConfigError::TooLarge {

@@ -18,9 +18,9 @@ use std::{
 
 use bytes::{Buf, Bytes, BytesMut};
 use chaski_wire::{
-    EncodeError, Frame, Goodbye, GoodbyeReason, Hello, LENGTH_PREFIX_LEN, MAX_FRAME_LEN_LIMIT,
-    Message, NodeId, decode_frame, encode_frame, encode_message, encode_message_head,
-    peek_frame_len,
+    EncodeError, Frame, FrameLimits, Goodbye, GoodbyeReason, Hello, LENGTH_PREFIX_LEN,
+    MAX_FRAME_LEN_LIMIT, Message, NodeId, decode_frame_limited, encode_frame, encode_message,
+    encode_message_head, peek_frame,
 };
 use tokio::{
     io::ReadHalf,
@@ -226,6 +226,8 @@ pub(crate) struct Shared {
     /// duplicate tie-break.
     pub(crate) dialer_key: (NodeId, u64),
     pub(crate) max_frame_len: usize,
+    /// What the reader accepts, per kind.
+    pub(crate) limits: FrameLimits,
     pub(crate) established_at: Instant,
     pub(crate) traffic: Traffic,
     pub(crate) closed: AtomicBool,
@@ -719,14 +721,14 @@ where
     let mut batch_bytes = buf.len() as u64;
     let reason = 'conn: loop {
         // Decode everything buffered, into a vector sized from the first frame's length.
-        let estimate = peek_frame_len(&buf, shared.max_frame_len)
+        let estimate = peek_frame(&buf, shared.limits)
             .ok()
             .flatten()
             .map_or(0, |len| buf.len() / (LENGTH_PREFIX_LEN + len.max(1)) + 1);
         let mut frames = Vec::with_capacity(estimate.min(4096));
         let mut end = None;
         loop {
-            match decode_frame(&mut buf, shared.max_frame_len) {
+            match decode_frame_limited(&mut buf, shared.limits) {
                 Ok(Some(Frame::Goodbye(goodbye))) => {
                     end = Some(CloseReason::Goodbye {
                         by: Side::Remote,
@@ -772,7 +774,7 @@ where
 
         // Make room: a read-buffer's worth, or what the pending frame still needs (its length is
         // already checked against the maximum).
-        let pending = peek_frame_len(&buf, shared.max_frame_len)
+        let pending = peek_frame(&buf, shared.limits)
             .ok()
             .flatten()
             .map_or(0, |len| (LENGTH_PREFIX_LEN + len).saturating_sub(buf.len()));

@@ -13,7 +13,7 @@ use std::{
 };
 
 use bytes::BytesMut;
-use chaski_wire::{Frame, GoodbyeReason, Hello, NodeId, encode_frame};
+use chaski_wire::{Frame, FrameLimits, GoodbyeReason, Hello, NodeId, encode_frame};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
@@ -229,6 +229,25 @@ impl Endpoint {
     /// [`Error::Duplicate`] when a connection to the same node already exists and wins the
     /// tie-break (see the crate docs).
     pub async fn connect(&self, addr: SocketAddr) -> Result<Connection, Error> {
+        self.dial(addr, None).await
+    }
+
+    /// As [`connect`](Endpoint::connect), for an address someone else gave for `node`: this
+    /// side reads first and sends its hello only once the peer's hello names `node`. Another
+    /// node there fails the dial with [`HandshakeError::UnexpectedPeer`] (counted as
+    /// `unexpected_peer`), having learned nothing from this one: a made-up address cannot make
+    /// a node introduce itself to whatever listens there.
+    ///
+    /// [`HandshakeError::UnexpectedPeer`]: crate::HandshakeError::UnexpectedPeer
+    pub async fn connect_expecting(
+        &self,
+        addr: SocketAddr,
+        node: NodeId,
+    ) -> Result<Connection, Error> {
+        self.dial(addr, Some(node)).await
+    }
+
+    async fn dial(&self, addr: SocketAddr, expect: Option<NodeId>) -> Result<Connection, Error> {
         let inner = &self.inner;
         let permit = inner.outbound_permit()?;
         add(&inner.counters.dialed, 1);
@@ -251,6 +270,7 @@ impl Endpoint {
             addr,
             Direction::Outbound,
             (permit, None),
+            expect,
         )
         .await
     }
@@ -283,6 +303,7 @@ impl Endpoint {
             remote_addr,
             direction,
             (permit, None),
+            None,
         )
         .await
     }
@@ -509,6 +530,7 @@ async fn accept_loop(
                         addr,
                         Direction::Inbound,
                         (permit, Some(slot)),
+                        None,
                     )
                     .await
                     {
@@ -563,6 +585,7 @@ async fn establish<S>(
     remote_addr: SocketAddr,
     direction: Direction,
     (permit, slot): (OwnedSemaphorePermit, Option<IpSlot>),
+    expect: Option<NodeId>,
 ) -> Result<Connection, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -584,7 +607,7 @@ where
     }
     let exchanged = tokio::time::timeout(
         config.handshake_timeout,
-        handshake::exchange(&mut stream, &encoded),
+        handshake::exchange(&mut stream, &encoded, expect),
     )
     .await
     .unwrap_or(Err(HandshakeError::Timeout(config.handshake_timeout)));
@@ -647,6 +670,10 @@ where
             remote_hello,
             dialer_key,
             max_frame_len: config.max_frame_len,
+            limits: FrameLimits {
+                max_frame_len: config.max_frame_len,
+                max_control_frame_len: config.max_control_frame_len(),
+            },
             established_at: Instant::now(),
             traffic: Traffic::default(),
             closed: AtomicBool::new(false),

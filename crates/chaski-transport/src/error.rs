@@ -136,10 +136,20 @@ pub enum HandshakeError {
         /// The peer's explanation.
         message: String,
     },
+    /// A dial by [`Endpoint::connect_expecting`](crate::Endpoint::connect_expecting) found
+    /// another node than the one expected; nothing was sent to it.
+    #[error("expected node {expected}, found {found}; nothing was sent to it")]
+    UnexpectedPeer {
+        /// The node the dial was for.
+        expected: NodeId,
+        /// The node that answered.
+        found: NodeId,
+    },
 }
 
 impl HandshakeError {
-    /// A short, stable label: `timeout`, `eof`, `io`, `unexpected_frame`, `refused`, or the
+    /// A short, stable label: `timeout`, `eof`, `io`, `unexpected_frame`, `refused`,
+    /// `unexpected_peer`, or the
     /// [`DecodeError::cause`] label (`magic`, `version`, `malformed`, `too_large`, ...).
     pub fn cause(&self) -> &'static str {
         match self {
@@ -149,6 +159,7 @@ impl HandshakeError {
             HandshakeError::Decode(e) => e.cause(),
             HandshakeError::UnexpectedFrame { .. } => "unexpected_frame",
             HandshakeError::Refused { .. } => "refused",
+            HandshakeError::UnexpectedPeer { .. } => "unexpected_peer",
         }
     }
 }

@@ -1,11 +1,15 @@
 //! The handshake: each side writes its `Hello`, then reads the peer's; the peer's first frame must
 //! be a `Hello` (or a `Goodbye` refusing the connection) of at most [`MAX_HELLO_LEN`] bytes.
+//!
+//! A dial that expects a given node (an address learned from the network, not yet confirmed)
+//! reads first and writes its own hello only once the peer's names that node: an address
+//! someone made up learns nothing from us.
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use chaski_wire::{
-    DEFAULT_MAX_FRAME_LEN, Frame, Goodbye, GoodbyeReason, Hello, decode_frame, encode_frame,
+    DEFAULT_MAX_FRAME_LEN, Frame, Goodbye, GoodbyeReason, Hello, NodeId, decode_frame, encode_frame,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -13,19 +17,37 @@ use crate::{HandshakeError, MAX_HELLO_LEN};
 
 /// Sends `hello` (already encoded) and reads the peer's. Returns the peer's `Hello` and whatever
 /// the peer sent after it (frames that belong to the connection).
+///
+/// With `expect`, reads first, and sends `hello` only if the peer's names that node
+/// ([`HandshakeError::UnexpectedPeer`] otherwise).
 pub(crate) async fn exchange<S>(
     stream: &mut S,
     hello: &[u8],
+    expect: Option<NodeId>,
 ) -> Result<(Hello, BytesMut), HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    stream.write_all(hello).await?;
-    stream.flush().await?;
+    if expect.is_none() {
+        stream.write_all(hello).await?;
+        stream.flush().await?;
+    }
     let mut buf = BytesMut::with_capacity(4 << 10);
     loop {
         match decode_frame(&mut buf, MAX_HELLO_LEN)? {
-            Some(Frame::Hello(hello)) => return Ok((hello, buf)),
+            Some(Frame::Hello(theirs)) => {
+                if let Some(expected) = expect {
+                    if theirs.node_id != expected {
+                        return Err(HandshakeError::UnexpectedPeer {
+                            expected,
+                            found: theirs.node_id,
+                        });
+                    }
+                    stream.write_all(hello).await?;
+                    stream.flush().await?;
+                }
+                return Ok((theirs, buf));
+            }
             Some(Frame::Goodbye(goodbye)) => {
                 return Err(HandshakeError::Refused {
                     reason: goodbye.reason,

@@ -75,6 +75,7 @@
 //! | event queue per endpoint | [`Config::event_queue`], 1024 batches of at most one read (64 KiB) | readers stop reading (TCP backpressure) |
 //! | read buffer per connection | [`Config::read_buffer`] (64 KiB), grown up to one frame | the frame must fit `max_frame_len` |
 //! | frame | [`Config::max_frame_len`], 16 MiB | `SendError::Encode` / connection closed with `FrameTooLarge` |
+//! | control frame received (all kinds but `Publish` and `StatusResponse`) | [`Config::max_control_frame_len`], 1 MiB, checked on the body's first byte | connection closed with `ControlFrameTooLarge` (counted as `too_large`) |
 //! | hello | [`MAX_HELLO_LEN`], 64 KiB | handshake fails with `FrameTooLarge` |
 //! | datagram | [`Config::max_datagram_len`], 8 KiB | `DatagramError::TooLarge` / dropped and counted |
 //!

@@ -8,7 +8,7 @@ use std::{
 
 /// Every cause label the transport counts (decode, handshake and loss causes). A label not in
 /// this list is counted as `other`.
-const CAUSES: [&str; 18] = [
+const CAUSES: [&str; 19] = [
     "too_large",
     "malformed",
     "unknown_kind",
@@ -21,6 +21,7 @@ const CAUSES: [&str; 18] = [
     "io",
     "unexpected_frame",
     "refused",
+    "unexpected_peer",
     "truncated",
     "read",
     "write",

@@ -321,3 +321,52 @@ async fn the_local_hello_can_change_at_run_time() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_that_expects_a_node_says_nothing_to_another() -> Result<()> {
+    bounded(async {
+        let (client, _events) = endpoint("client", Config::default()).await?;
+        // Something at a learned address that speaks Chaski but is not the node expected.
+        let listener = tokio::net::TcpListener::bind(localhost()).await?;
+        let addr = listener.local_addr()?;
+        let impostor = NodeId::random();
+        let heard = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut stream, _) = listener.accept().await?;
+            let mut hello_bytes = bytes::BytesMut::new();
+            chaski_wire::encode_frame(
+                &Frame::Hello(hello("impostor", impostor)),
+                &mut hello_bytes,
+                1 << 16,
+            )?;
+            stream.write_all(&hello_bytes).await?;
+            // Everything the dialer says, until it closes.
+            let mut heard = Vec::new();
+            stream.read_to_end(&mut heard).await?;
+            Ok::<_, anyhow::Error>(heard)
+        });
+        let expected = NodeId::random();
+        match client.connect_expecting(addr, expected).await {
+            Err(Error::Handshake { source, .. }) => {
+                assert_eq!(source.cause(), "unexpected_peer");
+                assert!(source.to_string().contains("nothing was sent"), "{source}");
+            }
+            other => bail!("expected an unexpected peer, got {other:?}"),
+        }
+        let heard = heard.await??;
+        assert!(heard.is_empty(), "the dialer sent {} bytes", heard.len());
+        assert_eq!(client.stats().handshake_failures.get("unexpected_peer"), 1);
+
+        // The node expected is there: the dial completes as any other.
+        let (server, mut server_events) = endpoint("server", Config::default()).await?;
+        let server_id = server.hello().node_id;
+        let connection = client
+            .connect_expecting(server.local_addr(), server_id)
+            .await?;
+        assert_eq!(connection.node_id(), server_id);
+        let inbound = connected(&mut server_events).await?;
+        assert_eq!(inbound.node_id(), client.hello().node_id);
+        Ok(())
+    })
+    .await
+}

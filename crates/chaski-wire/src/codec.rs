@@ -24,6 +24,47 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 16 << 20;
 /// The largest maximum frame length a configuration may set: what a 4-byte prefix can express.
 pub const MAX_FRAME_LEN_LIMIT: usize = u32::MAX as usize;
 
+/// The default maximum length of a *control* frame body: every kind but `Publish` (messages) and
+/// `StatusResponse` (a node's whole table, read by tools), 1 MiB.
+///
+/// A control frame is decoded whole before its lists are checked, and decoded structures take
+/// several times the bytes of the frame; this limit, checked on the first byte of the body
+/// before the rest has arrived, keeps that cost small. Every frame a node sends fits it (peer
+/// exchanges are cut to fit).
+pub const DEFAULT_MAX_CONTROL_FRAME_LEN: usize = 1 << 20;
+
+/// The field numbers of the frame kinds that may be as large as the frame maximum.
+const LARGE_KINDS: [u8; 2] = [3, 14];
+
+/// The lengths a reader accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Any frame's body at most.
+    pub max_frame_len: usize,
+    /// A control frame's body at most (see [`DEFAULT_MAX_CONTROL_FRAME_LEN`]).
+    pub max_control_frame_len: usize,
+}
+
+impl FrameLimits {
+    /// Limits of `max_frame_len` for every kind.
+    pub const fn uniform(max_frame_len: usize) -> FrameLimits {
+        FrameLimits {
+            max_frame_len,
+            max_control_frame_len: max_frame_len,
+        }
+    }
+}
+
+impl Default for FrameLimits {
+    /// [`DEFAULT_MAX_FRAME_LEN`] and [`DEFAULT_MAX_CONTROL_FRAME_LEN`].
+    fn default() -> FrameLimits {
+        FrameLimits {
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_control_frame_len: DEFAULT_MAX_CONTROL_FRAME_LEN,
+        }
+    }
+}
+
 /// Encodes `frame` with its length prefix at the end of `dst`.
 ///
 /// Fails without writing anything when the body would exceed `max_frame_len`: the peer would
@@ -158,6 +199,12 @@ fn header_len(key: &str, value: &Bytes) -> usize {
     key + value
 }
 
+/// The body length of a `Publish` frame carrying `m`.
+pub(crate) fn publish_frame_len(m: &Message) -> usize {
+    let body = publish_body_len(m);
+    1 + encoded_len_varint(body as u64) + body
+}
+
 fn publish_body_len(m: &Message) -> usize {
     let varint = |v: u64| if v == 0 { 0 } else { 1 + encoded_len_varint(v) };
     delimited_len(m.topic.len())
@@ -201,6 +248,46 @@ pub fn peek_frame_len(src: &[u8], max_frame_len: usize) -> Result<Option<usize>,
     Ok(Some(len))
 }
 
+/// As [`peek_frame_len`], and once the first byte of the body is there, checks the length
+/// against the limit of the frame's kind: a control frame over `max_control_frame_len` is
+/// [`DecodeError::ControlFrameTooLarge`] before the rest of it is read.
+pub fn peek_frame(src: &[u8], limits: FrameLimits) -> Result<Option<usize>, DecodeError> {
+    let Some(len) = peek_frame_len(src, limits.max_frame_len)? else {
+        return Ok(None);
+    };
+    if len > limits.max_control_frame_len {
+        if let Some(&key) = src.get(LENGTH_PREFIX_LEN) {
+            // A one-byte key names a field below 16; a longer one, a kind this revision does
+            // not know (which may not be large either).
+            let field = if key < 0x80 { key >> 3 } else { u8::MAX };
+            if !LARGE_KINDS.contains(&field) {
+                return Err(DecodeError::ControlFrameTooLarge {
+                    kind: u32::from(field),
+                    len,
+                    max: limits.max_control_frame_len,
+                });
+            }
+        }
+    }
+    Ok(Some(len))
+}
+
+/// As [`decode_frame`], with a limit per kind ([`peek_frame`]).
+pub fn decode_frame_limited(
+    src: &mut BytesMut,
+    limits: FrameLimits,
+) -> Result<Option<Frame>, DecodeError> {
+    let Some(len) = peek_frame(src, limits)? else {
+        return Ok(None);
+    };
+    if src.len() < LENGTH_PREFIX_LEN + len {
+        return Ok(None);
+    }
+    src.advance(LENGTH_PREFIX_LEN);
+    let body = src.split_to(len).freeze();
+    decode_frame_body(body).map(Some)
+}
+
 /// Decodes the next frame from the front of `src`.
 ///
 /// * `Ok(Some(frame))`: a frame was removed from `src`; its payloads are zero-copy slices of it.
@@ -212,15 +299,7 @@ pub fn decode_frame(
     src: &mut BytesMut,
     max_frame_len: usize,
 ) -> Result<Option<Frame>, DecodeError> {
-    let Some(len) = peek_frame_len(src, max_frame_len)? else {
-        return Ok(None);
-    };
-    if src.len() < LENGTH_PREFIX_LEN + len {
-        return Ok(None);
-    }
-    src.advance(LENGTH_PREFIX_LEN);
-    let body = src.split_to(len).freeze();
-    decode_frame_body(body).map(Some)
+    decode_frame_limited(src, FrameLimits::uniform(max_frame_len))
 }
 
 /// Decodes a frame body (without its length prefix). Byte fields of the result are slices of

@@ -17,6 +17,17 @@ pub enum DecodeError {
         /// The configured maximum.
         max: usize,
     },
+    /// A control frame (any kind but `Publish` and `StatusResponse`) longer than the maximum for
+    /// control frames. Nothing was allocated for it.
+    #[error("control frame (kind {kind}) of {len} bytes exceeds the maximum of {max} bytes")]
+    ControlFrameTooLarge {
+        /// The protobuf field number of its kind (255 for a kind of 16 or more).
+        kind: u32,
+        /// The length the prefix announced.
+        len: usize,
+        /// The maximum for control frames.
+        max: usize,
+    },
     /// The frame body is not valid protobuf for a `Frame`.
     #[error("malformed frame: {0}")]
     Malformed(#[from] prost::DecodeError),
@@ -67,7 +78,9 @@ impl DecodeError {
     /// `unknown_kind`, `version`, `magic`, `invalid_field` or `datagram_length`.
     pub fn cause(&self) -> &'static str {
         match self {
-            DecodeError::FrameTooLarge { .. } => "too_large",
+            DecodeError::FrameTooLarge { .. } | DecodeError::ControlFrameTooLarge { .. } => {
+                "too_large"
+            }
             DecodeError::Malformed(_) => "malformed",
             DecodeError::UnknownKind { .. } => "unknown_kind",
             DecodeError::VersionMismatch { .. } => "version",

@@ -56,6 +56,17 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// The length of the frame's encoded body (without its length prefix), as
+    /// [`encode_frame`](crate::encode_frame) writes it. Builds the protobuf form of a control
+    /// frame to measure it: meant for deciding what fits a frame, not for the hot path.
+    pub fn encoded_len(&self) -> usize {
+        use prost::Message as _;
+        match self {
+            Frame::Publish(m) => crate::codec::publish_frame_len(m),
+            other => other.to_proto().encoded_len(),
+        }
+    }
+
     /// The frame's kind as a short, stable name (`"hello"`, `"publish"`, ...), for logs and
     /// counters.
     pub fn kind(&self) -> &'static str {

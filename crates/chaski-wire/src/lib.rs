@@ -61,8 +61,9 @@ mod proto;
 pub use crate::{codec::FrameCodec, error::CodecError};
 pub use crate::{
     codec::{
-        DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN, MAX_FRAME_LEN_LIMIT, decode_datagram,
-        decode_frame, decode_frame_body, encode_frame, encode_message, encode_message_head,
+        DEFAULT_MAX_CONTROL_FRAME_LEN, DEFAULT_MAX_FRAME_LEN, FrameLimits, LENGTH_PREFIX_LEN,
+        MAX_FRAME_LEN_LIMIT, decode_datagram, decode_frame, decode_frame_body,
+        decode_frame_limited, encode_frame, encode_message, encode_message_head, peek_frame,
         peek_frame_len,
     },
     error::{DecodeError, EncodeError},

@@ -824,3 +824,70 @@ fn tokio_codec_round_trips_and_enforces_the_maximum() {
     ));
     assert_eq!(FrameCodec::default().max_frame_len(), DEFAULT_MAX_FRAME_LEN);
 }
+
+#[test]
+fn a_long_control_frame_is_refused_on_its_first_byte() {
+    let limits = FrameLimits {
+        max_frame_len: 4 << 20,
+        max_control_frame_len: 1 << 20,
+    };
+    // Only the prefix and the kind's key have arrived: 2 MiB announced.
+    let head = |key: u8| {
+        let mut b = BytesMut::new();
+        b.put_u32(2 << 20);
+        b.put_u8(key);
+        b
+    };
+    // PeerExchange is field 8, length-delimited: key 8 << 3 | 2.
+    let mut exchange = head(8 << 3 | 2);
+    match decode_frame_limited(&mut exchange, limits) {
+        Err(DecodeError::ControlFrameTooLarge { kind: 8, len, max }) => {
+            assert_eq!((len, max), (2 << 20, 1 << 20));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(exchange.len(), 5, "nothing consumed, nothing reserved");
+    // A kind of field 16 or more (a two-byte key) is not let through either.
+    assert!(matches!(
+        peek_frame(&[0, 0x20, 0, 0, 0x82, 0x01], limits),
+        Err(DecodeError::ControlFrameTooLarge { kind: 255, .. })
+    ));
+    // Messages (3) and status responses (14) may be as long as any frame; they wait for more.
+    for key in [3 << 3 | 2, 14 << 3 | 2] {
+        let mut b = head(key);
+        assert!(matches!(decode_frame_limited(&mut b, limits), Ok(None)));
+    }
+    // Before the first body byte nothing is known: wait.
+    assert!(matches!(peek_frame(&[0, 0x20, 0, 0], limits), Ok(Some(_))));
+    // Within the control limit, a control frame decodes as usual.
+    let ping = Frame::Ping(Ping {
+        id: 7,
+        ..Ping::default()
+    });
+    let mut b = BytesMut::new();
+    encode_frame(&ping, &mut b, DEFAULT_MAX_FRAME_LEN).unwrap();
+    assert_eq!(ping.encoded_len() + LENGTH_PREFIX_LEN, b.len());
+    assert_eq!(decode_frame_limited(&mut b, limits).unwrap(), Some(ping));
+    assert_eq!(
+        FrameLimits::default().max_control_frame_len,
+        DEFAULT_MAX_CONTROL_FRAME_LEN
+    );
+}
+
+#[test]
+fn encoded_len_matches_the_encoder_for_messages() {
+    let message = Message {
+        topic: Topic::new("t").unwrap(),
+        payload: Bytes::from_static(b"hello"),
+        publisher: NodeId::from_u128(9),
+        sequence: 300,
+        timestamp_micros: 1,
+        hop_limit: 8,
+        hops: 1,
+        headers: Vec::new(),
+    };
+    let frame = Frame::Publish(message);
+    let mut b = BytesMut::new();
+    encode_frame(&frame, &mut b, DEFAULT_MAX_FRAME_LEN).unwrap();
+    assert_eq!(frame.encoded_len() + LENGTH_PREFIX_LEN, b.len());
+}

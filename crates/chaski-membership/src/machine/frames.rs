@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// Bytes of peer infos in one peer exchange at most: what fits a control frame with room to
+/// spare, so that the receiver's default limit never closes the connection.
+const EXCHANGE_BYTES: usize = chaski_wire::DEFAULT_MAX_CONTROL_FRAME_LEN - (64 << 10);
+
 impl Membership {
     pub(super) fn send_ping(&mut self, now: Instant, conn: ConnId, id: Option<PingId>, size: u32) {
         let wire_id = self.next_wire_ping;
@@ -570,10 +574,28 @@ impl Membership {
         if chosen.is_empty() {
             return;
         }
-        let peers = chosen
-            .into_iter()
-            .filter_map(|id| self.known.get(&id).map(|k| k.info.clone()))
-            .collect();
+        // As many as fit a control frame (the receiver's limit), in order of choice.
+        let mut peers = Vec::with_capacity(chosen.len());
+        let mut len = 0;
+        for id in chosen {
+            let Some(k) = self.known.get(&id) else {
+                continue;
+            };
+            let one = Frame::PeerExchange(PeerExchange {
+                peers: vec![k.info.clone()],
+            });
+            len += one.encoded_len();
+            if len > EXCHANGE_BYTES {
+                self.counters.exchanges_cut += 1;
+                break;
+            }
+            if let Frame::PeerExchange(mut one) = one {
+                peers.append(&mut one.peers);
+            }
+        }
+        if peers.is_empty() {
+            return;
+        }
         self.send(conn, Frame::PeerExchange(PeerExchange { peers }));
     }
 

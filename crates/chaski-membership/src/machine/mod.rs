@@ -23,7 +23,7 @@ use chaski_wire::{
 
 use crate::{
     config::Config,
-    dedup::{DuplicateFilter, Seen},
+    dedup::{self, DuplicateFilter, Seen},
     event::{
         Action, ConnId, Counters, DatagramTarget, DialError, Disconnect, DiscoverySource,
         DownReason, DropKind, Event, PeerSnapshot, PingId, Publication, Route,
@@ -214,7 +214,6 @@ pub struct Membership {
     dedup: DuplicateFilter,
     dead: HashMap<NodeId, Instant>,
     dead_order: VecDeque<NodeId>,
-    sequence: u64,
     route_index: HashMap<Topic, Vec<ConnId>, foldhash::fast::RandomState>,
     relay_conns: Vec<ConnId>,
     route_dirty: bool,
@@ -257,10 +256,9 @@ impl Membership {
             searches: HashMap::new(),
             search_order: VecDeque::new(),
             next_search_at: None,
-            dedup: DuplicateFilter::new(config.dedup_publishers),
+            dedup: DuplicateFilter::new(config.dedup_streams),
             dead: HashMap::new(),
             dead_order: VecDeque::new(),
-            sequence: 0,
             route_index: HashMap::default(),
             relay_conns: Vec::new(),
             route_dirty: true,
@@ -699,6 +697,16 @@ impl Membership {
                 self.self_addrs.insert(addr);
                 return self.after(now);
             }
+            DialError::WrongPeer { found } => {
+                self.counters.misdirected_dials += 1;
+                if let Some(expected) = dial.peer.filter(|&e| e != found) {
+                    if self.known.get(&expected).is_some_and(|k| k.conn.is_none()) {
+                        self.forget(expected);
+                        self.bury(expected, now);
+                    }
+                }
+                return self.after(now);
+            }
             DialError::Duplicate { peer } => {
                 if let Some(expected) = dial.peer.filter(|&e| e != peer) {
                     // Another node answers at that address now (as in `handle_connected`).
@@ -923,10 +931,10 @@ impl Membership {
         self.timers.clear();
     }
 
-    /// Publishes on `topic`: assigns the next sequence number and says which connections need
-    /// the message (filtering at the sender). Allocation-free once warm.
+    /// Publishes on `topic`: says which connections need the message (filtering at the
+    /// sender). Allocation-free once warm. Numbering is the driver's: 1, 2, 3, ... per topic, as
+    /// the duplicate filter expects ([`crate::dedup`]).
     pub fn publish(&mut self, topic: &Topic) -> Publication<'_> {
-        self.sequence += 1;
         self.rebuild_routes();
         self.scratch.clear();
         match self.route_index.get(topic) {
@@ -935,7 +943,6 @@ impl Membership {
             _ => self.scratch.extend_from_slice(&self.relay_conns),
         }
         Publication {
-            sequence: self.sequence,
             hop_limit: self.config.message_hop_limit,
             deliver: self.wants(topic),
             forward: &self.scratch,
@@ -945,12 +952,16 @@ impl Membership {
     /// Routes a message received on connection `from` (`None` for a best-effort datagram the
     /// driver could not attribute to a connection): whether to deliver it locally and where to
     /// forward it, after the duplicate filter and the hop limit. Counts as a sign of life of
-    /// `from`. Allocation-free once warm (except for a publisher seen for the first time).
+    /// `from`. Allocation-free once warm (except for a stream, publisher and topic, seen for the
+    /// first time).
     ///
-    /// A message is believed only within reason ([`crate::limits`]): one that claims to come
-    /// straight from its publisher (hop count 0) from a peer that is not that publisher, or a
-    /// second-hand one implausibly far ahead of the publisher's sequence, is a protocol
-    /// violation: it is neither delivered nor forwarded, and `from` is closed.
+    /// A message is believed only within reason ([`crate::limits`]). One that claims to come
+    /// straight from its publisher (hop count 0) from a peer that is not that publisher is a
+    /// protocol violation: it is neither delivered nor forwarded, and `from` is closed. A
+    /// second-hand one implausibly far ahead of its stream's sequence (see [`crate::dedup`]) is
+    /// refused and counted as a violation too, but `from` stays open: an honest neighbour
+    /// forwards such a jump as well when this node has missed messages, until a second peer (or
+    /// the publisher, or time) confirms it.
     pub fn route(&mut self, now: Instant, from: Option<ConnId>, msg: &Message) -> Route<'_> {
         self.route_checked(now, from, msg, true)
     }
@@ -987,15 +998,33 @@ impl Membership {
         let seen = if verdict.is_some() || msg.publisher == self.me {
             Seen::Duplicate
         } else {
-            self.dedup.check(msg.publisher, msg.sequence, first_hand)
+            let by = if first_hand {
+                dedup::From::Publisher
+            } else {
+                // A datagram's source can be spoofed: it never counts as a second peer's word.
+                dedup::From::Relay(sender.filter(|_| reliable))
+            };
+            self.dedup
+                .check(now, msg.publisher, &msg.topic, msg.sequence, by)
         };
-        if seen == Seen::Implausible {
-            verdict = Some(Violation::ImplausibleSequence);
-        }
         if self.dedup.evictions != evictions {
             self.event(Event::Dropped {
-                kind: DropKind::DedupPublisher,
+                kind: DropKind::DedupStream,
             });
+        }
+        if seen == Seen::Implausible {
+            // Refused and counted, but the connection stays: an honest neighbour forwards such a
+            // jump too, after this node missed messages (until a second peer confirms it).
+            self.counters.messages_rejected += 1;
+            if let (true, Some(conn), Some(peer)) = (reliable, from, sender) {
+                self.count_violation(peer, conn, Violation::ImplausibleSequence);
+            }
+            return Route {
+                deliver: false,
+                duplicate: true,
+                forward: &self.scratch,
+                hop_limit: 0,
+            };
         }
         if let Some(kind) = verdict {
             self.counters.messages_rejected += 1;

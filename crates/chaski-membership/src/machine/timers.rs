@@ -162,7 +162,11 @@ impl Membership {
         }
         self.dials.insert(addr, Dial { peer, source });
         self.counters.dials += 1;
-        self.push(Action::Dial { addr, peer });
+        self.push(Action::Dial {
+            addr,
+            peer,
+            confirm: learned && peer.is_some(),
+        });
         true
     }
 
