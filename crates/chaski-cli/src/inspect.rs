@@ -271,7 +271,9 @@ async fn status(
                             ..
                         }
                     ) {
-                        " (another network: give its --network-id)"
+                        " (unauthorized: a node answers only tools on its own host, unless \
+                         started with status_from_anywhere; or it is another network: give its \
+                         --network-id)"
                     } else {
                         ""
                     };

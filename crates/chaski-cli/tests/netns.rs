@@ -443,3 +443,46 @@ fn a_split_lan_keeps_delivering_in_each_half_and_heals_into_one_graph() {
     observe_until(&lan, 0, window_end);
     lan.assert_connections_bounded(&[0, 1, 2, 3], split, window_end);
 }
+
+#[test]
+fn the_peer_table_is_shown_only_to_tools_on_the_nodes_own_host() {
+    let mut lan = Lan::new(2);
+    lan.subscriber(0);
+    let listening = |l: &Line| log(l).is_some_and(|(m, _)| m.starts_with("listening"));
+    assert!(
+        lan.node(0)
+            .wait_line(0, Duration::from_secs(10), listening)
+            .is_some(),
+        "h0 never listened: {}",
+        lan.tail(0)
+    );
+    let node = format!("{}:{PORT}", lan.bed.addr(0));
+    // From the node's own host: answered.
+    let mut local = lan
+        .bed
+        .spawn(
+            0,
+            "peers-local",
+            chaski(),
+            &["peers", &node, "--format", "json"],
+        )
+        .expect("cannot start chaski peers");
+    assert_eq!(
+        local.wait(Duration::from_secs(10)).unwrap(),
+        Some(0),
+        "{:?}",
+        local.lines()
+    );
+    // From another host on the LAN: refused, with a reason a person can act on.
+    let mut remote = lan
+        .bed
+        .spawn(1, "peers-remote", chaski(), &["peers", &node])
+        .expect("cannot start chaski peers");
+    let code = remote.wait(Duration::from_secs(10)).unwrap();
+    let said: Vec<String> = remote.lines().into_iter().map(|l| l.text).collect();
+    assert_ne!(code, Some(0), "answered from another host: {said:?}");
+    assert!(
+        said.iter().any(|l| l.contains("unauthorized")),
+        "no reason given: {said:?}"
+    );
+}

@@ -432,8 +432,9 @@ impl ConfigBuilder {
     setter! {
         /// Whether status requests (the peer table: ids, names, addresses, topics, round trips,
         /// traffic) are answered on connections from any address. Off by default: only a
-        /// requester connected from a loopback address (or one whose address the driver did
-        /// not give to `handle_connected`) is answered; any other is closed with
+        /// requester on this host (connected from a loopback address or from one of
+        /// `listen_addrs`' addresses, or one whose address the driver did not give to
+        /// `handle_connected`) is answered; any other is closed with
         /// `Goodbye(Unauthorized)`. Default: false.
         status_from_anywhere: bool
     }

@@ -215,8 +215,9 @@ impl NodeBuilder {
     }
 
     /// Answer status requests (`chaski peers`: the peer table with ids, addresses, topics,
-    /// round trips and traffic) from any address. Default: false: only requesters connected
-    /// from a loopback address are answered; others are closed with `Goodbye(Unauthorized)`.
+    /// round trips and traffic) from any address. Default: false: only requesters on this host
+    /// (connected from a loopback address, or from the address the node listens on) are
+    /// answered; others are closed with `Goodbye(Unauthorized)`.
     pub fn status_from_anywhere(mut self, yes: bool) -> NodeBuilder {
         self.status_from_anywhere = yes;
         self

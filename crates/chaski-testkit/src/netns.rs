@@ -424,6 +424,16 @@ impl NodeProcess {
     /// Asks the process to stop (SIGTERM) and waits for it, at most `timeout`; kills it after
     /// that. Returns its exit code, if it exited by itself.
     pub fn terminate(&mut self, timeout: Duration) -> io::Result<Option<i32>> {
+        self.end(Some(Signal::TERM), timeout)
+    }
+
+    /// Waits for the process to exit by itself (a command that ends), at most `timeout`;
+    /// kills it after that. Returns its exit code, if it exited by itself.
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<Option<i32>> {
+        self.end(None, timeout)
+    }
+
+    fn end(&mut self, signal: Option<Signal>, timeout: Duration) -> io::Result<Option<i32>> {
         let Some(mut child) = self
             .child
             .lock()
@@ -432,7 +442,9 @@ impl NodeProcess {
         else {
             return Ok(None);
         };
-        self.signal(Signal::TERM)?;
+        if let Some(signal) = signal {
+            self.signal(signal)?;
+        }
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
         let waiter = thread::spawn(move || {
             let status = child.wait();

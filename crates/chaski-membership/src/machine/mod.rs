@@ -799,12 +799,16 @@ impl Membership {
             Frame::SearchReply(r) => self.on_search_reply(now, conn, r),
             Frame::StatusRequest(StatusRequest { request_id }) => {
                 // A connection whose address the driver did not give counts as local: the
-                // driver that leaves it out answers for it.
+                // driver that leaves it out answers for it. So does one from this host: from
+                // loopback, or from an address this node listens on.
                 let local = self
                     .conns
                     .get(&conn)
                     .and_then(|c| c.remote_addr)
-                    .is_none_or(|a| a.ip().is_loopback());
+                    .is_none_or(|a| {
+                        a.ip().is_loopback()
+                            || self.config.listen_addrs.iter().any(|l| l.ip() == a.ip())
+                    });
                 if !local && !self.config.status_from_anywhere {
                     self.counters.status_refused += 1;
                     self.drop_conn(
