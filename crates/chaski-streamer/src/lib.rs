@@ -69,6 +69,7 @@
 //! | each event stream | [`NodeBuilder::event_capacity`], 1024 | the stream sees [`NodeEvent::Lagged`] |
 //! | a peer's send queue | the transport's `send_queue`, 4096 frames | own publications wait; forwarded and control frames are dropped, counted, reported ([`NodeEvent::SendDropped`]) |
 //! | pending pings and connects | 1024 each | [`Error::Busy`] |
+//! | publication counters (one per topic) | 16,384 for topics no longer subscribed to or published on; those in use are kept | the oldest unused is forgotten; a new counter for its topic starts above every sequence forgotten |
 //!
 //! A `Block` stream that is not read makes its node stop reading from the network: its peers'
 //! messages wait in TCP buffers, and after the peer timeout the node's peers are declared down
