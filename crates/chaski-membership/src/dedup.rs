@@ -18,8 +18,8 @@
 //! another peer) may move the window ahead by at most [`MAX_AHEAD`] sequences, an eighth of the
 //! window: whatever it claims, every message the publisher really sent after the highest one
 //! seen stays inside the window and is still taken as new. A second-hand message further ahead
-//! is refused ([`Seen::Implausible`]) and remembered as a *claim*; the window jumps to it only
-//! when the jump is confirmed:
+//! is refused (and counted as an implausible sequence) and remembered as a *claim*; the window
+//! jumps to it only when the jump is confirmed:
 //!
 //! * by a second peer forwarding a message of the same stream within a window of the claim
 //!   (with flooding, the usual case after this node missed messages: every neighbour on the
