@@ -36,6 +36,7 @@ pub struct Config {
     pub(crate) udp: bool,
     pub(crate) tcp_user_timeout: Option<Duration>,
     pub(crate) tcp_keepalive: Option<Duration>,
+    pub(crate) security: crate::Security,
 }
 
 impl Default for Config {
@@ -59,6 +60,7 @@ impl Default for Config {
             udp: true,
             tcp_user_timeout: Some(Duration::from_secs(10)),
             tcp_keepalive: Some(Duration::from_secs(5)),
+            security: crate::Security::InsecurePlaintext,
         }
     }
 }
@@ -114,6 +116,11 @@ impl Config {
     /// The maximum frame length (body bytes, without the length prefix), both directions.
     pub fn max_frame_len(&self) -> usize {
         self.max_frame_len
+    }
+
+    /// How connections are protected.
+    pub fn security(&self) -> &crate::Security {
+        &self.security
     }
 
     /// The maximum control frame length (every kind but messages and status responses),
@@ -258,6 +265,21 @@ impl ConfigBuilder {
     /// [`MAX_FRAME_LEN_LIMIT`].
     pub fn max_frame_len(mut self, bytes: usize) -> ConfigBuilder {
         self.config.max_frame_len = bytes;
+        self
+    }
+
+    /// How connections are protected: [`Security::Tls`](crate::Security::Tls) (TLS 1.3, both
+    /// sides proving their node keys; the hello's node id must then be the identity's) or
+    /// [`Security::InsecurePlaintext`](crate::Security::InsecurePlaintext).
+    ///
+    /// Default: insecure plaintext, as the transport alone has no identity; a Chaski node
+    /// (`chaski-streamer`) sets TLS unless told otherwise. A TLS endpoint refuses plaintext
+    /// peers and the reverse, each with [`HandshakeError::PlaintextPeer`] or
+    /// [`HandshakeError::TlsPeer`](crate::HandshakeError::TlsPeer) on the side that can tell.
+    ///
+    /// [`HandshakeError::PlaintextPeer`]: crate::HandshakeError::PlaintextPeer
+    pub fn security(mut self, security: crate::Security) -> ConfigBuilder {
+        self.config.security = security;
         self
     }
 

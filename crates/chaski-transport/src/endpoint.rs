@@ -129,6 +129,13 @@ impl Endpoint {
         hello: Hello,
         config: Config,
     ) -> Result<(Endpoint, Events), Error> {
+        if let crate::Security::Tls(tls) = &config.security {
+            if tls.node_id() != hello.node_id {
+                return Err(Error::NodeIdChanged {
+                    expected: tls.node_id(),
+                });
+            }
+        }
         let (listener, datagrams) = bind_sockets(addr, &config)?;
         let local_addr = listener
             .local_addr()
@@ -264,7 +271,7 @@ impl Endpoint {
             }
         };
         tune_stream(&stream, &inner.config);
-        establish(
+        secure(
             inner.clone(),
             stream,
             addr,
@@ -303,6 +310,7 @@ impl Endpoint {
             remote_addr,
             direction,
             (permit, None),
+            None,
             None,
         )
         .await
@@ -524,15 +532,9 @@ async fn accept_loop(
             Ok(permit) => {
                 let inner = inner.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = establish(
-                        inner,
-                        stream,
-                        addr,
-                        Direction::Inbound,
-                        (permit, Some(slot)),
-                        None,
-                    )
-                    .await
+                    let slots = (permit, Some(slot));
+                    if let Err(error) =
+                        secure(inner, stream, addr, Direction::Inbound, slots, None).await
                     {
                         debug!(%addr, %error, "inbound connection failed");
                     }
@@ -579,6 +581,127 @@ fn refuse_overloaded(inner: &Inner, mut stream: TcpStream, addr: SocketAddr) {
 
 /// Handshakes on `stream`, resolves self-connections and duplicates, registers the connection and
 /// spawns its task.
+/// The first byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Runs TLS over a new TCP connection when the endpoint uses it (the peer's node id is then
+/// the one its certificate proves), then the hello exchange ([`establish`]).
+async fn secure(
+    inner: Arc<Inner>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    direction: Direction,
+    slots: (OwnedSemaphorePermit, Option<IpSlot>),
+    expect: Option<NodeId>,
+) -> Result<Connection, Error> {
+    let crate::Security::Tls(tls) = inner.config.security.clone() else {
+        return establish(inner, stream, addr, direction, slots, expect, None).await;
+    };
+    let within = inner.config.handshake_timeout;
+    let failed = |inner: &Inner, source: HandshakeError| {
+        inner.counters.handshake_failures.add(source.cause());
+        debug!(%addr, ?direction, error = %source, "TLS handshake failed");
+        Err(Error::Handshake { addr, source })
+    };
+    match direction {
+        Direction::Outbound => {
+            let connecting = tls
+                .connector()
+                .connect(crate::tls::server_name(expect), stream);
+            match tokio::time::timeout(within, connecting).await {
+                Err(_) => failed(&inner, HandshakeError::Timeout(within)),
+                Ok(Err(error)) => failed(&inner, tls_error(&error)),
+                Ok(Ok(secured)) => {
+                    let proven = secured.get_ref().1.peer_certificates().map(proven_id);
+                    match proven {
+                        Some(Ok(proven)) => {
+                            establish(inner, secured, addr, direction, slots, None, Some(proven))
+                                .await
+                        }
+                        _ => failed(
+                            &inner,
+                            HandshakeError::Tls {
+                                reason: "the peer proved no node key".into(),
+                            },
+                        ),
+                    }
+                }
+            }
+        }
+        Direction::Inbound => {
+            // A TLS client speaks first; anything else is a plaintext peer, told why in its
+            // own terms.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(within, stream.peek(&mut first)).await {
+                Err(_) => return failed(&inner, HandshakeError::Timeout(within)),
+                Ok(Err(error)) => return failed(&inner, HandshakeError::Io(error)),
+                Ok(Ok(0)) => return failed(&inner, HandshakeError::Eof),
+                Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => {
+                    handshake::refuse(
+                        &mut stream,
+                        GoodbyeReason::ProtocolError,
+                        "this node requires TLS; the peer runs with insecure plaintext",
+                        Duration::from_millis(200),
+                    )
+                    .await;
+                    return failed(&inner, HandshakeError::PlaintextPeer);
+                }
+                Ok(Ok(_)) => {}
+            }
+            match tokio::time::timeout(within, tls.acceptor().accept(stream)).await {
+                Err(_) => failed(&inner, HandshakeError::Timeout(within)),
+                Ok(Err(error)) => failed(&inner, tls_error(&error)),
+                Ok(Ok(secured)) => {
+                    let proven = secured.get_ref().1.peer_certificates().map(proven_id);
+                    match proven {
+                        Some(Ok(proven)) => {
+                            establish(inner, secured, addr, direction, slots, None, Some(proven))
+                                .await
+                        }
+                        _ => failed(
+                            &inner,
+                            HandshakeError::Tls {
+                                reason: "the peer proved no node key".into(),
+                            },
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The node id a verified certificate chain proves (its end entity's key).
+fn proven_id(certs: &[rustls::pki_types::CertificateDer<'static>]) -> Result<NodeId, ()> {
+    let first = certs.first().ok_or(())?;
+    crate::tls::node_id_of_certificate(first).map_err(|_| ())
+}
+
+/// What a failed TLS handshake means, from the error tokio-rustls returns.
+fn tls_error(error: &io::Error) -> HandshakeError {
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return match error.kind() {
+            io::ErrorKind::UnexpectedEof => HandshakeError::Eof,
+            _ => HandshakeError::Io(io::Error::new(error.kind(), error.to_string())),
+        };
+    };
+    if let Some((expected, found)) = crate::tls::unexpected_node(tls) {
+        return HandshakeError::UnexpectedPeer { expected, found };
+    }
+    match tls {
+        // A Chaski hello starts with a length prefix whose first byte is 0: no TLS record.
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            HandshakeError::PlaintextPeer
+        }
+        other => HandshakeError::Tls {
+            reason: other.to_string(),
+        },
+    }
+}
+
 async fn establish<S>(
     inner: Arc<Inner>,
     mut stream: S,
@@ -586,6 +709,7 @@ async fn establish<S>(
     direction: Direction,
     (permit, slot): (OwnedSemaphorePermit, Option<IpSlot>),
     expect: Option<NodeId>,
+    proven: Option<NodeId>,
 ) -> Result<Connection, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -639,6 +763,25 @@ where
         }
     };
     let node = remote_hello.node_id;
+    if let Some(proven) = proven.filter(|&p| p != node) {
+        let error = HandshakeError::IdentityMismatch {
+            claimed: node,
+            proven,
+        };
+        inner.counters.handshake_failures.add(error.cause());
+        debug!(%remote_addr, ?direction, %error, "handshake failed");
+        handshake::refuse(
+            &mut stream,
+            GoodbyeReason::ProtocolError,
+            &error.to_string(),
+            Duration::from_millis(200),
+        )
+        .await;
+        return Err(Error::Handshake {
+            addr: remote_addr,
+            source: error,
+        });
+    }
     if node == inner.node_id {
         add(&inner.counters.self_connections, 1);
         debug!(%remote_addr, "connection to self closed");

@@ -136,6 +136,27 @@ pub enum HandshakeError {
         /// The peer's explanation.
         message: String,
     },
+    /// The peer speaks plain TCP (it runs with insecure plaintext) and this side requires TLS.
+    #[error("the peer speaks plain TCP (insecure plaintext) and this node requires TLS")]
+    PlaintextPeer,
+    /// The peer speaks TLS and this side runs with insecure plaintext.
+    #[error("the peer speaks TLS and this node runs with insecure plaintext")]
+    TlsPeer,
+    /// The TLS handshake failed: a certificate that proves no node key, a signature that does
+    /// not verify, a protocol error. `reason` is rustls' account of it.
+    #[error("TLS handshake failed: {reason}")]
+    Tls {
+        /// What went wrong.
+        reason: String,
+    },
+    /// The peer's hello names another node than the one its certificate proves.
+    #[error("the peer's hello claims node {claimed}, its certificate proves {proven}")]
+    IdentityMismatch {
+        /// The id in the hello.
+        claimed: NodeId,
+        /// The id of the certificate's key.
+        proven: NodeId,
+    },
     /// A dial by [`Endpoint::connect_expecting`](crate::Endpoint::connect_expecting) found
     /// another node than the one expected; nothing was sent to it.
     #[error("expected node {expected}, found {found}; nothing was sent to it")]
@@ -149,7 +170,7 @@ pub enum HandshakeError {
 
 impl HandshakeError {
     /// A short, stable label: `timeout`, `eof`, `io`, `unexpected_frame`, `refused`,
-    /// `unexpected_peer`, or the
+    /// `unexpected_peer`, `plaintext_peer`, `tls_peer`, `tls`, `identity_mismatch`, or the
     /// [`DecodeError::cause`] label (`magic`, `version`, `malformed`, `too_large`, ...).
     pub fn cause(&self) -> &'static str {
         match self {
@@ -160,6 +181,10 @@ impl HandshakeError {
             HandshakeError::UnexpectedFrame { .. } => "unexpected_frame",
             HandshakeError::Refused { .. } => "refused",
             HandshakeError::UnexpectedPeer { .. } => "unexpected_peer",
+            HandshakeError::PlaintextPeer => "plaintext_peer",
+            HandshakeError::TlsPeer => "tls_peer",
+            HandshakeError::Tls { .. } => "tls",
+            HandshakeError::IdentityMismatch { .. } => "identity_mismatch",
         }
     }
 }

@@ -34,7 +34,15 @@ where
     }
     let mut buf = BytesMut::with_capacity(4 << 10);
     loop {
-        match decode_frame(&mut buf, MAX_HELLO_LEN)? {
+        let decoded = decode_frame(&mut buf, MAX_HELLO_LEN).map_err(|error| {
+            // A TLS record (handshake, version 3.x) where a length prefix should be.
+            if buf.starts_with(&[0x16, 0x03]) {
+                HandshakeError::TlsPeer
+            } else {
+                HandshakeError::Decode(error)
+            }
+        });
+        match decoded? {
             Some(Frame::Hello(theirs)) => {
                 if let Some(expected) = expect {
                     if theirs.node_id != expected {

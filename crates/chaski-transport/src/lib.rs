@@ -128,6 +128,7 @@ mod endpoint;
 mod error;
 mod handshake;
 mod stats;
+pub mod tls;
 
 pub use crate::{
     config::{Config, ConfigBuilder, MAX_DATAGRAM_LEN_LIMIT, MAX_HELLO_LEN},
@@ -136,4 +137,5 @@ pub use crate::{
     endpoint::{Endpoint, Events},
     error::{ConfigError, DatagramError, Error, HandshakeError, LostCause, SendError},
     stats::{Causes, DatagramStats, EndpointStats, TrafficStats},
+    tls::{Identity, IdentityError, Security},
 };

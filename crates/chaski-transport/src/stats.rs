@@ -8,7 +8,7 @@ use std::{
 
 /// Every cause label the transport counts (decode, handshake and loss causes). A label not in
 /// this list is counted as `other`.
-const CAUSES: [&str; 19] = [
+const CAUSES: [&str; 23] = [
     "too_large",
     "malformed",
     "unknown_kind",
@@ -22,6 +22,10 @@ const CAUSES: [&str; 19] = [
     "unexpected_frame",
     "refused",
     "unexpected_peer",
+    "plaintext_peer",
+    "tls_peer",
+    "tls",
+    "identity_mismatch",
     "truncated",
     "read",
     "write",
