@@ -9,7 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
-use chaski::{MessageStream, Node, NodeId, Topic};
+use chaski::{Identity, MessageStream, Node, NodeId, Topic};
 use chaski_testkit::hostile::{self, HostilePeer};
 use chaski_wire::{
     Beacon, Capabilities, Frame, GoodbyeReason, Message, PeerExchange, PeerInfo, Ping, Search,
@@ -87,19 +87,10 @@ impl Scene {
         Ok(())
     }
 
-    /// Connects an attacker claiming a fresh id (or `as_id`).
-    async fn attacker(
-        &self,
-        as_id: Option<NodeId>,
-        listen: Vec<SocketAddr>,
-    ) -> Result<HostilePeer> {
-        let hello = hostile::hello(
-            as_id.unwrap_or_else(NodeId::random),
-            "mallory",
-            listen,
-            &["t"],
-        );
-        Ok(HostilePeer::connect(self.addr(), hello).await?)
+    /// Connects an attacker with a key of its own (anyone may join an open network), claiming
+    /// its own id.
+    async fn attacker(&self, listen: Vec<SocketAddr>) -> Result<HostilePeer> {
+        connect_as(self.addr(), "mallory", listen).await
     }
 
     async fn shutdown(self) -> Result<()> {
@@ -107,6 +98,17 @@ impl Scene {
         self.victim.shutdown().await?;
         Ok(())
     }
+}
+
+/// Connects to `victim` with a fresh key, as `name`, claiming the key's id.
+async fn connect_as(
+    victim: SocketAddr,
+    name: &str,
+    listen: Vec<SocketAddr>,
+) -> Result<HostilePeer> {
+    let identity = Identity::generate()?;
+    let hello = hostile::hello(identity.node_id(), name, listen, &["t"]);
+    Ok(HostilePeer::connect(victim, &identity, hello).await?)
 }
 
 /// Waits (polling the node's counters, which have no event) until `done` holds, at most 10 s.
@@ -163,7 +165,7 @@ async fn a_ping_flood_asking_for_maximum_padding_costs_bounded_memory() -> Resul
     bounded("ping flood", async {
         let mut scene = Scene::new().await?;
         let before = hostile::rss_bytes();
-        let mut attacker = scene.attacker(None, Vec::new()).await?;
+        let mut attacker = scene.attacker(Vec::new()).await?;
         // 2,000 pings of a few bytes each, each asking for the largest padding; never read.
         for id in 0..2000 {
             attacker
@@ -209,7 +211,7 @@ impl Counted {
 /// `ProtocolError`, counts it, keeps delivering the honest publisher's messages and stays
 /// within the memory bound.
 async fn refused(scene: &mut Scene, what: &str, frame: Frame, counted: Counted) -> Result<()> {
-    let mut attacker = scene.attacker(None, Vec::new()).await?;
+    let mut attacker = scene.attacker(Vec::new()).await?;
     let count = counted.get(&scene.victim);
     let bytes = hostile::encode(&frame)?;
     drop(frame);
@@ -323,13 +325,13 @@ async fn a_forged_publish_cannot_silence_a_publisher() -> Result<()> {
         let before = hostile::rss_bytes();
         let victim_publisher = scene.publisher.id();
         // Over TCP, as if forwarded (hop 1), with the largest sequence: refused and counted.
-        let mut attacker = scene.attacker(None, Vec::new()).await?;
+        let mut attacker = scene.attacker(Vec::new()).await?;
         attacker
             .send(&Frame::Publish(forged(victim_publisher, u64::MAX, 1)))
             .await?;
         until_stats(&scene.victim, |s| s.messages_rejected >= 1).await?;
         // As if straight from the publisher (hop 0), from someone else: that connection closed.
-        let mut impostor = scene.attacker(None, Vec::new()).await?;
+        let mut impostor = scene.attacker(Vec::new()).await?;
         impostor
             .send(&Frame::Publish(forged(victim_publisher, 1_000_000, 0)))
             .await?;
@@ -339,7 +341,7 @@ async fn a_forged_publish_cannot_silence_a_publisher() -> Result<()> {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
         let udp_addr = udp.local_addr()?;
         drop(udp);
-        let _connected = scene.attacker(None, vec![udp_addr]).await?;
+        let _connected = scene.attacker(vec![udp_addr]).await?;
         hostile::send_datagram(
             udp_addr,
             scene.addr(),
@@ -394,12 +396,7 @@ async fn a_forged_sequence_cannot_silence_a_publisher_heard_second_hand() -> Res
         let before = hostile::rss_bytes();
         // Publisher p never connects to the victim: two relays forward its messages.
         let p = NodeId::random();
-        let connect = |name: &str| {
-            HostilePeer::connect(
-                victim.local_addr(),
-                hostile::hello(NodeId::random(), name, Vec::new(), &["t"]),
-            )
-        };
+        let connect = |name: &'static str| connect_as(victim.local_addr(), name, Vec::new());
         let mut relay = connect("relay").await?;
         let mut other_relay = connect("other-relay").await?;
         let mut mallory = connect("mallory").await?;
@@ -463,10 +460,32 @@ async fn a_hello_claiming_a_connected_nodes_id_does_not_take_its_link() -> Resul
         // The real link is older than the window of simultaneous dials (2 s).
         tokio::time::sleep(Duration::from_millis(2100)).await;
         let real = scene.publisher.id();
+        // Over TLS the impostor's certificate proves its own key, not the publisher's: refused
+        // at the handshake.
         let hello = hostile::hello(real, "publisher", Vec::new(), &["t"]);
-        let mut impostor = HostilePeer::connect(scene.addr(), hello).await?;
+        let key = Identity::generate()?;
+        let mut impostor = HostilePeer::connect(scene.addr(), &key, hello.clone()).await?;
+        let reason = impostor.closed_by_victim(CLOSE_WITHIN).await?;
+        assert_eq!(reason, Some(GoodbyeReason::ProtocolError));
+        // Over plain TCP (a victim that runs with insecure plaintext), the duplicate rule keeps
+        // the live link.
+        let plain = start(builder("plain-victim", &["t"]).insecure_plaintext(true)).await?;
+        let plain_publisher = start(
+            builder("plain-publisher", &["t"])
+                .insecure_plaintext(true)
+                .seeds([plain.local_addr().to_string()]),
+        )
+        .await?;
+        let real_plain = plain_publisher.id();
+        until_peers(&plain, |peers| peers.iter().any(|p| p.id == real_plain)).await?;
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let hello = hostile::hello(real_plain, "publisher", Vec::new(), &["t"]);
+        let mut impostor = HostilePeer::connect_plain(plain.local_addr(), hello).await?;
         let reason = impostor.closed_by_victim(CLOSE_WITHIN).await?;
         assert_eq!(reason, Some(GoodbyeReason::Duplicate));
+        assert!(plain.peers().iter().any(|p| p.id == real_plain));
+        plain_publisher.shutdown().await?;
+        plain.shutdown().await?;
         // The real publisher keeps its link and its messages arrive.
         scene.honest_flow(1000).await?;
         assert!(scene.victim.peers().iter().any(|p| p.id == real));
@@ -521,7 +540,7 @@ async fn a_made_up_address_in_a_peer_exchange_learns_nothing_from_the_victim() -
         // peer that does not exist.
         let bait = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = bait.local_addr()?.port();
-        let mut attacker = scene.attacker(None, Vec::new()).await?;
+        let mut attacker = scene.attacker(Vec::new()).await?;
         let made_up = peer(0xbad, port);
         attacker
             .send(&Frame::PeerExchange(PeerExchange {
@@ -529,7 +548,8 @@ async fn a_made_up_address_in_a_peer_exchange_learns_nothing_from_the_victim() -
             }))
             .await?;
         // The victim wants a neighbour on "t" and dials it (an address on loopback, where the
-        // victim listens too, is allowed); it must not say a word there.
+        // victim listens too, is allowed); what answers is not that node, and the victim must
+        // not tell it who it is.
         let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), bait.accept())
             .await
             .context("the victim never dialed the learned address")??;
@@ -547,7 +567,22 @@ async fn a_made_up_address_in_a_peer_exchange_learns_nothing_from_the_victim() -
         )
         .await
         .context("the victim kept the connection")??;
-        assert!(heard.is_empty(), "the victim said {} bytes", heard.len());
+        // At most a TLS client hello (which names the node expected, not the victim).
+        assert!(
+            heard.is_empty() || heard[0] == 0x16,
+            "the victim said {heard:?}"
+        );
+        let id = scene.victim.id().as_u128();
+        for secret in [
+            &b"victim"[..],
+            &id.to_be_bytes()[..8],
+            &id.to_le_bytes()[..8],
+        ] {
+            assert!(
+                !heard.windows(secret.len()).any(|w| w == secret),
+                "the victim said who it is"
+            );
+        }
         scene.honest_flow(100).await?;
         scene.shutdown().await
     })

@@ -8,9 +8,16 @@
 //! * The publish-to-receive round trip of a lone 64 B message (p50, p99): the subscriber answers
 //!   every message on a second topic, the publisher waits for the answer.
 //!
+//! * With `--security both` (the default), each figure for plain TCP and for TLS side by side,
+//!   the runs interleaved; then what TLS costs: the time to set up a TLS connection on loopback
+//!   and the memory an idle one holds.
+//!
 //! Each figure is the median of `--runs` runs. Targets, as ratios to the baseline on a 2-core
-//! machine: 64 B at least 12%, 1 KiB at least 30%, 64 KiB at least 60%, round trip p50 at most
-//! 1.5x the baseline's. `--quick` (or `CHASKI_BENCH_QUICK=1`) runs everything briefly.
+//! machine (for the node's default, TLS): 64 B at least 12%, 1 KiB at least 30%, 64 KiB at
+//! least 60%, round trip p50 at most 1.5x the baseline's; TLS against plain TCP: 64 B at least
+//! 75%, 64 KiB at least 50%, round trip p50 at most 1.2x, a connection set up in under 3 ms, an
+//! idle connection at most 64 KiB. `--quick` (or `CHASKI_BENCH_QUICK=1`) runs everything
+//! briefly.
 
 use std::{
     process::Stdio,
@@ -30,10 +37,15 @@ use tokio::{
     process::Command,
 };
 
-use crate::cli::{BenchCommand, Processes};
+use crate::cli::{BenchCommand, BenchSecurity, Processes};
 
 const TARGETS: [(usize, f64); 3] = [(64, 0.12), (1 << 10, 0.30), (64 << 10, 0.60)];
 const RTT_TARGET: f64 = 1.5;
+/// TLS against plain TCP: throughput ratios by payload, and the round trip's.
+const TLS_TARGETS: [(usize, f64); 2] = [(64, 0.75), (64 << 10, 0.50)];
+const TLS_RTT_TARGET: f64 = 1.2;
+const TLS_SETUP_TARGET_MS: f64 = 3.0;
+const TLS_IDLE_TARGET_BYTES: f64 = 64.0 * 1024.0;
 /// How long any one step may wait for the other side before the benchmark gives up.
 const STEP_LIMIT: Duration = Duration::from_secs(120);
 
@@ -43,6 +55,26 @@ struct Plan {
     sizes: Vec<usize>,
     runs: usize,
     quick: bool,
+}
+
+/// A connection security the benchmark measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Plaintext,
+    Tls,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Plaintext => "plain",
+            Variant::Tls => "TLS",
+        }
+    }
+
+    fn plaintext(self) -> bool {
+        self == Variant::Plaintext
+    }
 }
 
 impl Plan {
@@ -58,7 +90,7 @@ impl Plan {
     }
 
     /// The arguments that give a child process the same plan.
-    fn child_args(&self, publisher: &str) -> Vec<String> {
+    fn child_args(&self, publisher: &str, variant: Variant) -> Vec<String> {
         let sizes: Vec<String> = self.sizes.iter().map(ToString::to_string).collect();
         let mut args = vec![
             "--quiet".to_owned(),
@@ -73,6 +105,9 @@ impl Plan {
         if self.quick {
             args.push("--quick".to_owned());
         }
+        if variant.plaintext() {
+            args.push("--child-plaintext".to_owned());
+        }
         args
     }
 }
@@ -81,11 +116,91 @@ fn median(mut values: Vec<f64>) -> f64 {
     Summary::of(&mut values).map_or(f64::NAN, |s| s.median)
 }
 
-fn node(name: &str, topics: &[&str]) -> NodeBuilder {
+fn node(name: &str, topics: &[&str], variant: Variant) -> NodeBuilder {
     Node::builder()
         .name(name)
         .lan_discovery(false)
+        .insecure_plaintext(variant.plaintext())
         .subscribe(topics.iter().copied())
+}
+
+/// A publisher and a subscriber in this process, paired.
+async fn pair(variant: Variant) -> Result<(Node, Node)> {
+    let publisher = node("bench-publisher", &["bench", "pong"], variant)
+        .build()
+        .await?;
+    let subscriber = node("bench-subscriber", &["bench", "ping"], variant)
+        .seeds([publisher.local_addr().to_string()])
+        .build()
+        .await?;
+    paired(&publisher, "bench").await?;
+    paired(&subscriber, "bench").await?;
+    Ok((publisher, subscriber))
+}
+
+/// What TLS costs beyond the bytes: the median time to set up a connection on loopback (TCP,
+/// TLS and the hello), in milliseconds, and the memory an idle connection holds (both ends,
+/// the process's resident memory over `idle` connections), in bytes.
+async fn tls_costs(quick: bool) -> Result<(f64, f64)> {
+    use chaski::{
+        transport::{Config, Endpoint, Security},
+        wire::{Capabilities, Hello},
+    };
+    let endpoint = |name: &str| {
+        let name = name.to_owned();
+        async move {
+            let identity = chaski::Identity::generate()?;
+            let config = Config::builder()
+                .udp(false)
+                .max_outbound(4096)
+                .max_inbound(4096)
+                .max_inbound_per_ip(4096)
+                .security(Security::tls(&identity)?)
+                .build()?;
+            let hello = Hello {
+                node_id: identity.node_id(),
+                name,
+                listen_addrs: Vec::new(),
+                subscriptions: Vec::new(),
+                capabilities: Capabilities::NONE,
+                auth: None,
+                timestamp_micros: 0,
+                network_id: String::new(),
+            };
+            let bound = Endpoint::bind("127.0.0.1:0".parse()?, hello, config).await?;
+            Ok::<_, anyhow::Error>(bound)
+        }
+    };
+    let (server, mut server_events) = endpoint("bench-server").await?;
+    // Accepted connections are announced on the server's events: keep reading them.
+    let drain = tokio::spawn(async move { while server_events.recv().await.is_some() {} });
+    let setups = if quick { 20 } else { 200 };
+    let mut times = Vec::with_capacity(setups);
+    for _ in 0..setups {
+        let (client, _events) = endpoint("bench-client").await?;
+        let start = Instant::now();
+        let connection = client.connect(server.local_addr()).await?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        connection
+            .close(chaski::wire::GoodbyeReason::Shutdown, "done")
+            .await;
+    }
+    let (client, _events) = endpoint("bench-client").await?;
+    let idle = if quick { 50 } else { 500 };
+    let before = chaski_testkit::bench::rss_bytes();
+    let mut connections = Vec::with_capacity(idle);
+    for _ in 0..idle {
+        // Each from a fresh endpoint would measure endpoints; one client dials the server
+        // repeatedly over distinct connections of distinct nodes instead.
+        let (other, events) = endpoint("bench-idle").await?;
+        connections.push((other.connect(server.local_addr()).await?, other, events));
+    }
+    let after = chaski_testkit::bench::rss_bytes();
+    drop(connections);
+    drop(client);
+    drain.abort();
+    let per_connection = after.saturating_sub(before) as f64 / idle as f64;
+    Ok((median(times), per_connection))
 }
 
 /// Waits until `node` is paired with a peer on `topic`.
@@ -175,8 +290,8 @@ async fn node_round_trips(publisher: &Node, subscriber: &Node, samples: usize) -
 
 /// The child of the two-process variant: a subscriber that reads the messages of every run and
 /// says `done` after each.
-async fn child(publisher: String, plan: Plan) -> Result<u8> {
-    let node = node("bench-subscriber", &["bench"])
+async fn child(publisher: String, plan: Plan, variant: Variant) -> Result<u8> {
+    let node = node("bench-subscriber", &["bench"], variant)
         .seeds([publisher])
         .build()
         .await?;
@@ -210,11 +325,15 @@ async fn expect(
 }
 
 /// Messages per second for each size with the subscriber in a child process.
-async fn two_processes(plan: &Plan, progress: &impl Fn(String)) -> Result<Vec<(usize, f64)>> {
-    let publisher = node("bench-publisher", &["bench"]).build().await?;
+async fn two_processes(
+    plan: &Plan,
+    variant: Variant,
+    progress: &impl Fn(String),
+) -> Result<Vec<(usize, f64)>> {
+    let publisher = node("bench-publisher", &["bench"], variant).build().await?;
     let exe = std::env::current_exe().context("cannot find this program")?;
     let mut child = Command::new(exe)
-        .args(plan.child_args(&publisher.local_addr().to_string()))
+        .args(plan.child_args(&publisher.local_addr().to_string(), variant))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -225,7 +344,11 @@ async fn two_processes(plan: &Plan, progress: &impl Fn(String)) -> Result<Vec<(u
     paired(&publisher, "bench").await?;
     let mut rates = Vec::new();
     for &payload in &plan.sizes {
-        progress(format!("two processes: {}", size(payload)));
+        progress(format!(
+            "two processes, {}: {}",
+            variant.name(),
+            size(payload)
+        ));
         let n = plan.messages_for(payload);
         let data = Bytes::from(vec![0xa5u8; payload]);
         let mut times = Vec::new();
@@ -264,8 +387,18 @@ pub(crate) async fn run(cmd: BenchCommand) -> Result<u8> {
         ));
     }
     if let Some(publisher) = cmd.child {
-        return child(publisher, plan).await;
+        let variant = if cmd.child_plaintext {
+            Variant::Plaintext
+        } else {
+            Variant::Tls
+        };
+        return child(publisher, plan, variant).await;
     }
+    let variants: &[Variant] = match cmd.security {
+        BenchSecurity::Plaintext => &[Variant::Plaintext],
+        BenchSecurity::Tls => &[Variant::Tls],
+        BenchSecurity::Both => &[Variant::Plaintext, Variant::Tls],
+    };
     let json = cmd.json;
     let progress = |what: String| eprintln!("bench: {what}");
     let say = |line: String| {
@@ -279,40 +412,37 @@ pub(crate) async fn run(cmd: BenchCommand) -> Result<u8> {
         }
     };
 
-    // The in-process baseline of every size: always measured, as the reference of both variants.
-    let mut ratios = Vec::new();
+    // The in-process baseline of every size: always measured, as the reference of every
+    // variant; the variants' runs interleaved with it.
     let in_process = matches!(cmd.processes, Processes::One | Processes::Both);
-    let (publisher, subscriber) = if in_process {
-        let publisher = node("bench-publisher", &["bench", "pong"]).build().await?;
-        let subscriber = node("bench-subscriber", &["bench", "ping"])
-            .seeds([publisher.local_addr().to_string()])
-            .build()
-            .await?;
-        paired(&publisher, "bench").await?;
-        paired(&subscriber, "bench").await?;
-        (Some(publisher), Some(subscriber))
-    } else {
-        (None, None)
-    };
+    let mut pairs = Vec::new();
+    if in_process {
+        for &variant in variants {
+            pairs.push((variant, pair(variant).await?));
+        }
+    }
     say(format!(
         "chaski node: one publisher, one subscriber reading its stream, loopback (median of {} runs)",
         plan.runs
     ));
     say(format!(
-        "{:>8}  {:>14} {:>10}  {:>14} {:>10}  {:>7}",
-        "payload", "chaski msg/s", "Gbit/s", "raw TCP msg/s", "Gbit/s", "ratio"
+        "{:>8}  {:>5}  {:>14} {:>10}  {:>14} {:>10}  {:>7}",
+        "payload", "", "chaski msg/s", "Gbit/s", "raw TCP msg/s", "Gbit/s", "ratio"
     ));
     let mut raw_pair = baseline::pair()
         .await
         .context("the baseline's connection")?;
+    // (variant, payload, chaski rate); (payload, raw rate).
+    let mut rates: Vec<(Variant, usize, f64)> = Vec::new();
+    let mut raws: Vec<(usize, f64)> = Vec::new();
     for &payload in &plan.sizes {
         progress(format!("one process: {}", size(payload)));
         let n = plan.messages_for(payload);
-        let mut ours = Vec::new();
+        let mut ours: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
         let mut raw = Vec::new();
         for _ in 0..plan.runs {
-            if let (Some(p), Some(s)) = (&publisher, &subscriber) {
-                ours.push(node_throughput(p, s, payload, n).await?);
+            for (i, (_, (p, s))) in pairs.iter().enumerate() {
+                ours[i].push(node_throughput(p, s, payload, n).await?);
             }
             raw.push(
                 raw_pair
@@ -322,77 +452,119 @@ pub(crate) async fn run(cmd: BenchCommand) -> Result<u8> {
             );
         }
         let raw = n as f64 / median(raw);
-        let ours = (!ours.is_empty()).then(|| n as f64 / median(ours));
-        ratios.push((payload, ours, raw));
-        let Some(ours) = ours else { continue };
+        raws.push((payload, raw));
         let gbit = |rate: f64| rate * payload as f64 * 8.0 / 1e9;
-        say(format!(
-            "{:>8}  {:>13}  {:>10.2}  {:>13}  {:>10.2}  {:>6.1}%",
-            size(payload),
-            si(ours),
-            gbit(ours),
-            si(raw),
-            gbit(raw),
-            100.0 * ours / raw
-        ));
-        emit(json!({
-            "measurement": "throughput", "processes": 1, "payload_bytes": payload,
-            "messages": n, "runs": plan.runs, "chaski_msgs_per_s": ours,
-            "baseline_msgs_per_s": raw, "ratio": ours / raw,
-        }));
-    }
-
-    let mut rtt_ratio = None;
-    if let (Some(publisher), Some(subscriber)) = (&publisher, &subscriber) {
-        progress("round trips".to_owned());
-        let samples = if plan.quick { 200 } else { 5_000 };
-        let mut ours = node_round_trips(publisher, subscriber, samples).await?;
-        let mut raw = baseline::round_trips(samples)
-            .await
-            .context("the baseline's round trips")?;
-        let ours = Summary::of(&mut ours).context("no samples")?;
-        let raw = Summary::of(&mut raw).context("no samples")?;
-        say(format!(
-            "round trip of a lone 64 B message: chaski p50 {:.1} us, p99 {:.1} us; raw TCP echo p50 {:.1} us, p99 {:.1} us; ratio p50 {:.2}x",
-            ours.median,
-            ours.p99,
-            raw.median,
-            raw.p99,
-            ours.median / raw.median
-        ));
-        emit(json!({
-            "measurement": "round_trip", "processes": 1, "payload_bytes": 64, "samples": samples,
-            "chaski_p50_us": ours.median, "chaski_p99_us": ours.p99,
-            "baseline_p50_us": raw.median, "baseline_p99_us": raw.p99,
-            "ratio": ours.median / raw.median,
-        }));
-        rtt_ratio = Some(ours.median / raw.median);
-        publisher.shutdown().await?;
-        subscriber.shutdown().await?;
-    }
-
-    if matches!(cmd.processes, Processes::Two | Processes::Both) {
-        say("\ntwo processes (subscriber in a child process):".to_owned());
-        for ((payload, rate), (_, _, raw)) in
-            two_processes(&plan, &progress).await?.iter().zip(&ratios)
-        {
+        for ((variant, _), times) in pairs.iter().zip(ours) {
+            let rate = n as f64 / median(times);
+            rates.push((*variant, payload, rate));
             say(format!(
-                "{:>8}  {:>13} msg/s  {:>6.1}% of the in-process baseline",
-                size(*payload),
-                si(*rate),
+                "{:>8}  {:>5}  {:>13}  {:>10.2}  {:>13}  {:>10.2}  {:>6.1}%",
+                size(payload),
+                variant.name(),
+                si(rate),
+                gbit(rate),
+                si(raw),
+                gbit(raw),
                 100.0 * rate / raw
             ));
             emit(json!({
-                "measurement": "throughput", "processes": 2, "payload_bytes": payload,
-                "messages": plan.messages_for(*payload), "runs": plan.runs,
+                "measurement": "throughput", "processes": 1, "payload_bytes": payload,
+                "security": variant.name(), "messages": n, "runs": plan.runs,
                 "chaski_msgs_per_s": rate, "baseline_msgs_per_s": raw, "ratio": rate / raw,
             }));
         }
     }
 
-    say("\ntargets (ratios to the raw TCP baseline of this run):".to_owned());
+    let mut rtts: Vec<(Variant, f64, f64)> = Vec::new();
+    if !pairs.is_empty() {
+        progress("round trips".to_owned());
+        let samples = if plan.quick { 200 } else { 5_000 };
+        let mut raw = baseline::round_trips(samples)
+            .await
+            .context("the baseline's round trips")?;
+        let raw = Summary::of(&mut raw).context("no samples")?;
+        for (variant, (publisher, subscriber)) in &pairs {
+            let mut ours = node_round_trips(publisher, subscriber, samples).await?;
+            let ours = Summary::of(&mut ours).context("no samples")?;
+            say(format!(
+                "round trip of a lone 64 B message, {}: chaski p50 {:.1} us, p99 {:.1} us; raw TCP echo p50 {:.1} us, p99 {:.1} us; ratio p50 {:.2}x",
+                variant.name(),
+                ours.median,
+                ours.p99,
+                raw.median,
+                raw.p99,
+                ours.median / raw.median
+            ));
+            emit(json!({
+                "measurement": "round_trip", "processes": 1, "payload_bytes": 64,
+                "security": variant.name(), "samples": samples,
+                "chaski_p50_us": ours.median, "chaski_p99_us": ours.p99,
+                "baseline_p50_us": raw.median, "baseline_p99_us": raw.p99,
+                "ratio": ours.median / raw.median,
+            }));
+            rtts.push((*variant, ours.median, raw.median));
+        }
+        for (_, (publisher, subscriber)) in pairs {
+            publisher.shutdown().await?;
+            subscriber.shutdown().await?;
+        }
+    }
+
+    if matches!(cmd.processes, Processes::Two | Processes::Both) {
+        say("\ntwo processes (subscriber in a child process):".to_owned());
+        for &variant in variants {
+            for (payload, rate) in two_processes(&plan, variant, &progress).await? {
+                let raw = raws.iter().find(|(p, _)| *p == payload).map(|(_, r)| *r);
+                let share = raw.map_or(String::new(), |raw| {
+                    format!("  {:>6.1}% of the in-process baseline", 100.0 * rate / raw)
+                });
+                say(format!(
+                    "{:>8}  {:>5}  {:>13} msg/s{share}",
+                    size(payload),
+                    variant.name(),
+                    si(rate),
+                ));
+                emit(json!({
+                    "measurement": "throughput", "processes": 2, "payload_bytes": payload,
+                    "security": variant.name(), "messages": plan.messages_for(payload),
+                    "runs": plan.runs, "chaski_msgs_per_s": rate, "baseline_msgs_per_s": raw,
+                }));
+            }
+        }
+    }
+
+    let mut tls_costs_measured = None;
+    if variants.contains(&Variant::Tls) {
+        progress("TLS connection set-up and idle memory".to_owned());
+        let (setup_ms, idle_bytes) = tls_costs(plan.quick).await?;
+        say(format!(
+            "\nTLS connection on loopback: set up (TCP, TLS 1.3, hello) in {setup_ms:.2} ms (median); an idle one holds {:.1} KiB (both ends)",
+            idle_bytes / 1024.0
+        ));
+        emit(json!({
+            "measurement": "tls_connection", "setup_ms_p50": setup_ms,
+            "idle_bytes_per_connection": idle_bytes,
+        }));
+        tls_costs_measured = Some((setup_ms, idle_bytes));
+    }
+
+    // The node's default is TLS: the raw-ratio targets are its (or plain's, if alone).
+    let default = *variants.last().unwrap_or(&Variant::Tls);
+    say(format!(
+        "\ntargets ({}; ratios to the raw TCP baseline of this run):",
+        default.name()
+    ));
+    let rate_of = |variant: Variant, payload: usize| {
+        rates
+            .iter()
+            .find(|(v, p, _)| *v == variant && *p == payload)
+            .map(|(_, _, r)| *r)
+    };
     for (payload, target) in TARGETS {
-        let Some((_, Some(ours), raw)) = ratios.iter().find(|(p, ..)| *p == payload) else {
+        let (Some(ours), Some((_, raw))) = (
+            rate_of(default, payload),
+            raws.iter().find(|(p, _)| *p == payload),
+        ) else {
             continue;
         };
         let ratio = ours / raw;
@@ -404,10 +576,49 @@ pub(crate) async fn run(cmd: BenchCommand) -> Result<u8> {
             verdict(ratio >= target)
         ));
     }
-    if let Some(ratio) = rtt_ratio {
+    if let Some((_, ours, raw)) = rtts.iter().find(|(v, ..)| *v == default) {
+        let ratio = ours / raw;
         say(format!(
             "  round trip p50: {ratio:.2}x (target <= {RTT_TARGET}x): {}",
             verdict(ratio <= RTT_TARGET)
+        ));
+    }
+    if variants.len() == 2 {
+        say("targets (TLS against plain TCP, this run):".to_owned());
+        for (payload, target) in TLS_TARGETS {
+            let (Some(tls), Some(plain)) = (
+                rate_of(Variant::Tls, payload),
+                rate_of(Variant::Plaintext, payload),
+            ) else {
+                continue;
+            };
+            let ratio = tls / plain;
+            say(format!(
+                "  {:>8} messages: {:>5.1}% of plain (target >= {:.0}%): {}",
+                size(payload),
+                100.0 * ratio,
+                100.0 * target,
+                verdict(ratio >= target)
+            ));
+        }
+        let p50 = |variant: Variant| rtts.iter().find(|(v, ..)| *v == variant).map(|r| r.1);
+        if let (Some(tls), Some(plain)) = (p50(Variant::Tls), p50(Variant::Plaintext)) {
+            let ratio = tls / plain;
+            say(format!(
+                "  round trip p50: {ratio:.2}x plain (target <= {TLS_RTT_TARGET}x): {}",
+                verdict(ratio <= TLS_RTT_TARGET)
+            ));
+        }
+    }
+    if let Some((setup_ms, idle_bytes)) = tls_costs_measured {
+        say(format!(
+            "  TLS set-up: {setup_ms:.2} ms (target < {TLS_SETUP_TARGET_MS} ms): {}",
+            verdict(setup_ms < TLS_SETUP_TARGET_MS)
+        ));
+        say(format!(
+            "  idle TLS connection: {:.1} KiB (target <= 64 KiB): {}",
+            idle_bytes / 1024.0,
+            verdict(idle_bytes <= TLS_IDLE_TARGET_BYTES)
         ));
     }
     Ok(0)

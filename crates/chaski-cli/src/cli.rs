@@ -117,6 +117,17 @@ pub(crate) enum Processes {
     Both,
 }
 
+/// Which connection security the benchmark measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BenchSecurity {
+    /// Plain TCP (insecure plaintext).
+    Plaintext,
+    /// TLS 1.3, the default of every node.
+    Tls,
+    /// Both, side by side.
+    Both,
+}
+
 /// `chaski bench`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchCommand {
@@ -126,6 +137,9 @@ pub(crate) struct BenchCommand {
     /// Processes: one, two, or both variants.
     #[arg(long, value_enum, default_value_t = Processes::Both)]
     pub(crate) processes: Processes,
+    /// Connection security: plaintext, tls, or both side by side.
+    #[arg(long, value_enum, default_value_t = BenchSecurity::Both)]
+    pub(crate) security: BenchSecurity,
     /// Runs per measurement (the median is reported). Default: 5, or 1 with --quick.
     #[arg(long, value_name = "N")]
     pub(crate) runs: Option<usize>,
@@ -138,6 +152,9 @@ pub(crate) struct BenchCommand {
     /// Internal: be the subscriber process of the two-process variant.
     #[arg(long, hide = true, value_name = "ADDR")]
     pub(crate) child: Option<String>,
+    /// Internal: the child runs with insecure plaintext.
+    #[arg(long, hide = true)]
+    pub(crate) child_plaintext: bool,
 }
 
 /// How a command joins the network: the node settings.
@@ -167,6 +184,13 @@ pub(crate) struct JoinArgs {
     /// The network to join (nodes of other networks are ignored).
     #[arg(long, value_name = "ID")]
     pub(crate) network_id: Option<String>,
+    /// The node's key file (made, mode 0600, if missing): the same id at every start.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) identity: Option<String>,
+    /// INSECURE: plain TCP instead of TLS (no encryption, no authentication). For benchmarks
+    /// and fully trusted links; TLS nodes refuse it.
+    #[arg(long)]
+    pub(crate) insecure_plaintext: bool,
 }
 
 impl JoinArgs {
@@ -184,6 +208,8 @@ impl JoinArgs {
             lan_discovery: self.no_lan_discovery.then_some(false),
             lan_port: self.lan_port,
             network_id: self.network_id.clone(),
+            identity: self.identity.clone(),
+            insecure_plaintext: self.insecure_plaintext.then_some(true),
             ..Settings::default()
         };
         flags.overlay(extra);
@@ -302,6 +328,9 @@ pub(crate) struct PeersCommand {
     /// The node's network id, if not the default network (CHASKI_NETWORK_ID overrides it).
     #[arg(long, value_name = "ID", default_value = "")]
     pub(crate) network_id: String,
+    /// INSECURE: reach a node that runs with insecure plaintext (CHASKI_INSECURE_PLAINTEXT).
+    #[arg(long)]
+    pub(crate) insecure_plaintext: bool,
 }
 
 /// `chaski demo`.

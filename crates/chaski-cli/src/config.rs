@@ -42,6 +42,9 @@ pub(crate) enum ConfigError {
     /// The `transport_*` settings break one of the transport's rules.
     #[error("transport settings: {0}")]
     Transport(String),
+    /// The identity file could not be read or made.
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// The prefix of the environment variables that override settings: `CHASKI_` and the key in
@@ -150,6 +153,11 @@ settings! {
     lan_group: Ipv4Addr => Text,
     /// [`NodeBuilder::network_id`].
     network_id: String => Text,
+    /// A key file for [`NodeBuilder::identity`], made (mode 0600) if missing: the node keeps
+    /// its id across restarts. Unset: a fresh key, a new id, at every start.
+    identity: String => Text,
+    /// [`NodeBuilder::insecure_plaintext`]: plain TCP, no TLS. Insecure.
+    insecure_plaintext: bool => Bool,
     /// [`NodeBuilder::ping_interval`].
     ping_interval: HumanDuration => Text,
     /// [`NodeBuilder::peer_timeout`].
@@ -362,6 +370,17 @@ impl Settings {
         }
         if let Some(v) = &self.network_id {
             b = b.network_id(v);
+        }
+        if let Some(path) = &self.identity {
+            let (identity, created) = chaski::Identity::load_or_create(Path::new(path))
+                .map_err(|e| ConfigError::Identity(e.to_string()))?;
+            if created {
+                tracing::info!(path = %path, node = %identity.node_id(), "identity created");
+            }
+            b = b.identity(identity);
+        }
+        if let Some(v) = self.insecure_plaintext {
+            b = b.insecure_plaintext(v);
         }
         if let Some(v) = self.ping_interval {
             b = b.ping_interval(v.0);

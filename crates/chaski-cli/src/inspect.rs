@@ -23,12 +23,19 @@ use crate::{
     run::{peer_name_soon, stop_signal},
 };
 
+/// How a tool reaches a node: its network and whether it speaks plain TCP.
+#[derive(Clone, Copy, Debug)]
+struct Access<'a> {
+    network_id: &'a str,
+    plaintext: bool,
+}
+
 /// Finds the node `target` from `node`: an address is dialed; a name is looked up among the
 /// connected peers, then in the peer tables of the seeds (and dialed at its listening address).
 async fn find(
     node: &Node,
     target: &str,
-    (seeds, network_id): (&[String], &str),
+    (seeds, access): (&[String], Access<'_>),
     wait: Duration,
 ) -> Result<NodeId> {
     let timed_out = || {
@@ -48,7 +55,7 @@ async fn find(
             return Ok(peer.id);
         }
         for seed in seeds {
-            let Ok((status, _)) = status(seed, network_id, wait).await else {
+            let Ok((status, _)) = status(seed, access, wait).await else {
                 continue;
             };
             let addr = if status.node.name == target {
@@ -114,12 +121,16 @@ pub(crate) async fn ping(cmd: PingCommand) -> Result<u8> {
         .context("cannot start the node")?;
     let seeds = settings.seeds.clone().unwrap_or_default();
     let network_id = settings.network_id.clone().unwrap_or_default();
-    let result = ping_with(&node, &cmd, (&seeds, &network_id)).await;
+    let access = Access {
+        network_id: &network_id,
+        plaintext: settings.insecure_plaintext.unwrap_or(false),
+    };
+    let result = ping_with(&node, &cmd, (&seeds, access)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), node.shutdown()).await;
     result
 }
 
-async fn ping_with(node: &Node, cmd: &PingCommand, network: (&[String], &str)) -> Result<u8> {
+async fn ping_with(node: &Node, cmd: &PingCommand, network: (&[String], Access<'_>)) -> Result<u8> {
     let id = tokio::select! {
         id = find(node, &cmd.target, network, cmd.timeout) => id?,
         () = stop_signal() => return Ok(exit::INTERRUPTED),
@@ -191,7 +202,7 @@ async fn ping_with(node: &Node, cmd: &PingCommand, network: (&[String], &str)) -
 /// Asks the node at `addr` for its status.
 async fn status(
     addr: &str,
-    network_id: &str,
+    access: Access<'_>,
     timeout: Duration,
 ) -> Result<(StatusResponse, NodeId)> {
     let target: SocketAddr = match addr.parse() {
@@ -212,7 +223,15 @@ async fn status(
     } else {
         SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
     };
-    let me = NodeId::random();
+    // A key of its own, as any node: TLS unless the node runs with insecure plaintext.
+    let identity = chaski::Identity::generate().context("cannot make a key")?;
+    let me = identity.node_id();
+    let security = if access.plaintext {
+        transport::Security::InsecurePlaintext
+    } else {
+        transport::Security::tls(&identity).context("cannot set up TLS")?
+    };
+    let network_id = access.network_id;
     let hello = Hello {
         node_id: me,
         name: "chaski-peers".to_owned(),
@@ -226,6 +245,7 @@ async fn status(
         network_id: network_id.to_owned(),
     };
     let config = transport::Config::builder()
+        .security(security)
         .udp(false)
         .connect_timeout(timeout)
         .handshake_timeout(timeout)
@@ -236,6 +256,23 @@ async fn status(
         .context("cannot open a local endpoint")?;
     let ask = async {
         let connection = endpoint.connect(target).await.map_err(|err| match err {
+            transport::Error::Handshake {
+                source: transport::HandshakeError::PlaintextPeer,
+                ..
+            } => coded(
+                exit::FAILURE,
+                format!(
+                    "{target} speaks plain TCP (it runs with insecure plaintext): add \
+                     --insecure-plaintext to reach it"
+                ),
+            ),
+            transport::Error::Handshake {
+                source: transport::HandshakeError::Refused { ref message, .. },
+                ..
+            } if message.contains("requires TLS") => coded(
+                exit::FAILURE,
+                format!("{target} requires TLS: drop --insecure-plaintext"),
+            ),
             transport::Error::Handshake { .. } => coded(
                 exit::FAILURE,
                 format!("{target} does not speak the chaski protocol ({err})"),
@@ -476,7 +513,13 @@ pub(crate) fn to_dot(status: &StatusResponse) -> String {
 pub(crate) async fn peers(cmd: PeersCommand) -> Result<u8> {
     // As for every setting, the environment overrides the flag.
     let network_id = std::env::var("CHASKI_NETWORK_ID").unwrap_or(cmd.network_id);
-    let (mut status, me) = status(&cmd.addr, &network_id, cmd.timeout).await?;
+    let plaintext = cmd.insecure_plaintext
+        || std::env::var("CHASKI_INSECURE_PLAINTEXT").is_ok_and(|v| v == "true");
+    let access = Access {
+        network_id: &network_id,
+        plaintext,
+    };
+    let (mut status, me) = status(&cmd.addr, access, cmd.timeout).await?;
     // This command's own connection is not one of the node's peers.
     status.peers.retain(|p| p.peer.node_id != me);
     let text = match cmd.format {

@@ -109,6 +109,8 @@ pub struct NodeBuilder {
     pub(crate) command_capacity: usize,
     pub(crate) event_capacity: usize,
     pub(crate) transport: chaski_transport::Config,
+    pub(crate) identity: Option<chaski_transport::Identity>,
+    pub(crate) insecure_plaintext: bool,
     pub(crate) errors: Vec<String>,
 }
 
@@ -138,6 +140,8 @@ impl Default for NodeBuilder {
             command_capacity: 1024,
             event_capacity: 1024,
             transport: chaski_transport::Config::default(),
+            identity: None,
+            insecure_plaintext: false,
             errors: Vec::new(),
         }
     }
@@ -329,8 +333,29 @@ impl NodeBuilder {
         self
     }
 
+    /// The node's identity: its key pair, from which its id is derived and which it proves to
+    /// every peer. Default: a fresh one at every start (a new id each time). To keep the id
+    /// across restarts, load one with
+    /// [`Identity::load_or_create`](chaski_transport::Identity::load_or_create) (a key file
+    /// of mode 0600).
+    pub fn identity(mut self, identity: chaski_transport::Identity) -> NodeBuilder {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// **Insecure**: plain TCP instead of TLS. Nothing is encrypted, nothing authenticated:
+    /// anyone on the path reads and alters every message, and any peer may claim any node id.
+    /// For benchmarks and fully trusted links only; nodes that use TLS (the default) refuse
+    /// this one with a reason, and it refuses them. Default: false.
+    pub fn insecure_plaintext(mut self, yes: bool) -> NodeBuilder {
+        self.insecure_plaintext = yes;
+        self
+    }
+
     /// The transport's settings (connection limits, queue sizes, frame and datagram maxima,
-    /// timeouts). Default: [`chaski_transport::Config::default`].
+    /// timeouts). Default: [`chaski_transport::Config::default`]. Its security is the node's:
+    /// TLS with [`identity`](NodeBuilder::identity), unless
+    /// [`insecure_plaintext`](NodeBuilder::insecure_plaintext).
     pub fn transport(mut self, config: chaski_transport::Config) -> NodeBuilder {
         self.transport = config;
         self

@@ -204,7 +204,17 @@ struct Driver {
 
 /// Binds, builds the membership state machine, spawns the driver and returns the first handle.
 pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
-    let id = NodeId::random();
+    let identity = match builder.identity.clone() {
+        Some(identity) => identity,
+        None => chaski_transport::Identity::generate().map_err(|e| Error::Config(e.to_string()))?,
+    };
+    let id = identity.node_id();
+    let security = if builder.insecure_plaintext {
+        chaski_transport::Security::InsecurePlaintext
+    } else {
+        chaski_transport::Security::tls(&identity).map_err(|e| Error::Config(e.to_string()))?
+    };
+    let transport = builder.transport.clone().with_security(security);
     let name: Arc<str> = builder
         .name
         .clone()
@@ -228,7 +238,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         timestamp_micros: 0,
         network_id: builder.network_id.clone(),
     };
-    let (endpoint, events_in) = Endpoint::bind(listen, provisional, builder.transport.clone())
+    let (endpoint, events_in) = Endpoint::bind(listen, provisional, transport)
         .await
         .map_err(|e| match e {
             chaski_transport::Error::Bind { addr, source } => Error::Bind { addr, source },

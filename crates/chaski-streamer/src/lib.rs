@@ -91,3 +91,5 @@ pub use crate::{
     node::{Node, NodeStats, Peer, PeerWatch, PublishOptions},
     stream::{DEFAULT_STREAM_CAPACITY, Delivery, MessageStream, Overflow, Received, StreamOptions},
 };
+#[doc(no_inline)]
+pub use chaski_transport::{Identity, IdentityError};

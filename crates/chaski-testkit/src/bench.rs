@@ -125,6 +125,19 @@ pub fn size(bytes: usize) -> String {
     }
 }
 
+/// The resident memory of this process, in bytes (Linux: `/proc/self/statm`; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

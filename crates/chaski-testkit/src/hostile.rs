@@ -1,18 +1,24 @@
-//! A hostile peer: a client that speaks the Chaski protocol (a hello, then whatever frames it
-//! likes: crafted domain frames or raw bytes) and never behaves, for tests that attack real
-//! nodes over loopback.
+//! A hostile peer: a client that speaks the Chaski protocol (TLS with a key of its own, as
+//! anyone may in an open network, or plain TCP; then a hello, then whatever frames it likes:
+//! crafted domain frames or raw bytes) and never behaves, for tests that attack real nodes over
+//! loopback.
 
 use std::{io, net::SocketAddr, time::Duration};
 
 use bytes::BytesMut;
+use chaski_transport::{Identity, tls::Tls};
 use chaski_wire::{
     Capabilities, DEFAULT_MAX_FRAME_LEN, Frame, GoodbyeReason, Hello, NodeId, Topic, decode_frame,
     encode_frame,
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
 };
+
+/// A stream the hostile peer speaks over: TLS or plain TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
 
 /// The largest frame the hostile peer writes (it may write anything up to the protocol's limit).
 const MAX_LEN: usize = chaski_wire::MAX_FRAME_LEN_LIMIT;
@@ -38,19 +44,48 @@ pub fn hello(node_id: NodeId, name: &str, listen: Vec<SocketAddr>, topics: &[&st
 /// A connection that completed the handshake and now does as the test says.
 #[derive(Debug)]
 pub struct HostilePeer {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
+    local_addr: SocketAddr,
     buf: BytesMut,
     /// The victim's hello.
     pub victim: Hello,
 }
 
 impl HostilePeer {
-    /// Connects to `addr` and completes the handshake with `hello`.
-    pub async fn connect(addr: SocketAddr, hello: Hello) -> io::Result<HostilePeer> {
+    /// Connects to `addr` over TLS with `identity` (a key of its own: an outsider in an open
+    /// network) and completes the handshake with `hello`, which may claim any id (the victim
+    /// then refuses it for not being the certificate's).
+    pub async fn connect(
+        addr: SocketAddr,
+        identity: &Identity,
+        hello: Hello,
+    ) -> io::Result<HostilePeer> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let local_addr = tcp.local_addr()?;
+        let tls = Tls::new(identity).map_err(io::Error::other)?;
+        let name = rustls::pki_types::ServerName::try_from("chaski").map_err(io::Error::other)?;
+        let stream = tls.connector().connect(name, tcp).await?;
+        HostilePeer::handshake(Box::new(stream), local_addr, hello).await
+    }
+
+    /// As [`connect`](HostilePeer::connect) over plain TCP, for victims that run with insecure
+    /// plaintext.
+    pub async fn connect_plain(addr: SocketAddr, hello: Hello) -> io::Result<HostilePeer> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        let local_addr = stream.local_addr()?;
+        HostilePeer::handshake(Box::new(stream), local_addr, hello).await
+    }
+
+    async fn handshake(
+        stream: Box<dyn Io>,
+        local_addr: SocketAddr,
+        hello: Hello,
+    ) -> io::Result<HostilePeer> {
         let mut peer = HostilePeer {
             stream,
+            local_addr,
             buf: BytesMut::new(),
             victim: hello.clone(),
         };
@@ -68,19 +103,20 @@ impl HostilePeer {
 
     /// The local address of the connection (where the victim sees it come from).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.local_addr()
+        Ok(self.local_addr)
     }
 
     /// Writes one frame.
     pub async fn send(&mut self, frame: &Frame) -> io::Result<()> {
         let mut out = BytesMut::new();
         encode_frame(frame, &mut out, MAX_LEN).map_err(io::Error::other)?;
-        self.stream.write_all(&out).await
+        self.send_raw(&out).await
     }
 
-    /// Writes raw bytes.
+    /// Writes raw bytes (and flushes them: TLS buffers what it encrypts).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     /// The next frame, or `None` at the end of the stream (or a reset).
@@ -137,15 +173,4 @@ pub async fn send_datagram(from: SocketAddr, to: SocketAddr, frame: &Frame) -> i
     Ok(())
 }
 
-/// The resident memory of this process, in bytes (Linux: `/proc/self/statm`; 0 elsewhere).
-pub fn rss_bytes() -> u64 {
-    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
-        return 0;
-    };
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
+pub use crate::bench::rss_bytes;

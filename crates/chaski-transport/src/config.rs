@@ -123,6 +123,12 @@ impl Config {
         &self.security
     }
 
+    /// The same settings with `security` (no other setting depends on it).
+    pub fn with_security(mut self, security: crate::Security) -> Config {
+        self.security = security;
+        self
+    }
+
     /// The maximum control frame length (every kind but messages and status responses),
     /// received.
     pub fn max_control_frame_len(&self) -> usize {

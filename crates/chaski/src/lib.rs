@@ -76,6 +76,6 @@ pub mod membership {
 #[cfg(feature = "node")]
 pub use chaski_streamer::{
     DEFAULT_LAN_GROUP, DEFAULT_LAN_PORT, DEFAULT_STREAM_CAPACITY, Delivery, Error, EventStream,
-    IntoTopic, MessageStream, Node, NodeBuilder, NodeEvent, NodeStats, Overflow, Peer, PeerWatch,
-    PublishOptions, Received, StreamOptions,
+    Identity, IdentityError, IntoTopic, MessageStream, Node, NodeBuilder, NodeEvent, NodeStats,
+    Overflow, Peer, PeerWatch, PublishOptions, Received, StreamOptions,
 };
