@@ -524,3 +524,108 @@ async fn own_publications_reach_own_streams_and_reuse_the_nodes_topic() -> Resul
     })
     .await
 }
+
+/// A key file of a test, removed when dropped (also when the test fails).
+struct KeyFile(std::path::PathBuf);
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_with_its_key_file_keeps_its_id_and_is_heard_again() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    bounded("identity file", async {
+        let key = KeyFile(std::env::temp_dir().join(format!(
+            "chaski-node-test-{}.key",
+            std::process::id()
+        )));
+        let (identity, created) = chaski::Identity::load_or_create(&key.0)?;
+        ensure!(created, "the key file existed already");
+        let mode = std::fs::metadata(&key.0)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "the key file has mode {mode:o}");
+        let hub = start(builder("hub", &["news"])).await?;
+        let mut stream = hub.stream();
+        let first = start(
+            builder("keeper", &["news"])
+                .identity(identity.clone())
+                .seeds([hub.local_addr().to_string()]),
+        )
+        .await?;
+        ensure!(first.id() == identity.node_id());
+        let id = first.id();
+        until_peers(&hub, |peers| peers.iter().any(|p| p.id == id)).await?;
+        for i in 0..10 {
+            first.publish("news", format!("before {i}")).await?;
+        }
+        for _ in 0..10 {
+            next(&mut stream).await?;
+        }
+        first.shutdown().await?;
+        until_peers(&hub, |peers| peers.iter().all(|p| p.id != id)).await?;
+
+        // The same file, read again: the same id; the hub pairs with it and hears its new
+        // messages (numbered from 1 again).
+        let (again, created) = chaski::Identity::load_or_create(&key.0)?;
+        ensure!(!created && again.node_id() == id);
+        let second = start(
+            builder("keeper", &["news"])
+                .identity(again)
+                .seeds([hub.local_addr().to_string()]),
+        )
+        .await?;
+        ensure!(second.id() == id);
+        until_peers(&hub, |peers| {
+            peers
+                .iter()
+                .any(|p| p.id == id && p.paired_topics.iter().any(|t| t == "news"))
+        })
+        .await?;
+        for i in 0..10 {
+            second.publish("news", format!("after {i}")).await?;
+        }
+        for i in 0..10 {
+            let message = next(&mut stream).await?;
+            ensure!(message.publisher == id);
+            ensure!(
+                message.payload == format!("after {i}").as_bytes(),
+                "got {:?}",
+                message.payload
+            );
+        }
+        second.shutdown().await?;
+        hub.shutdown().await?;
+
+        // A key file others can read is refused, with what to do about it.
+        std::fs::set_permissions(&key.0, std::fs::Permissions::from_mode(0o644))?;
+        match chaski::Identity::load_or_create(&key.0) {
+            Err(e) => ensure!(e.to_string().contains("chmod 600"), "{e}"),
+            Ok(_) => bail!("a key file readable by others was taken"),
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_and_tls_nodes_do_not_pair_and_say_why() -> Result<()> {
+    bounded("plaintext and TLS", async {
+        let tls = start(builder("tls", &["news"])).await?;
+        let plain = start(builder("plain", &["news"]).insecure_plaintext(true)).await?;
+        match plain.connect(&tls.local_addr().to_string()).await {
+            Err(e) => ensure!(e.to_string().contains("requires TLS"), "{e}"),
+            Ok(_) => bail!("a plaintext node connected to a TLS one"),
+        }
+        match tls.connect(&plain.local_addr().to_string()).await {
+            Err(e) => ensure!(e.to_string().contains("plain TCP"), "{e}"),
+            Ok(_) => bail!("a TLS node connected to a plaintext one"),
+        }
+        ensure!(tls.peers().is_empty() && plain.peers().is_empty());
+        plain.shutdown().await?;
+        tls.shutdown().await?;
+        Ok(())
+    })
+    .await
+}

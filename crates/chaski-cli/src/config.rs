@@ -154,7 +154,7 @@ settings! {
     /// [`NodeBuilder::network_id`].
     network_id: String => Text,
     /// A key file for [`NodeBuilder::identity`], made (mode 0600) if missing: the node keeps
-    /// its id across restarts. Unset: a fresh key, a new id, at every start.
+    /// its id across restarts. Unset or empty: a fresh key, a new id, at every start.
     identity: String => Text,
     /// [`NodeBuilder::insecure_plaintext`]: plain TCP, no TLS. Insecure.
     insecure_plaintext: bool => Bool,
@@ -371,7 +371,7 @@ impl Settings {
         if let Some(v) = &self.network_id {
             b = b.network_id(v);
         }
-        if let Some(path) = &self.identity {
+        if let Some(path) = self.identity.as_ref().filter(|p| !p.is_empty()) {
             let (identity, created) = chaski::Identity::load_or_create(Path::new(path))
                 .map_err(|e| ConfigError::Identity(e.to_string()))?;
             if created {

@@ -1,5 +1,5 @@
 //! `chaski bench --json`: one object per measurement, each with the raw TCP baseline of the same
-//! run beside it, in one and two processes.
+//! run beside it, in one and two processes, for plain TCP and TLS, then TLS's set-up and memory.
 
 mod common;
 
@@ -25,33 +25,46 @@ fn a_quick_bench_reports_every_measurement_as_json() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let kinds: Vec<(String, u64)> = objects
+    let kinds: Vec<(String, Option<u64>, Option<String>)> = objects
         .iter()
         .map(|o| {
             (
                 o["measurement"].as_str().unwrap().to_owned(),
-                o["processes"].as_u64().unwrap(),
+                o["processes"].as_u64(),
+                o["security"].as_str().map(str::to_owned),
             )
         })
         .collect();
+    let kind = |m: &str, p: Option<u64>, s: Option<&str>| (m.to_owned(), p, s.map(str::to_owned));
     assert_eq!(
         kinds,
         [
-            ("throughput".to_owned(), 1),
-            ("round_trip".to_owned(), 1),
-            ("throughput".to_owned(), 2)
+            kind("throughput", Some(1), Some("plain")),
+            kind("throughput", Some(1), Some("TLS")),
+            kind("round_trip", Some(1), Some("plain")),
+            kind("round_trip", Some(1), Some("TLS")),
+            kind("throughput", Some(2), Some("plain")),
+            kind("throughput", Some(2), Some("TLS")),
+            kind("tls_connection", None, None),
         ]
     );
     for object in &objects {
-        let ratio = object["ratio"].as_f64().unwrap();
-        assert!(ratio.is_finite() && ratio > 0.0, "{object}");
-        if object["measurement"] == "throughput" {
-            assert_eq!(object["payload_bytes"], 64);
-            assert!(object["chaski_msgs_per_s"].as_f64().unwrap() > 0.0);
-            assert!(object["baseline_msgs_per_s"].as_f64().unwrap() > 0.0);
-        } else {
-            assert!(object["chaski_p50_us"].as_f64().unwrap() > 0.0);
-            assert!(object["baseline_p50_us"].as_f64().unwrap() > 0.0);
+        match object["measurement"].as_str().unwrap() {
+            "throughput" => {
+                assert_eq!(object["payload_bytes"], 64);
+                assert!(object["chaski_msgs_per_s"].as_f64().unwrap() > 0.0);
+                assert!(object["baseline_msgs_per_s"].as_f64().unwrap() > 0.0);
+            }
+            "round_trip" => {
+                let ratio = object["ratio"].as_f64().unwrap();
+                assert!(ratio.is_finite() && ratio > 0.0, "{object}");
+                assert!(object["chaski_p50_us"].as_f64().unwrap() > 0.0);
+                assert!(object["baseline_p50_us"].as_f64().unwrap() > 0.0);
+            }
+            _ => {
+                assert!(object["setup_ms_p50"].as_f64().unwrap() > 0.0, "{object}");
+                assert!(object["idle_bytes_per_connection"].as_f64().is_some());
+            }
         }
     }
 }

@@ -213,6 +213,13 @@ fn bad_settings_are_one_clear_line_and_exit_code_2() {
         .write_all(b"name = \"unterminated\n")
         .unwrap();
     let missing = dir.join("missing.toml");
+    let shared_key = dir.join("shared.key");
+    std::fs::write(&shared_key, "not even a key").unwrap();
+    std::fs::set_permissions(
+        &shared_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
 
     let node = |file: &std::path::Path| {
         vec![
@@ -237,6 +244,16 @@ fn bad_settings_are_one_clear_line_and_exit_code_2() {
             node(&missing),
             vec![],
             vec!["cannot read config file", "missing.toml"],
+        ),
+        (
+            vec![
+                "node".into(),
+                "--no-lan-discovery".into(),
+                "--identity".into(),
+                shared_key.display().to_string(),
+            ],
+            vec![],
+            vec!["readable by others", "chmod 600"],
         ),
         (
             vec!["node".into(), "--no-lan-discovery".into()],

@@ -605,12 +605,13 @@ async fn secure(
     };
     match direction {
         Direction::Outbound => {
+            let (watched, first) = FirstByte::new(stream);
             let connecting = tls
                 .connector()
-                .connect(crate::tls::server_name(expect), stream);
+                .connect(crate::tls::server_name(expect), watched);
             match tokio::time::timeout(within, connecting).await {
                 Err(_) => failed(&inner, HandshakeError::Timeout(within)),
-                Ok(Err(error)) => failed(&inner, tls_error(&error)),
+                Ok(Err(error)) => failed(&inner, tls_error(&error, first.get())),
                 Ok(Ok(secured)) => {
                     let proven = secured.get_ref().1.peer_certificates().map(proven_id);
                     match proven {
@@ -650,7 +651,7 @@ async fn secure(
             }
             match tokio::time::timeout(within, tls.acceptor().accept(stream)).await {
                 Err(_) => failed(&inner, HandshakeError::Timeout(within)),
-                Ok(Err(error)) => failed(&inner, tls_error(&error)),
+                Ok(Err(error)) => failed(&inner, tls_error(&error, None)),
                 Ok(Ok(secured)) => {
                     let proven = secured.get_ref().1.peer_certificates().map(proven_id);
                     match proven {
@@ -671,14 +672,87 @@ async fn secure(
     }
 }
 
+/// A stream that remembers the first byte the peer sent: when TLS fails on a reply that is no
+/// TLS record, a 0 (the first byte of a Chaski length prefix) tells a plaintext Chaski node
+/// from anything else. One branch per read.
+struct FirstByte<S> {
+    inner: S,
+    first: Arc<std::sync::OnceLock<u8>>,
+}
+
+impl<S> FirstByte<S> {
+    fn new(inner: S) -> (FirstByte<S>, Arc<std::sync::OnceLock<u8>>) {
+        let first = Arc::new(std::sync::OnceLock::new());
+        (
+            FirstByte {
+                inner,
+                first: first.clone(),
+            },
+            first,
+        )
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstByte<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(&byte) = buf.filled().get(before) {
+            let _ = self.first.set(byte);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByte<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// The node id a verified certificate chain proves (its end entity's key).
 fn proven_id(certs: &[rustls::pki_types::CertificateDer<'static>]) -> Result<NodeId, ()> {
     let first = certs.first().ok_or(())?;
     crate::tls::node_id_of_certificate(first).map_err(|_| ())
 }
 
-/// What a failed TLS handshake means, from the error tokio-rustls returns.
-fn tls_error(error: &io::Error) -> HandshakeError {
+/// What a failed TLS handshake means, from the error tokio-rustls returns and the first byte
+/// the peer sent (when this side dialed).
+fn tls_error(error: &io::Error, first: Option<&u8>) -> HandshakeError {
     let Some(tls) = error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -693,8 +767,15 @@ fn tls_error(error: &io::Error) -> HandshakeError {
     }
     match tls {
         // A Chaski hello starts with a length prefix whose first byte is 0: no TLS record.
-        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            if first == Some(&0) =>
+        {
             HandshakeError::PlaintextPeer
+        }
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            HandshakeError::Tls {
+                reason: "the peer does not speak TLS (nor plaintext Chaski)".to_owned(),
+            }
         }
         other => HandshakeError::Tls {
             reason: other.to_string(),
