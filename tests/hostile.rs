@@ -311,6 +311,7 @@ fn forged(publisher: NodeId, sequence: u64, hops: u32) -> Message {
         payload: Bytes::from_static(b"forged"),
         publisher,
         sequence,
+        incarnation: 0,
         timestamp_micros: 0,
         hop_limit: 8,
         hops,

@@ -538,10 +538,9 @@ impl Drop for KeyFile {
 async fn a_node_restarted_with_its_key_file_keeps_its_id_and_is_heard_again() -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     bounded("identity file", async {
-        let key = KeyFile(std::env::temp_dir().join(format!(
-            "chaski-node-test-{}.key",
-            std::process::id()
-        )));
+        let key = KeyFile(
+            std::env::temp_dir().join(format!("chaski-node-test-{}.key", std::process::id())),
+        );
         let (identity, created) = chaski::Identity::load_or_create(&key.0)?;
         ensure!(created, "the key file existed already");
         let mode = std::fs::metadata(&key.0)?.permissions().mode() & 0o777;

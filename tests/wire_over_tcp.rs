@@ -25,6 +25,7 @@ fn message(sequence: u64) -> Message {
         payload: Bytes::from(sequence.to_be_bytes().to_vec()),
         publisher: NodeId::from_u128(42),
         sequence,
+        incarnation: 0,
         timestamp_micros: 1,
         hop_limit: 4,
         hops: 0,

@@ -1,5 +1,6 @@
-//! The duplicate filter: a sliding window of sequence numbers per stream (publisher and topic),
-//! in a bounded table.
+//! The duplicate filter: a sliding window of sequence numbers per stream (publisher, its
+//! incarnation, and topic), in a bounded table. A publisher restarted with the same key has a new
+//! incarnation: its messages, numbered from 1 again, are a new stream, not replays of the old.
 //!
 //! Each publisher numbers its messages on each topic 1, 2, 3, ... The filter keeps, per stream,
 //! the highest sequence seen and a bitmap of the [`WINDOW`] sequences below it (as IPsec's
@@ -277,8 +278,9 @@ pub(crate) enum Seen {
 /// The bounded duplicate filter keyed by (publisher, topic, sequence).
 #[derive(Debug)]
 pub(crate) struct DuplicateFilter {
-    /// Seeded fast hashing (foldhash): looked up once per message.
-    streams: HashMap<(NodeId, Topic), Stream, foldhash::fast::RandomState>,
+    /// Keyed by (publisher, incarnation, topic). Seeded fast hashing (foldhash): looked up once
+    /// per message.
+    streams: HashMap<(NodeId, u64, Topic), Stream, foldhash::fast::RandomState>,
     capacity: usize,
     clock: u64,
     /// Streams evicted to make room.
@@ -299,18 +301,21 @@ impl DuplicateFilter {
         self.streams.len()
     }
 
-    /// Checks (publisher, topic, sequence) and marks it seen.
+    /// Checks (publisher, incarnation, topic, sequence) and marks it seen.
     pub(crate) fn check(
         &mut self,
         now: Instant,
-        publisher: NodeId,
+        (publisher, incarnation): (NodeId, u64),
         topic: &Topic,
         sequence: u64,
         from: From,
     ) -> Seen {
         self.clock += 1;
         // A topic is a shared slice: the lookup key costs a reference count, no copy.
-        if let Some(s) = self.streams.get_mut(&(publisher, topic.clone())) {
+        if let Some(s) = self
+            .streams
+            .get_mut(&(publisher, incarnation, topic.clone()))
+        {
             s.last_used = self.clock;
             return s.check(now, sequence, from);
         }
@@ -328,7 +333,7 @@ impl DuplicateFilter {
             }
         }
         self.streams.insert(
-            (publisher, topic.detached()),
+            (publisher, incarnation, topic.detached()),
             Stream::new(sequence, now, self.clock),
         );
         Seen::New
@@ -365,7 +370,7 @@ mod tests {
         }
 
         fn check(&mut self, now: Instant, seq: u64, from: From) -> Seen {
-            self.f.check(now, self.p, &self.t, seq, from)
+            self.f.check(now, (self.p, 0), &self.t, seq, from)
         }
     }
 
@@ -390,13 +395,27 @@ mod tests {
     }
 
     #[test]
+    fn a_new_incarnation_is_a_new_stream_not_a_replay() {
+        let mut f = DuplicateFilter::new(4);
+        let (p, t) = (NodeId::from_u128(1), Topic::from_static("t"));
+        for s in 1..=100 {
+            assert_eq!(f.check(T0, (p, 0), &t, s, relay(2)), Seen::New);
+        }
+        // Restarted with the same key: numbered from 1 again, second-hand, all new.
+        for s in 1..=100 {
+            assert_eq!(f.check(T0, (p, 7), &t, s, relay(2)), Seen::New, "seq {s}");
+        }
+        assert_eq!(f.check(T0, (p, 0), &t, 50, relay(2)), Seen::Duplicate);
+    }
+
+    #[test]
     fn topics_are_separate_streams() {
         let mut f = DuplicateFilter::new(4);
         let p = NodeId::from_u128(1);
         let (a, b) = (Topic::from_static("a"), Topic::from_static("b"));
-        assert_eq!(f.check(T0, p, &a, 1, relay(2)), Seen::New);
-        assert_eq!(f.check(T0, p, &b, 1, relay(2)), Seen::New);
-        assert_eq!(f.check(T0, p, &a, 1, relay(2)), Seen::Duplicate);
+        assert_eq!(f.check(T0, (p, 0), &a, 1, relay(2)), Seen::New);
+        assert_eq!(f.check(T0, (p, 0), &b, 1, relay(2)), Seen::New);
+        assert_eq!(f.check(T0, (p, 0), &a, 1, relay(2)), Seen::Duplicate);
         assert_eq!(f.len(), 2);
     }
 
@@ -494,15 +513,15 @@ mod tests {
             NodeId::from_u128(2),
             NodeId::from_u128(3),
         );
-        f.check(T0, a, &t, 1, relay(9));
-        f.check(T0, b, &t, 1, relay(9));
-        f.check(T0, a, &t, 2, relay(9));
-        f.check(T0, c, &t, 1, relay(9)); // evicts b
+        f.check(T0, (a, 0), &t, 1, relay(9));
+        f.check(T0, (b, 0), &t, 1, relay(9));
+        f.check(T0, (a, 0), &t, 2, relay(9));
+        f.check(T0, (c, 0), &t, 1, relay(9)); // evicts b
         assert_eq!(f.len(), 2);
         assert_eq!(f.evictions, 1);
-        assert_eq!(f.check(T0, a, &t, 1, relay(9)), Seen::Duplicate);
+        assert_eq!(f.check(T0, (a, 0), &t, 1, relay(9)), Seen::Duplicate);
         assert_eq!(
-            f.check(T0, b, &t, 1, relay(9)),
+            f.check(T0, (b, 0), &t, 1, relay(9)),
             Seen::New,
             "b was forgotten"
         );

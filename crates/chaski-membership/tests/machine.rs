@@ -244,6 +244,7 @@ fn message(publisher: u128, sequence: u64, topic: &str, hop_limit: u32) -> Messa
         payload: Bytes::from_static(b"p"),
         publisher: NodeId::from_u128(publisher),
         sequence,
+        incarnation: 0,
         timestamp_micros: 0,
         hop_limit,
         hops: 0,

@@ -152,6 +152,8 @@ impl Lan {
 
 struct Driver {
     id: NodeId,
+    /// As `Inner::incarnation`.
+    incarnation: u64,
     name: Arc<str>,
     membership: Membership,
     endpoint: Endpoint,
@@ -215,6 +217,14 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         chaski_transport::Security::tls(&identity).map_err(|e| Error::Config(e.to_string()))?
     };
     let transport = builder.transport.clone().with_security(security);
+    // A key given by the caller may have been used before: number this start's messages as a new
+    // incarnation (the start time, which grows from one start to the next). A fresh key is a new
+    // id: incarnation 0, which costs no bytes on the wire.
+    let incarnation = if builder.identity.is_some() {
+        wall_micros().max(1)
+    } else {
+        0
+    };
     let name: Arc<str> = builder
         .name
         .clone()
@@ -308,6 +318,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
 
     let inner = Inner {
         id,
+        incarnation,
         name: name.clone(),
         local_addr,
         commands: commands_tx,
@@ -340,6 +351,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
     names.insert(id, name.clone());
     let driver = Driver {
         id,
+        incarnation,
         name,
         membership,
         endpoint,
@@ -994,6 +1006,7 @@ impl Driver {
             payload,
             publisher: self.id,
             sequence,
+            incarnation: self.incarnation,
             timestamp_micros: wall_micros(),
             hop_limit: publication.hop_limit,
             hops: 0,

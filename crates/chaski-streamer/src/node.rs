@@ -260,6 +260,8 @@ struct Prepared<'r> {
 
 pub(crate) struct Inner {
     pub(crate) id: NodeId,
+    /// Which start of this node's identity (0 for a fresh key), in every message it publishes.
+    pub(crate) incarnation: u64,
     pub(crate) name: Arc<str>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) commands: mpsc::Sender<Command>,
@@ -423,6 +425,7 @@ impl Node {
             payload,
             publisher: self.inner.id,
             sequence: crate::sequence::next(&route.sequence),
+            incarnation: self.inner.incarnation,
             timestamp_micros: driver::wall_micros(),
             hop_limit,
             hops: 0,

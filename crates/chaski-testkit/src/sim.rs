@@ -433,6 +433,7 @@ impl Sim {
             payload,
             publisher,
             sequence: *sequence,
+            incarnation: 0,
             timestamp_micros: now.as_micros(),
             hop_limit: p.hop_limit,
             hops: 0,

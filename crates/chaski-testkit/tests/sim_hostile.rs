@@ -130,6 +130,7 @@ fn frame(a: &Attack, honest: &[NodeId]) -> Frame {
             payload: Bytes::from_static(b"forged"),
             publisher: honest[i % honest.len()],
             sequence: *sequence,
+            incarnation: 0,
             timestamp_micros: 0,
             hop_limit: 8,
             hops: *hops,

@@ -50,6 +50,7 @@ fn message(payload: Bytes) -> Message {
         payload,
         publisher: NodeId::from_u128(1),
         sequence: 1,
+        incarnation: 0,
         timestamp_micros: 0,
         hop_limit: 1,
         hops: 0,

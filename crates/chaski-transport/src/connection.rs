@@ -1193,6 +1193,7 @@ mod tests {
             payload: Bytes::from(vec![1u8; payload]),
             publisher: NodeId::from_u128(u128::MAX),
             sequence: u64::MAX,
+            incarnation: 0,
             timestamp_micros: u64::MAX,
             hop_limit: u32::MAX,
             hops: u32::MAX,

@@ -21,6 +21,7 @@ fn message(len: usize) -> Message {
         payload: Bytes::from(vec![0xa5; len]),
         publisher: NodeId::random(),
         sequence: 123_456,
+        incarnation: 0,
         timestamp_micros: 1_764_000_000_000_000,
         hop_limit: 8,
         hops: 0,

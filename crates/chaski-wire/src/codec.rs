@@ -168,6 +168,11 @@ pub fn encode_message_head(
             dst.put_slice(&header.value);
         }
     }
+    // Before the payload, so that the payload can follow straight from its buffer.
+    if message.incarnation != 0 {
+        encode_key(9, WireType::Varint, dst);
+        encode_varint(message.incarnation, dst);
+    }
     if !message.payload.is_empty() {
         encode_key(8, WireType::LengthDelimited, dst);
         encode_varint(message.payload.len() as u64, dst);
@@ -210,6 +215,7 @@ fn publish_body_len(m: &Message) -> usize {
     delimited_len(m.topic.len())
         + delimited_len(node_id_len(m.publisher))
         + varint(m.sequence)
+        + varint(m.incarnation)
         + if m.timestamp_micros == 0 { 0 } else { 9 }
         + varint(u64::from(m.hop_limit))
         + varint(u64::from(m.hops))
@@ -433,6 +439,7 @@ mod fast {
         payload: Option<(usize, usize)>,
         publisher: Option<NodeId>,
         sequence: u64,
+        incarnation: u64,
         timestamp_micros: u64,
         hop_limit: u32,
         hops: u32,
@@ -463,6 +470,7 @@ mod fast {
                 payload,
                 publisher,
                 sequence: self.sequence,
+                incarnation: self.incarnation,
                 timestamp_micros: self.timestamp_micros,
                 hop_limit: self.hop_limit,
                 hops: self.hops,
@@ -492,21 +500,28 @@ mod fast {
             payload: None,
             publisher: None,
             sequence: 0,
+            incarnation: 0,
             timestamp_micros: 0,
             hop_limit: 0,
             hops: 0,
             headers: Vec::new(),
         };
-        // Canonical encoders write fields in ascending order; requiring it also rules out
-        // repeated singular fields, whose merge semantics only the generic path implements.
-        let mut last_tag = 0;
+        // Our encoder writes fields in ascending order but for the incarnation (9), which comes
+        // before the payload (8); requiring that order also rules out repeated singular fields,
+        // whose merge semantics only the generic path implements.
+        let rank = |tag: u64| match tag {
+            9 => 8,
+            8 => 9,
+            other => other,
+        };
+        let mut last_rank = 0;
         while !c.done() {
             let key = c.varint()?;
             let (tag, wire) = (key >> 3, key & 7);
-            if tag <= last_tag && tag != 7 {
+            if rank(tag) <= last_rank && tag != 7 {
                 return None;
             }
-            last_tag = tag;
+            last_rank = rank(tag);
             match (tag, wire) {
                 (1, DELIMITED) => parts.topic = Some(c.delimited()?),
                 (2, DELIMITED) => {
@@ -522,6 +537,7 @@ mod fast {
                     parts.headers.push(header(body, s, e)?);
                 }
                 (8, DELIMITED) => parts.payload = Some(c.delimited()?),
+                (9, VARINT) => parts.incarnation = c.varint()?,
                 _ => return None,
             }
         }

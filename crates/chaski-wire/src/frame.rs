@@ -144,8 +144,12 @@ pub struct Message {
     pub payload: Bytes,
     /// The node that published the message.
     pub publisher: NodeId,
-    /// Per-publisher sequence number; with `publisher`, identifies the message.
+    /// Per-publisher and per-topic sequence number, from 1; with `publisher`, `incarnation` and
+    /// `topic`, identifies the message.
     pub sequence: u64,
+    /// Which start of the publisher: 0 for a node with a fresh key, else a value that grows
+    /// from one start to the next (a node restarted with the same key numbers anew).
+    pub incarnation: u64,
     /// The publisher's wall clock at publication, microseconds since the Unix epoch.
     pub timestamp_micros: u64,
     /// How many more times the message may be forwarded.
@@ -539,6 +543,7 @@ impl Message {
             payload: p.payload,
             publisher: node_id_from_proto(p.publisher, "publish.publisher")?,
             sequence: p.sequence,
+            incarnation: p.incarnation,
             timestamp_micros: p.timestamp_micros,
             hop_limit: p.hop_limit,
             hops: p.hops,
@@ -622,6 +627,7 @@ impl Frame {
                     })
                     .collect(),
                 payload: m.payload.clone(),
+                incarnation: m.incarnation,
             }),
             Frame::Ping(p) => Kind::Ping(proto::Ping {
                 id: p.id,

@@ -25,6 +25,7 @@
 //!     payload: Bytes::from_static(b"21.5"),
 //!     publisher: NodeId::random(),
 //!     sequence: 1,
+//!     incarnation: 0,
 //!     timestamp_micros: 0,
 //!     hop_limit: 8,
 //!     hops: 0,

@@ -99,14 +99,26 @@ pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
         any::<u32>(),
         any::<u32>(),
         headers,
+        prop_oneof![Just(0u64), any::<u64>()],
     )
         .prop_map(
-            |(topic, payload, publisher, sequence, timestamp_micros, hop_limit, hops, headers)| {
+            |(
+                topic,
+                payload,
+                publisher,
+                sequence,
+                timestamp_micros,
+                hop_limit,
+                hops,
+                headers,
+                incarnation,
+            )| {
                 Message {
                     topic,
                     payload,
                     publisher,
                     sequence,
+                    incarnation,
                     timestamp_micros,
                     hop_limit,
                     hops,
@@ -412,7 +424,14 @@ proptest! {
         encode_message(&message, &mut ours, MAX).unwrap();
         let reference = Frame::Publish(message.clone()).to_proto().encode_to_vec();
         prop_assert_eq!(&ours[..4], &(reference.len() as u32).to_be_bytes()[..]);
-        prop_assert_eq!(&ours[4..], &reference[..]);
+        if message.incarnation == 0 {
+            prop_assert_eq!(&ours[4..], &reference[..]);
+        } else {
+            // The incarnation (field 9) comes before the payload (8) in ours, after it in
+            // prost's: the same fields, in another valid order.
+            let ours_decoded = proto::Frame::decode(&ours[4..]).unwrap();
+            prop_assert_eq!(ours_decoded, proto::Frame::decode(&reference[..]).unwrap());
+        }
 
         let mut head = BytesMut::new();
         encode_message_head(&message, &mut head, MAX).unwrap();
@@ -505,6 +524,7 @@ proptest! {
         one(proto::Publish { publisher: p.publisher, ..Default::default() });
         one(proto::Publish { sequence: p.sequence, timestamp_micros: p.timestamp_micros, ..Default::default() });
         one(proto::Publish { hop_limit: p.hop_limit, hops: p.hops, headers: p.headers.clone(), ..Default::default() });
+        one(proto::Publish { incarnation: p.incarnation, ..Default::default() });
         one(proto::Publish { payload: p.payload.clone(), ..Default::default() });
         if reverse {
             fields.reverse();
@@ -715,6 +735,7 @@ fn decoded_payload_is_a_slice_of_the_receive_buffer() {
         payload: Bytes::from(vec![7u8; 64]),
         publisher: NodeId::from_u128(1),
         sequence: 1,
+        incarnation: 0,
         timestamp_micros: 2,
         hop_limit: 3,
         hops: 0,
@@ -744,6 +765,7 @@ fn encoding_over_the_maximum_writes_nothing() {
         payload: Bytes::from(vec![0u8; 100]),
         publisher: NodeId::from_u128(1),
         sequence: 1,
+        incarnation: 0,
         timestamp_micros: 0,
         hop_limit: 0,
         hops: 0,
@@ -881,6 +903,7 @@ fn encoded_len_matches_the_encoder_for_messages() {
         payload: Bytes::from_static(b"hello"),
         publisher: NodeId::from_u128(9),
         sequence: 300,
+        incarnation: 0,
         timestamp_micros: 1,
         hop_limit: 8,
         hops: 1,

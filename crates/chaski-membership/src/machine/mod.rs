@@ -1008,8 +1008,13 @@ impl Membership {
                 // A datagram's source can be spoofed: it never counts as a second peer's word.
                 dedup::From::Relay(sender.filter(|_| reliable))
             };
-            self.dedup
-                .check(now, msg.publisher, &msg.topic, msg.sequence, by)
+            self.dedup.check(
+                now,
+                (msg.publisher, msg.incarnation),
+                &msg.topic,
+                msg.sequence,
+                by,
+            )
         };
         if self.dedup.evictions != evictions {
             self.event(Event::Dropped {

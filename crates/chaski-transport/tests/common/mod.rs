@@ -62,6 +62,7 @@ pub fn message(sequence: u64, payload: Bytes) -> Message {
         payload,
         publisher: NodeId::from_u128(1),
         sequence,
+        incarnation: 0,
         timestamp_micros: 0,
         hop_limit: 1,
         hops: 0,

@@ -175,8 +175,9 @@ pub struct Publish {
     /// The node that published the message (not the node that forwarded it).
     #[prost(message, optional, tag = "2")]
     pub publisher: ::core::option::Option<NodeId>,
-    /// Per-publisher sequence number, starting at 1 and incremented for every message the publisher
-    /// sends (over all topics). Together with `publisher` it identifies the message.
+    /// Per-publisher and per-topic sequence number, starting at 1 and incremented for every message
+    /// the publisher sends on the topic. Together with `publisher`, `incarnation` and `topic` it
+    /// identifies the message.
     #[prost(uint64, tag = "3")]
     pub sequence: u64,
     /// Wall-clock time at the publisher when it published, microseconds since the Unix epoch.
@@ -197,6 +198,12 @@ pub struct Publish {
     /// payload straight from the application's buffer (vectored write) without copying it.
     #[prost(bytes = "bytes", tag = "8")]
     pub payload: ::prost::bytes::Bytes,
+    /// Which start of the publisher this is: 0 for a node with a fresh key (a new id at every start),
+    /// otherwise a value that grows from one start to the next (the start time), so that a node
+    /// restarted with the same key numbers its messages anew without being taken for a replay of
+    /// its old ones. Encoders write it before `payload` (any field order is valid protobuf).
+    #[prost(uint64, tag = "9")]
+    pub incarnation: u64,
 }
 /// Latency and bandwidth probe. The receiver answers with a `Pong` carrying the same `id`.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
