@@ -614,18 +614,7 @@ async fn secure(
                 Ok(Err(error)) => failed(&inner, tls_error(&error, first.get())),
                 Ok(Ok(secured)) => {
                     let proven = secured.get_ref().1.peer_certificates().map(proven_id);
-                    match proven {
-                        Some(Ok(proven)) => {
-                            establish(inner, secured, addr, direction, slots, None, Some(proven))
-                                .await
-                        }
-                        _ => failed(
-                            &inner,
-                            HandshakeError::Tls {
-                                reason: "the peer proved no node key".into(),
-                            },
-                        ),
-                    }
+                    establish_proven(inner, secured, addr, direction, slots, proven).await
                 }
             }
         }
@@ -654,18 +643,7 @@ async fn secure(
                 Ok(Err(error)) => failed(&inner, tls_error(&error, None)),
                 Ok(Ok(secured)) => {
                     let proven = secured.get_ref().1.peer_certificates().map(proven_id);
-                    match proven {
-                        Some(Ok(proven)) => {
-                            establish(inner, secured, addr, direction, slots, None, Some(proven))
-                                .await
-                        }
-                        _ => failed(
-                            &inner,
-                            HandshakeError::Tls {
-                                reason: "the peer proved no node key".into(),
-                            },
-                        ),
-                    }
+                    establish_proven(inner, secured, addr, direction, slots, proven).await
                 }
             }
         }
@@ -742,6 +720,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByte<S> {
     ) -> std::task::Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// The hello exchange over a TLS stream whose peer proved `proven` (or nothing usable).
+async fn establish_proven<S>(
+    inner: Arc<Inner>,
+    secured: S,
+    addr: SocketAddr,
+    direction: Direction,
+    slots: (OwnedSemaphorePermit, Option<IpSlot>),
+    proven: Option<Result<NodeId, ()>>,
+) -> Result<Connection, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(Ok(proven)) = proven else {
+        let source = HandshakeError::Tls {
+            reason: "the peer proved no node key".into(),
+        };
+        inner.counters.handshake_failures.add(source.cause());
+        return Err(Error::Handshake { addr, source });
+    };
+    establish(inner, secured, addr, direction, slots, None, Some(proven)).await
 }
 
 /// The node id a verified certificate chain proves (its end entity's key).
