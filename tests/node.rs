@@ -555,7 +555,15 @@ async fn a_node_restarted_with_its_key_file_keeps_its_id_and_is_heard_again() ->
         .await?;
         ensure!(first.id() == identity.node_id());
         let id = first.id();
-        until_peers(&hub, |peers| peers.iter().any(|p| p.id == id)).await?;
+        let hub_id = hub.id();
+        // Paired both ways on the topic: the keeper's publications have their route.
+        let paired = |peers: &[chaski::Peer], who| {
+            peers
+                .iter()
+                .any(|p| p.id == who && p.paired_topics.iter().any(|t| t == "news"))
+        };
+        until_peers(&hub, |peers| paired(peers, id)).await?;
+        until_peers(&first, |peers| paired(peers, hub_id)).await?;
         for i in 0..10 {
             first.publish("news", format!("before {i}")).await?;
         }
@@ -576,12 +584,8 @@ async fn a_node_restarted_with_its_key_file_keeps_its_id_and_is_heard_again() ->
         )
         .await?;
         ensure!(second.id() == id);
-        until_peers(&hub, |peers| {
-            peers
-                .iter()
-                .any(|p| p.id == id && p.paired_topics.iter().any(|t| t == "news"))
-        })
-        .await?;
+        until_peers(&hub, |peers| paired(peers, id)).await?;
+        until_peers(&second, |peers| paired(peers, hub_id)).await?;
         for i in 0..10 {
             second.publish("news", format!("after {i}")).await?;
         }
