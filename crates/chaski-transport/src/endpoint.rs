@@ -598,11 +598,7 @@ async fn secure(
         return establish(inner, stream, addr, direction, slots, expect, None).await;
     };
     let within = inner.config.handshake_timeout;
-    let failed = |inner: &Inner, source: HandshakeError| {
-        inner.counters.handshake_failures.add(source.cause());
-        debug!(%addr, ?direction, error = %source, "TLS handshake failed");
-        Err(Error::Handshake { addr, source })
-    };
+    let failed = |inner: &Inner, source| Err(handshake_failed(inner, addr, direction, source));
     match direction {
         Direction::Outbound => {
             let (watched, first) = FirstByte::new(stream);
@@ -738,10 +734,48 @@ where
         let source = HandshakeError::Tls {
             reason: "the peer proved no node key".into(),
         };
-        inner.counters.handshake_failures.add(source.cause());
-        return Err(Error::Handshake { addr, source });
+        return Err(handshake_failed(&inner, addr, direction, source));
     };
     establish(inner, secured, addr, direction, slots, None, Some(proven)).await
+}
+
+/// Counts a failed handshake by cause, logs it, and makes the error.
+fn handshake_failed(
+    inner: &Inner,
+    addr: SocketAddr,
+    direction: Direction,
+    source: HandshakeError,
+) -> Error {
+    inner.counters.handshake_failures.add(source.cause());
+    debug!(%addr, ?direction, error = %source, "handshake failed");
+    Error::Handshake { addr, source }
+}
+
+/// As [`handshake_failed`], and when `tell`, says why to the peer with a
+/// `Goodbye(ProtocolError)` (best effort, at most 200 ms) before the stream is dropped.
+async fn refuse_handshake<S>(
+    inner: &Inner,
+    stream: &mut S,
+    addr: SocketAddr,
+    direction: Direction,
+    source: HandshakeError,
+    tell: bool,
+) -> Error
+where
+    S: AsyncWrite + Unpin,
+{
+    let message = source.to_string();
+    let error = handshake_failed(inner, addr, direction, source);
+    if tell {
+        handshake::refuse(
+            stream,
+            GoodbyeReason::ProtocolError,
+            &message,
+            Duration::from_millis(200),
+        )
+        .await;
+    }
+    error
 }
 
 /// The node id a verified certificate chain proves (its end entity's key).
@@ -823,24 +857,14 @@ where
     let (remote_hello, leftover) = match exchanged {
         Ok(exchanged) => exchanged,
         Err(error) => {
-            inner.counters.handshake_failures.add(error.cause());
-            debug!(%remote_addr, ?direction, %error, "handshake failed");
-            if matches!(
+            // A peer that sent something is told why; one that sent nothing is not.
+            let tell = matches!(
                 error,
                 HandshakeError::Decode(_) | HandshakeError::UnexpectedFrame { .. }
-            ) {
-                handshake::refuse(
-                    &mut stream,
-                    GoodbyeReason::ProtocolError,
-                    &error.to_string(),
-                    Duration::from_millis(200),
-                )
-                .await;
-            }
-            return Err(Error::Handshake {
-                addr: remote_addr,
-                source: error,
-            });
+            );
+            return Err(
+                refuse_handshake(&inner, &mut stream, remote_addr, direction, error, tell).await,
+            );
         }
     };
     let node = remote_hello.node_id;
@@ -849,19 +873,9 @@ where
             claimed: node,
             proven,
         };
-        inner.counters.handshake_failures.add(error.cause());
-        debug!(%remote_addr, ?direction, %error, "handshake failed");
-        handshake::refuse(
-            &mut stream,
-            GoodbyeReason::ProtocolError,
-            &error.to_string(),
-            Duration::from_millis(200),
-        )
-        .await;
-        return Err(Error::Handshake {
-            addr: remote_addr,
-            source: error,
-        });
+        return Err(
+            refuse_handshake(&inner, &mut stream, remote_addr, direction, error, true).await,
+        );
     }
     if node == inner.node_id {
         add(&inner.counters.self_connections, 1);
