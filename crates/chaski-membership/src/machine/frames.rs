@@ -487,17 +487,8 @@ impl Membership {
         self.known.insert(
             id,
             Known {
-                info,
-                source,
-                last_seen: now,
-                conn: None,
-                down: false,
-                failures: 0,
-                keep: false,
-                verified: false,
                 heard_at: first_hand.then_some(now),
-                cooldown: Vec::new(),
-                sub_revision: 0,
+                ..Known::new(info, source, now)
             },
         );
         self.index(id);

@@ -111,6 +111,25 @@ struct Known {
     sub_revision: u64,
 }
 
+impl Known {
+    /// A peer just learned of (from `source`, at `now`): not connected, never failed.
+    fn new(info: PeerInfo, source: DiscoverySource, now: Instant) -> Known {
+        Known {
+            info,
+            source,
+            last_seen: now,
+            conn: None,
+            down: false,
+            failures: 0,
+            keep: false,
+            verified: false,
+            heard_at: None,
+            cooldown: Vec::new(),
+            sub_revision: 0,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Conn {
     peer: NodeId,
@@ -612,19 +631,11 @@ impl Membership {
             return self.after(now);
         }
         self.unindex(id);
-        let k = self.known.entry(id).or_insert_with(|| Known {
-            info: info.clone(),
-            source,
-            last_seen: now,
-            conn: None,
-            down: false,
-            failures: 0,
-            keep: false,
-            verified: true,
-            heard_at: Some(now),
-            cooldown: Vec::new(),
-            sub_revision: 0,
-        });
+        // Verified and heard from just below, as an entry that existed already.
+        let k = self
+            .known
+            .entry(id)
+            .or_insert_with(|| Known::new(info.clone(), source, now));
         k.verified = true;
         k.heard_at = Some(now);
         k.info = info;
