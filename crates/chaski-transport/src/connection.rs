@@ -246,6 +246,10 @@ pub(crate) struct Shared {
     pub(crate) abort: Mutex<Option<Goodbye>>,
     /// Wakes the reader task when `abort` is set.
     pub(crate) abort_signal: Notify,
+    /// The keys of sealed datagrams, from the TLS session.
+    pub(crate) datagram_keys: Option<crate::seal::DatagramKeys>,
+    /// When the peer's certificate expires (TLS).
+    pub(crate) peer_valid_until: Option<std::time::SystemTime>,
 }
 
 impl Shared {
@@ -400,6 +404,28 @@ impl Connection {
     /// When the handshake completed.
     pub fn established_at(&self) -> Instant {
         self.shared.established_at
+    }
+
+    /// The sealer of best-effort datagrams to this peer (TLS connections only): see
+    /// [`DatagramSocket::try_send_sealed_to`](crate::DatagramSocket::try_send_sealed_to).
+    pub fn datagram_sealer(&self) -> Option<Arc<crate::Sealer>> {
+        self.shared.datagram_keys.as_ref().map(|k| k.sealer.clone())
+    }
+
+    /// The opener of the peer's sealed datagrams (TLS connections only), once: the first call
+    /// takes it, later calls return `None` (one receiver, one replay window).
+    pub fn take_datagram_opener(&self) -> Option<crate::Opener> {
+        let keys = self.shared.datagram_keys.as_ref()?;
+        keys.opener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// When the peer's certificate expires (TLS connections only); the connection is closed
+    /// then.
+    pub fn peer_valid_until(&self) -> Option<std::time::SystemTime> {
+        self.shared.peer_valid_until
     }
 
     /// Whether the connection has ended (its [`Event::Closed`] is sent or about to be).

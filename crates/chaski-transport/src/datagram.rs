@@ -1,5 +1,10 @@
 //! UDP: one frame per datagram (with its length prefix), unicast, broadcast and multicast. Bad
 //! datagrams are dropped and counted by cause, never handed up.
+//!
+//! In a closed network every frame sent is tagged with the network's key and untagged ones are
+//! dropped ([`DatagramSocket::with_network_tag`]); between two connected nodes best-effort
+//! frames are sealed with their connection's keys ([`DatagramSocket::try_send_sealed_to`],
+//! [`DatagramSocket::open`]). The layouts are in `seal`.
 
 use std::{
     io,
@@ -14,8 +19,25 @@ use tracing::trace;
 
 use crate::{
     DatagramError, DatagramStats, EncodedFrame, MAX_DATAGRAM_LEN_LIMIT,
+    seal::{Opener, SEAL_OVERHEAD, SEALED, Sealer, TAG_OVERHEAD, TAGGED},
     stats::{DatagramCounters, add},
+    tls::NetworkTag,
 };
+
+/// A datagram received: a frame, or a sealed datagram to open with its connection's key.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Received {
+    /// A valid frame (tagged by a member, in a closed network).
+    Frame(Frame),
+    /// A sealed datagram: open it with [`DatagramSocket::open`] and the key of the connection
+    /// its sender has.
+    Sealed(Sealed),
+}
+
+/// A sealed datagram, not opened yet.
+#[derive(Debug)]
+pub struct Sealed(BytesMut);
 
 /// A UDP socket carrying Chaski frames, one per datagram. Sending and receiving take `&self`, so
 /// it can be shared (for example in an `Arc`) between a receiving task and senders.
@@ -28,6 +50,7 @@ pub struct DatagramSocket {
     socket: UdpSocket,
     max_len: usize,
     counters: DatagramCounters,
+    tag: Option<NetworkTag>,
 }
 
 impl DatagramSocket {
@@ -68,7 +91,16 @@ impl DatagramSocket {
             socket: UdpSocket::from_std(socket.into())?,
             max_len: max_len.clamp(LENGTH_PREFIX_LEN + 1, MAX_DATAGRAM_LEN_LIMIT),
             counters: DatagramCounters::default(),
+            tag: None,
         })
+    }
+
+    /// Tags every frame sent with `tag` and drops every frame received without a valid tag
+    /// (counted as `untagged` or `bad_tag`): a closed network's beacons. With `None` (an open
+    /// network) frames go untagged and tagged ones are dropped (`unexpected_tag`).
+    pub fn with_network_tag(mut self, tag: Option<NetworkTag>) -> DatagramSocket {
+        self.tag = tag;
+        self
     }
 
     /// The bound address.
@@ -92,7 +124,10 @@ impl DatagramSocket {
             },
             other => DatagramError::Encode(other),
         })?;
-        self.send_bytes(&buf, target).await
+        match self.tagged(&buf)? {
+            Some(tagged) => self.send_bytes(&tagged, target).await,
+            None => self.send_bytes(&buf, target).await,
+        }
     }
 
     /// Sends an already encoded frame to `target` (for example the same beacon to several
@@ -102,18 +137,35 @@ impl DatagramSocket {
         frame: &EncodedFrame,
         target: SocketAddr,
     ) -> Result<usize, DatagramError> {
-        self.check_len(frame)?;
-        self.send_bytes(frame.as_bytes(), target).await
+        match self.tagged(frame.as_bytes())? {
+            Some(tagged) => self.send_bytes(&tagged, target).await,
+            None => self.send_bytes(frame.as_bytes(), target).await,
+        }
     }
 
-    fn check_len(&self, frame: &EncodedFrame) -> Result<(), DatagramError> {
-        if frame.len() > self.max_len {
+    fn check_len(&self, len: usize) -> Result<(), DatagramError> {
+        if len > self.max_len {
             return Err(DatagramError::TooLarge {
-                len: frame.len(),
+                len,
                 max: self.max_len,
             });
         }
         Ok(())
+    }
+
+    /// The tagged form of `frame` in a closed network (`None`: send it as it is).
+    fn tagged(&self, frame: &[u8]) -> Result<Option<Vec<u8>>, DatagramError> {
+        let Some(tag) = &self.tag else {
+            self.check_len(frame.len())?;
+            return Ok(None);
+        };
+        self.check_len(frame.len() + TAG_OVERHEAD)?;
+        let mut datagram = Vec::with_capacity(frame.len() + TAG_OVERHEAD);
+        datagram.push(TAGGED);
+        datagram.extend_from_slice(frame);
+        let mac = tag.sign(&datagram);
+        datagram.extend_from_slice(mac.as_ref());
+        Ok(Some(datagram))
     }
 
     /// Counts the outcome of a send.
@@ -140,8 +192,59 @@ impl DatagramSocket {
         frame: &EncodedFrame,
         target: SocketAddr,
     ) -> Result<usize, DatagramError> {
-        self.check_len(frame)?;
-        self.counted(self.socket.try_send_to(frame.as_bytes(), target))
+        match self.tagged(frame.as_bytes())? {
+            Some(tagged) => self.counted(self.socket.try_send_to(&tagged, target)),
+            None => self.counted(self.socket.try_send_to(frame.as_bytes(), target)),
+        }
+    }
+
+    /// Seals `frame` with a connection's `sealer` and sends it to `target` without waiting
+    /// (as [`try_send_encoded_to`](DatagramSocket::try_send_encoded_to)): a best-effort
+    /// message to a connected peer, readable only by it. The datagram is
+    /// [`SEAL_OVERHEAD`](crate::SEAL_OVERHEAD) bytes longer than the frame.
+    pub fn try_send_sealed_to(
+        &self,
+        frame: &EncodedFrame,
+        sealer: &Sealer,
+        target: SocketAddr,
+    ) -> Result<usize, DatagramError> {
+        self.check_len(frame.len() + SEAL_OVERHEAD)?;
+        let sealed = sealer.seal(frame.as_bytes()).ok_or_else(|| {
+            DatagramError::Io(io::Error::other(
+                "the connection's datagram counter is exhausted",
+            ))
+        })?;
+        self.counted(self.socket.try_send_to(&sealed, target))
+    }
+
+    /// Opens a sealed datagram with the `opener` of its sender's connection. One that does
+    /// not open, or opens a second time, is dropped and counted (`unauthenticated`,
+    /// `replayed`); `None` then.
+    pub fn open(&self, sealed: Sealed, opener: &mut Opener) -> Option<Frame> {
+        let mut bytes = sealed.0;
+        let n = bytes.len();
+        let cause = match opener.open(&mut bytes) {
+            Ok(range) => {
+                let frame = bytes.freeze().slice(range);
+                match decode_datagram(frame, self.max_len - LENGTH_PREFIX_LEN) {
+                    Ok(frame) => {
+                        add(&self.counters.received, 1);
+                        add(&self.counters.bytes_in, n as u64);
+                        return Some(frame);
+                    }
+                    Err(e) => e.cause(),
+                }
+            }
+            Err(e) => e.cause(),
+        };
+        self.counters.dropped.add(cause);
+        None
+    }
+
+    /// Drops a sealed datagram from an address with no connection (counted as `no_session`).
+    pub fn drop_unknown(&self, sealed: Sealed) {
+        drop(sealed);
+        self.counters.dropped.add("no_session");
     }
 
     async fn send_bytes(
@@ -153,14 +256,25 @@ impl DatagramSocket {
     }
 
     /// Receives the next valid frame and its sender's address. Garbage, truncated, padded or
-    /// oversized datagrams are dropped, counted by cause and skipped.
+    /// oversized datagrams are dropped, counted by cause and skipped; so are sealed ones
+    /// (`no_session`: use [`recv_any`](DatagramSocket::recv_any) to receive those).
     pub async fn recv(&self) -> io::Result<(Frame, SocketAddr)> {
+        loop {
+            match self.recv_any().await? {
+                (Received::Frame(frame), from) => return Ok((frame, from)),
+                (Received::Sealed(sealed), _) => self.drop_unknown(sealed),
+            }
+        }
+    }
+
+    /// Receives the next valid frame or sealed datagram, and its sender's address.
+    pub async fn recv_any(&self) -> io::Result<(Received, SocketAddr)> {
         loop {
             // One byte more than the maximum, so that an oversized datagram is detectable.
             let mut buf = BytesMut::with_capacity(self.max_len + 1);
             let (n, from) = self.socket.recv_buf_from(&mut buf).await?;
-            if let Some(frame) = self.check(buf, n, from) {
-                return Ok((frame, from));
+            if let Some(received) = self.check(buf, n, from) {
+                return Ok((received, from));
             }
         }
     }
@@ -169,37 +283,64 @@ impl DatagramSocket {
     /// and skipped. `Ok(None)` when none is ready.
     pub fn try_recv(&self) -> io::Result<Option<(Frame, SocketAddr)>> {
         loop {
+            match self.try_recv_any()? {
+                Some((Received::Frame(frame), from)) => return Ok(Some((frame, from))),
+                Some((Received::Sealed(sealed), _)) => self.drop_unknown(sealed),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// As [`try_recv`](DatagramSocket::try_recv), sealed datagrams included.
+    pub fn try_recv_any(&self) -> io::Result<Option<(Received, SocketAddr)>> {
+        loop {
             let mut buf = BytesMut::with_capacity(self.max_len + 1);
             let (n, from) = match self.socket.try_recv_buf_from(&mut buf) {
                 Ok(received) => received,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(e),
             };
-            if let Some(frame) = self.check(buf, n, from) {
-                return Ok(Some((frame, from)));
+            if let Some(received) = self.check(buf, n, from) {
+                return Ok(Some((received, from)));
             }
         }
     }
 
-    fn check(&self, buf: BytesMut, n: usize, from: SocketAddr) -> Option<Frame> {
+    fn check(&self, mut buf: BytesMut, n: usize, from: SocketAddr) -> Option<Received> {
         let cause = if n == 0 {
             "empty"
         } else if n > self.max_len {
             "too_large"
+        } else if buf[0] == SEALED {
+            buf.truncate(n);
+            return Some(Received::Sealed(Sealed(buf)));
         } else {
             // Small datagrams do not keep a whole receive buffer alive.
-            let datagram = if buf.capacity() > 4 * n {
+            let mut datagram = if buf.capacity() > 4 * n {
                 Bytes::copy_from_slice(&buf[..n])
             } else {
                 buf.freeze()
             };
-            match decode_datagram(datagram, self.max_len - LENGTH_PREFIX_LEN) {
-                Ok(frame) => {
-                    add(&self.counters.received, 1);
-                    add(&self.counters.bytes_in, n as u64);
-                    return Some(frame);
+            match (&self.tag, datagram[0] == TAGGED) {
+                (Some(_), false) => "untagged",
+                (None, true) => "unexpected_tag",
+                (Some(_), true) if n <= TAG_OVERHEAD => "bad_tag",
+                (Some(tag), true) if !tag.verify(&datagram[..n - 32], &datagram[n - 32..]) => {
+                    "bad_tag"
                 }
-                Err(e) => e.cause(),
+                (tag, tagged) => {
+                    if tag.is_some() && tagged {
+                        datagram = datagram.slice(1..n - 32);
+                    }
+                    match decode_datagram(datagram, self.max_len - LENGTH_PREFIX_LEN) {
+                        Ok(frame) => {
+                            add(&self.counters.received, 1);
+                            add(&self.counters.bytes_in, n as u64);
+                            return Some(Received::Frame(frame));
+                        }
+                        Err(e) => e.cause(),
+                    }
+                }
             }
         };
         trace!(%from, len = n, cause, "dropped a datagram");

@@ -328,6 +328,7 @@ impl Endpoint {
             dial_failures: load(&c.dial_failures),
             handshake_failures: c.handshake_failures.snapshot(),
             self_connections: load(&c.self_connections),
+            certificates_expired: load(&c.certificates_expired),
             duplicates: load(&c.duplicates),
             established: load(&c.established),
             inbound_open: load(&self.inner.inbound_open),
@@ -452,7 +453,13 @@ fn bind_sockets(
         let port = listener.local_addr().map_err(bind_error)?.port();
         let udp_addr = SocketAddr::new(addr.ip(), port);
         match DatagramSocket::bind(udp_addr, config.max_datagram_len) {
-            Ok(socket) => return Ok((listener, Some(socket))),
+            Ok(socket) => {
+                let tag = match &config.security {
+                    crate::Security::Tls(tls) => tls.network_tag().cloned(),
+                    _ => None,
+                };
+                return Ok((listener, Some(socket.with_network_tag(tag))));
+            }
             // The TCP port's UDP twin is taken: with port 0, try another port.
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
             Err(e) => return Err(bind_error(e)),
@@ -607,9 +614,9 @@ async fn secure(
                 .connect(crate::tls::server_name(expect), watched);
             match tokio::time::timeout(within, connecting).await {
                 Err(_) => failed(&inner, HandshakeError::Timeout(within)),
-                Ok(Err(error)) => failed(&inner, tls_error(&error, first.get())),
+                Ok(Err(error)) => failed(&inner, tls_error(&error, first.get(), tls.network())),
                 Ok(Ok(secured)) => {
-                    let proven = secured.get_ref().1.peer_certificates().map(proven_id);
+                    let proven = Proven::of(secured.get_ref().1, true);
                     establish_proven(inner, secured, addr, direction, slots, proven).await
                 }
             }
@@ -636,9 +643,9 @@ async fn secure(
             }
             match tokio::time::timeout(within, tls.acceptor().accept(stream)).await {
                 Err(_) => failed(&inner, HandshakeError::Timeout(within)),
-                Ok(Err(error)) => failed(&inner, tls_error(&error, None)),
+                Ok(Err(error)) => failed(&inner, tls_error(&error, None, tls.network())),
                 Ok(Ok(secured)) => {
-                    let proven = secured.get_ref().1.peer_certificates().map(proven_id);
+                    let proven = Proven::of(secured.get_ref().1, false);
                     establish_proven(inner, secured, addr, direction, slots, proven).await
                 }
             }
@@ -718,6 +725,29 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByte<S> {
     }
 }
 
+/// What a TLS handshake proved about the peer, and the keys it gave.
+pub(crate) struct Proven {
+    /// The node id of the peer's certificate.
+    node: NodeId,
+    /// The keys of the connection's sealed datagrams.
+    keys: Option<crate::seal::DatagramKeys>,
+    /// When the peer's certificate expires.
+    valid_until: Option<SystemTime>,
+}
+
+impl Proven {
+    /// What the (complete) TLS session `tls` proved; `None` if it proved no node key.
+    fn of<D>(tls: &rustls::ConnectionCommon<D>, dialer: bool) -> Option<Proven> {
+        let cert = tls.peer_certificates()?.first()?;
+        let node = crate::tls::node_id_of_certificate(cert).ok()?;
+        Some(Proven {
+            node,
+            keys: crate::seal::DatagramKeys::export(tls, dialer),
+            valid_until: crate::tls::not_after(cert),
+        })
+    }
+}
+
 /// The hello exchange over a TLS stream whose peer proved `proven` (or nothing usable).
 async fn establish_proven<S>(
     inner: Arc<Inner>,
@@ -725,12 +755,12 @@ async fn establish_proven<S>(
     addr: SocketAddr,
     direction: Direction,
     slots: (OwnedSemaphorePermit, Option<IpSlot>),
-    proven: Option<Result<NodeId, ()>>,
+    proven: Option<Proven>,
 ) -> Result<Connection, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(Ok(proven)) = proven else {
+    let Some(proven) = proven else {
         let source = HandshakeError::Tls {
             reason: "the peer proved no node key".into(),
         };
@@ -778,15 +808,13 @@ where
     error
 }
 
-/// The node id a verified certificate chain proves (its end entity's key).
-fn proven_id(certs: &[rustls::pki_types::CertificateDer<'static>]) -> Result<NodeId, ()> {
-    let first = certs.first().ok_or(())?;
-    crate::tls::node_id_of_certificate(first).map_err(|_| ())
-}
-
-/// What a failed TLS handshake means, from the error tokio-rustls returns and the first byte
-/// the peer sent (when this side dialed).
-fn tls_error(error: &io::Error, first: Option<&u8>) -> HandshakeError {
+/// What a failed TLS handshake means, from the error tokio-rustls returns, the first byte
+/// the peer sent (when this side dialed), and how this node's network is closed.
+fn tls_error(
+    error: &io::Error,
+    first: Option<&u8>,
+    network: Option<crate::tls::NetworkKind>,
+) -> HandshakeError {
     let Some(tls) = error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -798,6 +826,9 @@ fn tls_error(error: &io::Error, first: Option<&u8>) -> HandshakeError {
     };
     if let Some((expected, found)) = crate::tls::unexpected_node(tls) {
         return HandshakeError::UnexpectedPeer { expected, found };
+    }
+    if let Some(refused) = certificate_error(tls, network) {
+        return refused;
     }
     match tls {
         // A Chaski hello starts with a length prefix whose first byte is 0: no TLS record.
@@ -817,6 +848,67 @@ fn tls_error(error: &io::Error, first: Option<&u8>) -> HandshakeError {
     }
 }
 
+/// The handshake error of a refused certificate: refused here (why, in this node's terms), or
+/// refused by the peer (from its alert).
+fn certificate_error(
+    tls: &rustls::Error,
+    network: Option<crate::tls::NetworkKind>,
+) -> Option<HandshakeError> {
+    use rustls::{AlertDescription as A, CertificateError as C};
+    Some(match tls {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => match network {
+            Some(crate::tls::NetworkKind::Key) => HandshakeError::WrongNetworkKey,
+            _ => HandshakeError::UnknownCa,
+        },
+        rustls::Error::InvalidCertificate(
+            e @ (C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. }),
+        ) => HandshakeError::CertificateExpired {
+            detail: e.to_string(),
+        },
+        rustls::Error::InvalidCertificate(C::Revoked) => HandshakeError::CertificateRevoked,
+        rustls::Error::InvalidCertificate(other) => match crate::tls::refusal_of(tls) {
+            Some(crate::tls::Refusal::SelfSigned) => HandshakeError::SelfSigned,
+            _ => HandshakeError::Tls {
+                reason: other.to_string(),
+            },
+        },
+        rustls::Error::AlertReceived(alert) => HandshakeError::CertificateRefused {
+            reason: match alert {
+                A::UnknownCA | A::DecryptError => {
+                    "it is in a closed network this node's credentials do not open (another network key or CA)"
+                }
+                A::CertificateExpired => {
+                    "it finds this node's certificate expired or not yet valid"
+                }
+                A::CertificateRevoked => "it has revoked this node (its deny list names it)",
+                A::CertificateUnknown | A::BadCertificate | A::UnsupportedCertificate => {
+                    "it is in a closed network and this node has no credentials for it"
+                }
+                _ => return None,
+            },
+        },
+        _ => return None,
+    })
+}
+
+/// A handshake error for an i/o error that carries a TLS error (an alert the peer sent after
+/// its side of the TLS handshake, refusing this node's certificate).
+fn after_tls(error: HandshakeError, network: Option<crate::tls::NetworkKind>) -> HandshakeError {
+    match &error {
+        HandshakeError::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|e| e.downcast_ref::<rustls::Error>().is_some()) =>
+        {
+            tls_error(io, None, network)
+        }
+        _ => error,
+    }
+}
+
 async fn establish<S>(
     inner: Arc<Inner>,
     mut stream: S,
@@ -824,7 +916,7 @@ async fn establish<S>(
     direction: Direction,
     (permit, slot): (OwnedSemaphorePermit, Option<IpSlot>),
     expect: Option<NodeId>,
-    proven: Option<NodeId>,
+    proven: Option<Proven>,
 ) -> Result<Connection, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -854,9 +946,14 @@ where
     if let Some(slot) = &slot {
         slot.handshake_done();
     }
+    let network = match &config.security {
+        crate::Security::Tls(tls) => tls.network(),
+        _ => None,
+    };
     let (remote_hello, leftover) = match exchanged {
         Ok(exchanged) => exchanged,
         Err(error) => {
+            let error = after_tls(error, network);
             // A peer that sent something is told why; one that sent nothing is not.
             let tell = matches!(
                 error,
@@ -868,6 +965,10 @@ where
         }
     };
     let node = remote_hello.node_id;
+    let (keys, valid_until, proven) = match proven {
+        Some(p) => (p.keys, p.valid_until, Some(p.node)),
+        None => (None, None, None),
+    };
     if let Some(proven) = proven.filter(|&p| p != node) {
         let error = HandshakeError::IdentityMismatch {
             claimed: node,
@@ -923,6 +1024,8 @@ where
             room: tokio::sync::Notify::new(),
             abort: Mutex::new(None),
             abort_signal: tokio::sync::Notify::new(),
+            datagram_keys: keys,
+            peer_valid_until: valid_until,
         }),
         tx,
     };
@@ -1001,6 +1104,9 @@ where
         Direction::Outbound => add(&inner.outbound_open, 1),
     }
     debug!(connection = %connection.id(), %remote_addr, ?direction, node = %node.short(), "connection established");
+    if let Some(until) = valid_until {
+        watch_expiry(&inner, connection.clone(), until);
+    }
     tokio::spawn(connection::run(Parts {
         reader,
         leftover,
@@ -1010,6 +1116,31 @@ where
         permit: (permit, slot),
     }));
     Ok(connection)
+}
+
+/// Closes `connection` when its peer's certificate expires (if it is still up then), so that
+/// a member whose certificate lapses does not stay in the network on an old connection.
+fn watch_expiry(inner: &Arc<Inner>, connection: Connection, until: SystemTime) {
+    let inner = Arc::downgrade(inner);
+    let left = until
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    // Certificates valid for centuries (self-signed ones) need no watch.
+    if left > Duration::from_secs(10 * 365 * 24 * 3600) {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(left) => {
+                if let Some(inner) = inner.upgrade() {
+                    add(&inner.counters.certificates_expired, 1);
+                }
+                info!(peer = %connection.node_id().short(), addr = %connection.remote_addr(), "closing a connection: the peer's certificate expired");
+                connection.abort(GoodbyeReason::Unauthorized, "your certificate expired");
+            }
+            () = connection.closed() => {}
+        }
+    });
 }
 
 /// Inbound sockets and handshakes in progress from one IP address, counted while held.

@@ -157,6 +157,35 @@ pub enum HandshakeError {
         /// The id of the certificate's key.
         proven: NodeId,
     },
+    /// The peer is not a member of this node's network closed by a network key: its
+    /// certificate is not issued from the key (it holds another key).
+    #[error("the peer is not in this network: it holds another network key")]
+    WrongNetworkKey,
+    /// The peer is not a member of this node's network closed by a CA: its certificate is
+    /// issued by another CA.
+    #[error("the peer's certificate is not issued by this network's CA (an unknown CA)")]
+    UnknownCa,
+    /// The peer has no credentials for this node's closed network: its certificate is
+    /// self-signed (it runs an open network).
+    #[error(
+        "the peer has no credentials for this closed network (a self-signed certificate: it runs an open network)"
+    )]
+    SelfSigned,
+    /// The peer's certificate is expired, or not valid yet.
+    #[error("the peer's certificate is not valid now: {detail}")]
+    CertificateExpired {
+        /// Its validity against this node's clock.
+        detail: String,
+    },
+    /// The peer's node is on this network's deny list.
+    #[error("the peer's node is revoked (on this network's deny list)")]
+    CertificateRevoked,
+    /// The peer refused this node's certificate; `reason` says why, from its TLS alert.
+    #[error("the peer refused this node's certificate: {reason}")]
+    CertificateRefused {
+        /// The peer's reason, in words.
+        reason: &'static str,
+    },
     /// A dial by [`Endpoint::connect_expecting`](crate::Endpoint::connect_expecting) found
     /// another node than the one expected; nothing was sent to it.
     #[error("expected node {expected}, found {found}; nothing was sent to it")]
@@ -170,7 +199,9 @@ pub enum HandshakeError {
 
 impl HandshakeError {
     /// A short, stable label: `timeout`, `eof`, `io`, `unexpected_frame`, `refused`,
-    /// `unexpected_peer`, `plaintext_peer`, `tls_peer`, `tls`, `identity_mismatch`, or the
+    /// `unexpected_peer`, `plaintext_peer`, `tls_peer`, `tls`, `identity_mismatch`,
+    /// `wrong_network_key`, `unknown_ca`, `self_signed`, `certificate_expired`,
+    /// `certificate_revoked`, `certificate_refused`, or the
     /// [`DecodeError::cause`] label (`magic`, `version`, `malformed`, `too_large`, ...).
     pub fn cause(&self) -> &'static str {
         match self {
@@ -185,6 +216,12 @@ impl HandshakeError {
             HandshakeError::TlsPeer => "tls_peer",
             HandshakeError::Tls { .. } => "tls",
             HandshakeError::IdentityMismatch { .. } => "identity_mismatch",
+            HandshakeError::WrongNetworkKey => "wrong_network_key",
+            HandshakeError::UnknownCa => "unknown_ca",
+            HandshakeError::SelfSigned => "self_signed",
+            HandshakeError::CertificateExpired { .. } => "certificate_expired",
+            HandshakeError::CertificateRevoked => "certificate_revoked",
+            HandshakeError::CertificateRefused { .. } => "certificate_refused",
         }
     }
 }

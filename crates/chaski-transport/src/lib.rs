@@ -127,15 +127,19 @@ mod datagram;
 mod endpoint;
 mod error;
 mod handshake;
+mod seal;
 mod stats;
 pub mod tls;
 
 pub use crate::{
     config::{Config, ConfigBuilder, MAX_DATAGRAM_LEN_LIMIT, MAX_HELLO_LEN},
     connection::{CloseReason, Connection, ConnectionId, Direction, EncodedFrame, Event, Side},
-    datagram::DatagramSocket,
+    datagram::{DatagramSocket, Received, Sealed},
     endpoint::{Endpoint, Events},
     error::{ConfigError, DatagramError, Error, HandshakeError, LostCause, SendError},
+    seal::{Opener, REPLAY_WINDOW, SEAL_OVERHEAD, Sealer},
     stats::{Causes, DatagramStats, EndpointStats, TrafficStats},
-    tls::{Identity, IdentityError, Security},
+    tls::{
+        CertificateAuthority, Identity, IdentityError, Network, NetworkKey, NetworkKind, Security,
+    },
 };

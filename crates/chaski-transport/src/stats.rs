@@ -8,7 +8,7 @@ use std::{
 
 /// Every cause label the transport counts (decode, handshake and loss causes). A label not in
 /// this list is counted as `other`.
-const CAUSES: [&str; 23] = [
+const CAUSES: [&str; 35] = [
     "too_large",
     "malformed",
     "unknown_kind",
@@ -26,6 +26,18 @@ const CAUSES: [&str; 23] = [
     "tls_peer",
     "tls",
     "identity_mismatch",
+    "wrong_network_key",
+    "unknown_ca",
+    "self_signed",
+    "certificate_expired",
+    "certificate_revoked",
+    "certificate_refused",
+    "untagged",
+    "bad_tag",
+    "unexpected_tag",
+    "unauthenticated",
+    "replayed",
+    "no_session",
     "truncated",
     "read",
     "write",
@@ -35,8 +47,14 @@ const CAUSES: [&str; 23] = [
 ];
 
 /// Counters keyed by a cause label, fixed size (no allocation, no lock).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct CauseCounters([AtomicU64; CAUSES.len()]);
+
+impl Default for CauseCounters {
+    fn default() -> CauseCounters {
+        CauseCounters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
 
 impl CauseCounters {
     pub(crate) fn add(&self, cause: &str) {
@@ -143,6 +161,7 @@ pub(crate) struct EndpointCounters {
     pub(crate) dial_failures: AtomicU64,
     pub(crate) handshake_failures: CauseCounters,
     pub(crate) self_connections: AtomicU64,
+    pub(crate) certificates_expired: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) established: AtomicU64,
     pub(crate) goodbyes_received: AtomicU64,
@@ -170,6 +189,8 @@ pub struct EndpointStats {
     pub handshake_failures: Causes,
     /// Connections found to go to this node itself (counted on each end of it).
     pub self_connections: u64,
+    /// Connections closed because the peer's certificate expired while they were up.
+    pub certificates_expired: u64,
     /// Connections closed because they duplicated another connection to the same node.
     pub duplicates: u64,
     /// Connections established since the endpoint started.
@@ -227,7 +248,11 @@ pub struct DatagramStats {
     /// Bytes of the datagrams sent.
     pub bytes_out: u64,
     /// Datagrams dropped on receipt, by cause: `too_large` (over the maximum datagram length),
-    /// `datagram_length` (truncated or padded), `empty`, or another
+    /// `datagram_length` (truncated or padded), `empty`; in a closed network `untagged` (a
+    /// frame without the network's tag: an outsider's beacon) and `bad_tag`; `unexpected_tag`
+    /// (a tagged frame in an open network); for sealed datagrams `unauthenticated` (it does
+    /// not open with its connection's key), `replayed` (seen before, or older than the replay
+    /// window) and `no_session` (from an address with no connection); or another
     /// [`DecodeError::cause`](chaski_wire::DecodeError::cause) label for garbage.
     pub dropped: Causes,
     /// Sends that failed in the operating system.

@@ -11,19 +11,22 @@
 //! A dial that expects a given node (`Endpoint::connect_expecting`) names it in the TLS server
 //! name, and the verifier refuses any other certificate before this side has sent its own.
 //!
-//! What this does not do (yet): a closed network (a shared secret or a CA) and encrypted
-//! datagrams. In open mode anyone may join, but nobody can read a connection's traffic, claim
-//! another node's id on a connection, or alter what a connection carries.
+//! An **open** network ([`Tls::new`]) accepts anyone who proves a key: nobody can read a
+//! connection's traffic, claim another node's id on a connection, or alter what a connection
+//! carries, but anyone may join. A **closed** network ([`Tls::closed`], [`Network`]) accepts
+//! only peers whose certificate the network's CA signed: a CA derived from a shared
+//! [`NetworkKey`], or a [`CertificateAuthority`] of the organisation's. A refused certificate
+//! is a distinct [`HandshakeError`] on each side (the refusing side knows why; the refused
+//! side learns it from the TLS alert).
+//!
+//! [`HandshakeError`]: crate::HandshakeError
 //!
 //! [`HandshakeError::IdentityMismatch`]: crate::HandshakeError::IdentityMismatch
 
-use std::{
-    fmt, fs,
-    io::{self, Write as _},
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
-    path::Path,
-    sync::Arc,
-};
+mod identity;
+mod network;
+
+use std::{fmt, sync::Arc};
 
 use chaski_wire::NodeId;
 use rustls::{
@@ -34,155 +37,20 @@ use rustls::{
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     },
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime},
+    pki_types::{CertificateDer, ServerName, UnixTime},
     server::danger::{ClientCertVerified, ClientCertVerifier},
 };
-use zeroize::Zeroizing;
+
+pub use self::{
+    identity::{Identity, IdentityError},
+    network::{
+        CertificateAuthority, DEFAULT_CERTIFICATE_VALIDITY, MIN_NETWORK_KEY_LEN, Network,
+        NetworkKey, NetworkKind, NetworkTag,
+    },
+};
 
 /// The TLS server name of a dial that expects no particular node.
 const ANY_NODE: &str = "chaski";
-
-/// Why an identity could not be made, read or written.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum IdentityError {
-    /// The key file could not be read or written.
-    #[error("identity file {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// What failed.
-        source: io::Error,
-    },
-    /// The key file can be read by others than its owner: the key would no longer be secret.
-    #[error(
-        "identity file {path} is readable by others (mode {mode:o}); make it private: chmod 600 {path}"
-    )]
-    Permissions {
-        /// The file.
-        path: String,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// The key file does not hold an Ed25519 private key in PKCS#8 PEM form.
-    #[error("identity file {path} does not hold an Ed25519 private key (PKCS#8 PEM)")]
-    NotAKey {
-        /// The file.
-        path: String,
-    },
-    /// The key or its certificate could not be made.
-    #[error("cannot make the node's key or certificate: {0}")]
-    Crypto(String),
-}
-
-/// A node's key pair, the self-signed certificate that carries it, and the id derived from it.
-///
-/// `Debug` shows the id only: the private key never appears in logs or errors.
-#[derive(Clone)]
-pub struct Identity {
-    node_id: NodeId,
-    key: Arc<Zeroizing<Vec<u8>>>,
-    cert: CertificateDer<'static>,
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("node_id", &self.node_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Identity {
-    /// A fresh identity (a new key pair from the operating system's randomness).
-    pub fn generate() -> Result<Identity, IdentityError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
-            .map_err(|e| IdentityError::Crypto(e.to_string()))?;
-        Identity::from_key_pair(&key)
-    }
-
-    /// The identity whose private key is `pem` (PKCS#8, as [`to_pem`](Identity::to_pem) writes).
-    pub fn from_pem(pem: &str) -> Result<Identity, IdentityError> {
-        let not_a_key = || IdentityError::NotAKey {
-            path: String::from("(text)"),
-        };
-        let key = rcgen::KeyPair::from_pem(pem).map_err(|_| not_a_key())?;
-        if !key.is_compatible(&rcgen::PKCS_ED25519) {
-            return Err(not_a_key());
-        }
-        Identity::from_key_pair(&key)
-    }
-
-    fn from_key_pair(key: &rcgen::KeyPair) -> Result<Identity, IdentityError> {
-        let crypto = |e: rcgen::Error| IdentityError::Crypto(e.to_string());
-        let node_id = node_id_of_key(key.public_key_raw());
-        let params = rcgen::CertificateParams::new(vec![ANY_NODE.to_owned()]).map_err(crypto)?;
-        let cert = params.self_signed(key).map_err(crypto)?;
-        Ok(Identity {
-            node_id,
-            key: Arc::new(Zeroizing::new(key.serialize_der())),
-            cert: cert.der().clone(),
-        })
-    }
-
-    /// The private key in PKCS#8 PEM form: secret, write it only to a private file.
-    pub fn to_pem(&self) -> Zeroizing<String> {
-        // Parsing back what `from_key_pair` serialised cannot fail.
-        rcgen::KeyPair::try_from(self.key.as_slice())
-            .map(|key| Zeroizing::new(key.serialize_pem()))
-            .unwrap_or_default()
-    }
-
-    /// Reads the identity in `path`, or makes a new one and writes it there (a new file, mode
-    /// 0600) if there is none. Returns the identity and whether it was created. A file that
-    /// others can read is refused ([`IdentityError::Permissions`]).
-    pub fn load_or_create(path: &Path) -> Result<(Identity, bool), IdentityError> {
-        let shown = path.display().to_string();
-        let io = |source| IdentityError::Io {
-            path: shown.clone(),
-            source,
-        };
-        match fs::metadata(path) {
-            Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(IdentityError::Permissions { path: shown, mode });
-                }
-                let pem = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
-                let identity =
-                    Identity::from_pem(&pem).map_err(|_| IdentityError::NotAKey { path: shown })?;
-                Ok((identity, false))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let identity = Identity::generate()?;
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(io)?;
-                file.write_all(identity.to_pem().as_bytes()).map_err(io)?;
-                file.sync_all().map_err(io)?;
-                Ok((identity, true))
-            }
-            Err(e) => Err(io(e)),
-        }
-    }
-
-    /// The node id this identity proves.
-    pub fn node_id(&self) -> NodeId {
-        self.node_id
-    }
-
-    /// The self-signed certificate that carries the public key (DER).
-    pub fn certificate(&self) -> &CertificateDer<'static> {
-        &self.cert
-    }
-
-    fn private_key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.as_slice().to_vec()))
-    }
-}
 
 /// The node id of an Ed25519 public key (its 32 raw bytes): the first 16 bytes of the key's
 /// SHA-256, big-endian.
@@ -200,11 +68,16 @@ pub fn node_id_of_certificate(cert: &CertificateDer<'_>) -> Result<NodeId, rustl
         .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
     let spki = parsed.public_key();
     if spki.algorithm.algorithm != x509_parser::oid_registry::OID_SIG_ED25519 {
-        return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            rustls::OtherError(Arc::new(NotANodeKey)),
-        )));
+        return Err(refusal(Refusal::NotANodeKey));
     }
     Ok(node_id_of_key(&spki.subject_public_key.data))
+}
+
+/// When a certificate stops being valid.
+pub(crate) fn not_after(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let secs = u64::try_from(parsed.validity().not_after.timestamp()).ok()?;
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
 }
 
 /// The TLS server name that asks for `node` (or for any node).
@@ -246,6 +119,11 @@ impl Security {
         Ok(Security::Tls(Arc::new(Tls::new(identity)?)))
     }
 
+    /// TLS with `identity` in the closed `network` ([`Tls::closed`]).
+    pub fn closed(identity: &Identity, network: &Network) -> Result<Security, IdentityError> {
+        Ok(Security::Tls(Arc::new(Tls::closed(identity, network)?)))
+    }
+
     /// Whether connections are encrypted and authenticated.
     pub fn is_tls(&self) -> bool {
         matches!(self, Security::Tls(_))
@@ -255,6 +133,8 @@ impl Security {
 /// The TLS configurations of one identity, for dialing and accepting.
 pub struct Tls {
     node_id: NodeId,
+    network: Option<NetworkKind>,
+    tag: Option<NetworkTag>,
     connector: tokio_rustls::TlsConnector,
     acceptor: tokio_rustls::TlsAcceptor,
 }
@@ -263,18 +143,44 @@ impl fmt::Debug for Tls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tls")
             .field("node_id", &self.node_id)
+            .field("network", &self.network)
             .finish_non_exhaustive()
     }
 }
 
 impl Tls {
-    /// TLS 1.3 only, no session resumption (each connection proves its certificate), peers
-    /// verified by [`node_id_of_certificate`].
+    /// An open network: TLS 1.3 only, no session resumption (each connection proves its
+    /// certificate), any peer that proves a node key accepted ([`node_id_of_certificate`]).
     pub fn new(identity: &Identity) -> Result<Tls, IdentityError> {
+        Tls::build(identity, None)
+    }
+
+    /// A closed network: as [`Tls::new`], and only peers whose certificate `network`'s CA
+    /// signed (and that its deny list does not name) are accepted. With a network key the
+    /// node's certificate is issued from the key now; with a CA `identity` must be one the CA
+    /// issued ([`CertificateAuthority::issue`]), valid now.
+    pub fn closed(identity: &Identity, network: &Network) -> Result<Tls, IdentityError> {
+        let member = network.member_identity(identity)?;
+        let check = Arc::new(MemberCheck::new(network)?);
+        // The node's own certificate must pass the check its peers will make.
+        check
+            .verify(member.certificate(), UnixTime::now())
+            .map_err(|e| IdentityError::NotIssued {
+                node: identity.node_id(),
+                reason: e.to_string(),
+            })?;
+        let mut tls = Tls::build(&member, Some(check))?;
+        tls.network = Some(network.kind());
+        tls.tag = network.beacon_tag(&member);
+        Ok(tls)
+    }
+
+    fn build(identity: &Identity, members: Option<Arc<MemberCheck>>) -> Result<Tls, IdentityError> {
         let crypto = |e: rustls::Error| IdentityError::Crypto(e.to_string());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = Arc::new(PeerVerifier {
             provider: provider.clone(),
+            members,
         });
         let mut client = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -294,6 +200,8 @@ impl Tls {
         server.send_tls13_tickets = 0;
         Ok(Tls {
             node_id: identity.node_id,
+            network: None,
+            tag: None,
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
         })
@@ -302,6 +210,16 @@ impl Tls {
     /// The node id this side proves.
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// How the network is closed, or `None` for an open network.
+    pub fn network(&self) -> Option<NetworkKind> {
+        self.network
+    }
+
+    /// The key that tags and checks beacons, in a closed network.
+    pub fn network_tag(&self) -> Option<&NetworkTag> {
+        self.tag.as_ref()
     }
 
     /// The connector, for running this identity's TLS over a stream of one's own (then
@@ -316,25 +234,107 @@ impl Tls {
     }
 }
 
-/// Accepts any well-formed certificate with an Ed25519 key whose possession the handshake
-/// proves (with rustls' own signature check); the key is the node's identity. A dial that asks
-/// for a node (in the server name) accepts only that node's key.
-#[derive(Debug)]
-struct PeerVerifier {
-    provider: Arc<CryptoProvider>,
+/// A closed network's check of a peer's certificate: signed by the network's CA (with
+/// webpki, as rustls does for the web), valid now, and not denied.
+struct MemberCheck {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    deny: Arc<std::collections::HashSet<NodeId>>,
 }
 
-/// A certificate whose key is not an Ed25519 node key.
-#[derive(Debug)]
-struct NotANodeKey;
-
-impl fmt::Display for NotANodeKey {
+impl fmt::Debug for MemberCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the certificate's key is not an Ed25519 node key")
+        f.debug_struct("MemberCheck")
+            .field("denied", &self.deny.len())
+            .finish_non_exhaustive()
     }
 }
 
-impl std::error::Error for NotANodeKey {}
+impl MemberCheck {
+    fn new(network: &Network) -> Result<MemberCheck, IdentityError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            network.roots.clone(),
+            provider,
+        )
+        .build()
+        .map_err(|e| IdentityError::Crypto(e.to_string()))?;
+        Ok(MemberCheck {
+            webpki,
+            deny: network.deny.clone(),
+        })
+    }
+
+    /// Checks `cert` (one certificate: members' certificates are issued by the CA itself) and
+    /// returns the node id it proves. Issued certificates name the host `chaski` and serve
+    /// both ends of a connection.
+    fn verify(&self, cert: &CertificateDer<'_>, now: UnixTime) -> Result<NodeId, rustls::Error> {
+        let node = node_id_of_certificate(cert)?;
+        let any =
+            ServerName::try_from(ANY_NODE).map_err(|_| rustls::Error::General("name".into()))?;
+        match self.webpki.verify_server_cert(cert, &[], &any, &[], now) {
+            Ok(_) => {}
+            Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
+                if is_self_signed(cert) =>
+            {
+                return Err(refusal(Refusal::SelfSigned));
+            }
+            Err(e) => return Err(e),
+        }
+        if self.deny.contains(&node) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(node)
+    }
+}
+
+/// Whether a certificate names itself as its issuer.
+fn is_self_signed(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert.as_ref()).is_ok_and(|(_, parsed)| {
+        parsed.tbs_certificate.issuer.as_raw() == parsed.tbs_certificate.subject.as_raw()
+    })
+}
+
+/// Verifies a peer's certificate: an Ed25519 key whose possession the handshake proves (with
+/// rustls' own signature check) is the node's identity; in a closed network the certificate
+/// must also pass the [`MemberCheck`]. A dial that asks for a node (in the server name)
+/// accepts only that node's key.
+#[derive(Debug)]
+struct PeerVerifier {
+    provider: Arc<CryptoProvider>,
+    members: Option<Arc<MemberCheck>>,
+}
+
+/// Why a certificate was refused, beyond rustls' own reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The key is not an Ed25519 node key.
+    NotANodeKey,
+    /// A self-signed certificate in a closed network: the peer has no credentials.
+    SelfSigned,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::NotANodeKey => "the certificate's key is not an Ed25519 node key",
+            Refusal::SelfSigned => "a self-signed certificate: the peer has no network credentials",
+        })
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+fn refusal(why: Refusal) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(why))))
+}
+
+/// The refusal behind a TLS error, if it is one of ours.
+pub(crate) fn refusal_of(error: &rustls::Error) -> Option<Refusal> {
+    let rustls::Error::InvalidCertificate(CertificateError::Other(other)) = error else {
+        return None;
+    };
+    other.0.downcast_ref::<Refusal>().copied()
+}
 
 #[derive(Debug)]
 struct UnexpectedNode {
@@ -364,6 +364,18 @@ impl PeerVerifier {
             &self.provider.signature_verification_algorithms,
         )
     }
+
+    /// The node id `end_entity` proves, if it may join.
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        now: UnixTime,
+    ) -> Result<NodeId, rustls::Error> {
+        match &self.members {
+            Some(members) => members.verify(end_entity, now),
+            None => node_id_of_certificate(end_entity),
+        }
+    }
 }
 
 /// TLS 1.2 is never negotiated (both configurations offer TLS 1.3 only).
@@ -380,9 +392,9 @@ impl ServerCertVerifier for PeerVerifier {
         _intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let found = node_id_of_certificate(end_entity)?;
+        let found = self.check(end_entity, now)?;
         if let Some(expected) = expected_node(server_name) {
             if found != expected {
                 return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
@@ -425,9 +437,9 @@ impl ClientCertVerifier for PeerVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        node_id_of_certificate(end_entity)?;
+        self.check(end_entity, now)?;
         Ok(ClientCertVerified::assertion())
     }
 
