@@ -104,6 +104,18 @@ exits once every message is handed to the network and its connections are closed
 Build it with --release (cargo run --release -p chaski-cli -- bench); `cargo xtask bench node`
 runs it that way. Progress goes to standard error.")]
     Bench(BenchCommand),
+    /// A network CA: make one, and issue node identities signed by it.
+    #[command(after_help = "A closed network with a CA:
+  chaski ca init --dir ca
+  chaski ca issue hub --dir ca            # writes ca/hub.key, prints the node's id
+  chaski node --identity ca/hub.key --ca ca/ca.crt --listen 127.0.0.1:7420")]
+    Ca(CaCommand),
+    /// Make a network key: a secret that closes a network to those who hold it.
+    #[command(after_help = "A closed network with a shared key:
+  chaski network-key --out team.key
+  chaski node --network-key-file team.key --listen 127.0.0.1:7420
+  chaski sub news --network-key-file team.key --seed 127.0.0.1:7420")]
+    NetworkKey(NetworkKeyCommand),
 }
 
 /// Which variants of the throughput measurement to run.
@@ -184,13 +196,50 @@ pub(crate) struct JoinArgs {
     /// The network to join (nodes of other networks are ignored).
     #[arg(long, value_name = "ID")]
     pub(crate) network_id: Option<String>,
-    /// The node's key file (made, mode 0600, if missing): the same id at every start.
+    #[command(flatten)]
+    pub(crate) credentials: Credentials,
+}
+
+/// Who the command is, and which closed network it belongs to.
+#[derive(Debug, Args)]
+pub(crate) struct Credentials {
+    /// The node's key file (made, mode 0600, if missing): the same id at every start. In a
+    /// network closed by a CA, the identity `chaski ca issue` made.
     #[arg(long, value_name = "FILE")]
     pub(crate) identity: Option<String>,
+    /// A network closed to the holders of KEY (better: CHASKI_NETWORK_KEY or
+    /// --network-key-file, which other users cannot see in the process list).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) network_key: Option<String>,
+    /// A network closed to the holders of the key in FILE (mode 0600).
+    #[arg(long, value_name = "FILE", conflicts_with = "network_key")]
+    pub(crate) network_key_file: Option<String>,
+    /// A network closed by the CA whose certificate is FILE (with --identity from `chaski ca
+    /// issue`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["network_key", "network_key_file"])]
+    pub(crate) ca: Option<String>,
+    /// A node id to refuse even with valid credentials (revoked); repeatable.
+    #[arg(long = "deny", value_name = "NODE_ID")]
+    pub(crate) deny: Vec<String>,
     /// INSECURE: plain TCP instead of TLS (no encryption, no authentication). For benchmarks
     /// and fully trusted links; TLS nodes refuse it.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["network_key", "network_key_file", "ca"])]
     pub(crate) insecure_plaintext: bool,
+}
+
+impl Credentials {
+    /// The settings these flags set.
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
+            identity: self.identity.clone(),
+            network_key: self.network_key.clone().map(crate::config::Secret),
+            network_key_file: self.network_key_file.clone(),
+            ca: self.ca.clone(),
+            deny: (!self.deny.is_empty()).then(|| self.deny.clone()),
+            insecure_plaintext: self.insecure_plaintext.then_some(true),
+            ..Settings::default()
+        }
+    }
 }
 
 impl JoinArgs {
@@ -208,10 +257,9 @@ impl JoinArgs {
             lan_discovery: self.no_lan_discovery.then_some(false),
             lan_port: self.lan_port,
             network_id: self.network_id.clone(),
-            identity: self.identity.clone(),
-            insecure_plaintext: self.insecure_plaintext.then_some(true),
             ..Settings::default()
         };
+        flags.overlay(self.credentials.settings());
         flags.overlay(extra);
         settings.overlay(flags);
         settings.overlay(Settings::from_env(|name| std::env::var(name).ok())?);
@@ -325,12 +373,69 @@ pub(crate) struct PeersCommand {
     /// How long to wait for the answer.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub(crate) timeout: std::time::Duration,
-    /// The node's network id, if not the default network (CHASKI_NETWORK_ID overrides it).
-    #[arg(long, value_name = "ID", default_value = "")]
-    pub(crate) network_id: String,
-    /// INSECURE: reach a node that runs with insecure plaintext (CHASKI_INSECURE_PLAINTEXT).
-    #[arg(long)]
-    pub(crate) insecure_plaintext: bool,
+    /// The node's network id, if not the default network.
+    #[arg(long, value_name = "ID")]
+    pub(crate) network_id: Option<String>,
+    /// The node's network: this tool joins it as a node would (CHASKI_* variables override
+    /// the flags, as for every command).
+    #[command(flatten)]
+    pub(crate) credentials: Credentials,
+}
+
+/// `chaski ca`.
+#[derive(Debug, Args)]
+pub(crate) struct CaCommand {
+    #[command(subcommand)]
+    pub(crate) action: CaAction,
+}
+
+/// What `chaski ca` does.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CaAction {
+    /// Make a network CA: DIR/ca.key (secret, mode 0600) and DIR/ca.crt (every node needs it).
+    Init {
+        /// The directory of the CA's files (made if missing).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// The CA's name, in its certificate.
+        #[arg(long, default_value = "chaski network CA")]
+        name: String,
+    },
+    /// Make a node identity signed by the CA: NAME.key (mode 0600) holds the node's key, its
+    /// certificate and the network's beacon key; start the node with --identity NAME.key
+    /// --ca ca.crt. Prints the node's id.
+    Issue {
+        /// The node's name, in its certificate.
+        name: String,
+        /// The directory of the CA's files.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Where to write the identity (default: NAME.key in the CA's directory).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// How long the certificate is valid.
+        #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = parse_days)]
+        valid_for: std::time::Duration,
+    },
+}
+
+/// `chaski network-key`.
+#[derive(Debug, Args)]
+pub(crate) struct NetworkKeyCommand {
+    /// Write the key to FILE (mode 0600) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+}
+
+/// Parses `30d`, or any duration `parse_duration` takes.
+fn parse_days(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim().strip_suffix('d') {
+        Some(days) => days
+            .parse::<u64>()
+            .map(|d| std::time::Duration::from_secs(d * 24 * 3600))
+            .map_err(|_| format!("expected a number of days such as `30d`, got `{text}`")),
+        None => parse_duration(text),
+    }
 }
 
 /// `chaski demo`.
@@ -352,5 +457,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Peers(cmd) => crate::inspect::peers(cmd).await,
         Command::Demo(cmd) => crate::demo::run(cmd).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
+        Command::Ca(cmd) => crate::credentials::ca(cmd),
+        Command::NetworkKey(cmd) => crate::credentials::network_key(cmd),
     }
 }

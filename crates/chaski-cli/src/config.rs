@@ -45,6 +45,9 @@ pub(crate) enum ConfigError {
     /// The identity file could not be read or made.
     #[error("{0}")]
     Identity(String),
+    /// The network's credentials (key, CA, deny list) are missing, unreadable or inconsistent.
+    #[error("{0}")]
+    Network(String),
 }
 
 /// The prefix of the environment variables that override settings: `CHASKI_` and the key in
@@ -84,6 +87,17 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let number: f64 = number.parse().map_err(|_| bad())?;
     Duration::try_from_secs_f64(number * millis_per_unit as f64 / 1e3).map_err(|_| bad())
+}
+
+/// A secret setting (a network key): `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// A stream overflow policy as written in the file: `block`, `drop-oldest` or `drop-newest`.
@@ -158,6 +172,15 @@ settings! {
     identity: String => Text,
     /// [`NodeBuilder::insecure_plaintext`]: plain TCP, no TLS. Insecure.
     insecure_plaintext: bool => Bool,
+    /// [`NodeBuilder::network_key`]: a network closed to the holders of this secret.
+    network_key: Secret => Text,
+    /// As `network_key`, read from a private file (mode 0600).
+    network_key_file: String => Text,
+    /// [`NodeBuilder::network`] closed by a CA: the CA's certificate file (PEM); the node's
+    /// `identity` must be one the CA issued (`chaski ca issue`).
+    ca: String => Text,
+    /// Node ids refused even with valid credentials (a deny list, for revoked members).
+    deny: Vec<String> => List,
     /// [`NodeBuilder::ping_interval`].
     ping_interval: HumanDuration => Text,
     /// [`NodeBuilder::peer_timeout`].
@@ -275,6 +298,99 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The identity file's identity (made if missing), if one is set.
+    pub(crate) fn identity(&self) -> Result<Option<chaski::Identity>, ConfigError> {
+        let Some(path) = self.identity.as_ref().filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        let (identity, created) = chaski::Identity::load_or_create(Path::new(path))
+            .map_err(|e| ConfigError::Identity(e.to_string()))?;
+        if created {
+            tracing::info!(path = %path, node = %identity.node_id(), "identity created");
+        }
+        Ok(Some(identity))
+    }
+
+    /// The closed network the credentials name (a network key, or a CA), with the deny list;
+    /// `None` for an open network.
+    pub(crate) fn network(&self) -> Result<Option<chaski::transport::Network>, ConfigError> {
+        use chaski::transport::{Network, NetworkKey};
+        let set = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        let failed = |what: &str, e: chaski::IdentityError| {
+            ConfigError::Network(format!("{what}: {e}"))
+        };
+        let key = match (
+            self.network_key.as_ref().filter(|k| !k.0.trim().is_empty()),
+            set(&self.network_key_file),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Network(
+                    "network_key and network_key_file are both set: give one".to_owned(),
+                ));
+            }
+            (Some(key), None) => {
+                Some(NetworkKey::from_text(&key.0).map_err(|e| failed("network key", e))?)
+            }
+            (None, Some(path)) => Some(
+                NetworkKey::load(Path::new(&path)).map_err(|e| failed("network key file", e))?,
+            ),
+            (None, None) => None,
+        };
+        let network = match (key, set(&self.ca)) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Network(
+                    "a network is closed by a network key or by a CA, not both".to_owned(),
+                ));
+            }
+            (Some(key), None) => Network::from_key(&key).map_err(|e| failed("network key", e))?,
+            (None, Some(ca)) => {
+                Network::load_ca(Path::new(&ca)).map_err(|e| failed("network CA", e))?
+            }
+            (None, None) => {
+                if self.deny.as_ref().is_some_and(|d| !d.is_empty()) {
+                    return Err(ConfigError::Network(
+                        "deny needs a closed network (network_key or ca)".to_owned(),
+                    ));
+                }
+                return Ok(None);
+            }
+        };
+        let mut denied = Vec::new();
+        for id in self.deny.iter().flatten() {
+            denied.push(id.parse::<chaski::NodeId>().map_err(|e| {
+                ConfigError::Network(format!("deny: `{id}` is not a node id: {e}"))
+            })?);
+        }
+        Ok(Some(network.deny(denied)))
+    }
+
+    /// The security of a tool that reaches a node as a peer would (`chaski peers`): the
+    /// identity file's key or a fresh one, in the network the credentials name.
+    pub(crate) fn tool_security(
+        &self,
+    ) -> Result<(chaski::NodeId, chaski::transport::Security), ConfigError> {
+        use chaski::transport::Security;
+        let identity = match self.identity()? {
+            Some(identity) => identity,
+            None => chaski::Identity::generate().map_err(|e| ConfigError::Identity(e.to_string()))?,
+        };
+        let network = self.network()?;
+        let security = match (self.insecure_plaintext.unwrap_or(false), network) {
+            (true, Some(_)) => {
+                return Err(ConfigError::Network(
+                    "a closed network needs TLS: drop insecure_plaintext".to_owned(),
+                ));
+            }
+            (true, None) => Security::InsecurePlaintext,
+            (false, Some(network)) => Security::closed(&identity, &network)
+                .map_err(|e| ConfigError::Network(e.to_string()))?,
+            (false, None) => {
+                Security::tls(&identity).map_err(|e| ConfigError::Network(e.to_string()))?
+            }
+        };
+        Ok((identity.node_id(), security))
+    }
+
     /// The transport's settings: its defaults with the `transport_*` keys over them.
     fn transport(&self) -> Result<chaski::transport::Config, ConfigError> {
         let mut t = chaski::transport::Config::builder();
@@ -371,16 +487,14 @@ impl Settings {
         if let Some(v) = &self.network_id {
             b = b.network_id(v);
         }
-        if let Some(path) = self.identity.as_ref().filter(|p| !p.is_empty()) {
-            let (identity, created) = chaski::Identity::load_or_create(Path::new(path))
-                .map_err(|e| ConfigError::Identity(e.to_string()))?;
-            if created {
-                tracing::info!(path = %path, node = %identity.node_id(), "identity created");
-            }
+        if let Some(identity) = self.identity()? {
             b = b.identity(identity);
         }
         if let Some(v) = self.insecure_plaintext {
             b = b.insecure_plaintext(v);
+        }
+        if let Some(network) = self.network()? {
+            b = b.network(network);
         }
         if let Some(v) = self.ping_interval {
             b = b.ping_interval(v.0);

@@ -23,11 +23,12 @@ use crate::{
     run::{peer_name_soon, stop_signal},
 };
 
-/// How a tool reaches a node: its network and whether it speaks plain TCP.
+/// How a tool reaches a node: its network, and the identity and security it connects with.
 #[derive(Clone, Copy, Debug)]
 struct Access<'a> {
     network_id: &'a str,
-    plaintext: bool,
+    me: NodeId,
+    security: &'a transport::Security,
 }
 
 /// Finds the node `target` from `node`: an address is dialed; a name is looked up among the
@@ -121,9 +122,11 @@ pub(crate) async fn ping(cmd: PingCommand) -> Result<u8> {
         .context("cannot start the node")?;
     let seeds = settings.seeds.clone().unwrap_or_default();
     let network_id = settings.network_id.clone().unwrap_or_default();
+    let (me, security) = settings.tool_security()?;
     let access = Access {
         network_id: &network_id,
-        plaintext: settings.insecure_plaintext.unwrap_or(false),
+        me,
+        security: &security,
     };
     let result = ping_with(&node, &cmd, (&seeds, access)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), node.shutdown()).await;
@@ -223,14 +226,8 @@ async fn status(
     } else {
         SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
     };
-    // A key of its own, as any node: TLS unless the node runs with insecure plaintext.
-    let identity = chaski::Identity::generate().context("cannot make a key")?;
-    let me = identity.node_id();
-    let security = if access.plaintext {
-        transport::Security::InsecurePlaintext
-    } else {
-        transport::Security::tls(&identity).context("cannot set up TLS")?
-    };
+    let me = access.me;
+    let security = access.security.clone();
     let network_id = access.network_id;
     let hello = Hello {
         node_id: me,
@@ -273,10 +270,13 @@ async fn status(
                 exit::FAILURE,
                 format!("{target} requires TLS: drop --insecure-plaintext"),
             ),
-            transport::Error::Handshake { .. } => coded(
-                exit::FAILURE,
-                format!("{target} does not speak the chaski protocol ({err})"),
-            ),
+            transport::Error::Handshake { ref source, .. } => match credentials_hint(source) {
+                Some(hint) => coded(exit::FAILURE, format!("{target}: {source}: {hint}")),
+                None => coded(
+                    exit::FAILURE,
+                    format!("{target} does not speak the chaski protocol ({err})"),
+                ),
+            },
             err => coded(exit::ADDRESS, err.to_string()),
         })?;
         // A node that refuses us (another network) may close the connection
@@ -509,15 +509,34 @@ pub(crate) fn to_dot(status: &StatusResponse) -> String {
     out
 }
 
+/// What to change when a handshake was refused for the credentials, if it was.
+pub(crate) fn credentials_hint(error: &transport::HandshakeError) -> Option<&'static str> {
+    use transport::HandshakeError as H;
+    Some(match error {
+        H::WrongNetworkKey => "give the network's key (--network-key-file)",
+        H::UnknownCa => "give the CA certificate of the node's network (--ca)",
+        H::SelfSigned => "the node runs an open network: drop --network-key and --ca",
+        H::CertificateExpired { .. } => "the node's certificate must be renewed",
+        H::CertificateRevoked => "the node is on the deny list (--deny)",
+        H::CertificateRefused { .. } => {
+            "give the network's key (--network-key-file), or its CA (--ca) and an --identity it issued"
+        }
+        _ => return None,
+    })
+}
+
 /// `chaski peers`.
 pub(crate) async fn peers(cmd: PeersCommand) -> Result<u8> {
-    // As for every setting, the environment overrides the flag.
-    let network_id = std::env::var("CHASKI_NETWORK_ID").unwrap_or(cmd.network_id);
-    let plaintext = cmd.insecure_plaintext
-        || std::env::var("CHASKI_INSECURE_PLAINTEXT").is_ok_and(|v| v == "true");
+    // As for every setting, the environment overrides the flags.
+    let mut settings = cmd.credentials.settings();
+    settings.network_id = cmd.network_id.clone();
+    settings.overlay(Settings::from_env(|name| std::env::var(name).ok())?);
+    let network_id = settings.network_id.clone().unwrap_or_default();
+    let (me, security) = settings.tool_security()?;
     let access = Access {
         network_id: &network_id,
-        plaintext,
+        me,
+        security: &security,
     };
     let (mut status, me) = status(&cmd.addr, access, cmd.timeout).await?;
     // This command's own connection is not one of the node's peers.

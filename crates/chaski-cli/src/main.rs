@@ -33,6 +33,7 @@
 mod bench;
 mod cli;
 mod config;
+mod credentials;
 mod demo;
 mod inspect;
 mod logging;

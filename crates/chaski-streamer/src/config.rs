@@ -111,6 +111,7 @@ pub struct NodeBuilder {
     pub(crate) transport: chaski_transport::Config,
     pub(crate) identity: Option<chaski_transport::Identity>,
     pub(crate) insecure_plaintext: bool,
+    pub(crate) network: Option<chaski_transport::Network>,
     pub(crate) errors: Vec<String>,
 }
 
@@ -142,6 +143,7 @@ impl Default for NodeBuilder {
             transport: chaski_transport::Config::default(),
             identity: None,
             insecure_plaintext: false,
+            network: None,
             errors: Vec::new(),
         }
     }
@@ -343,6 +345,31 @@ impl NodeBuilder {
         self
     }
 
+    /// Closes the network: only members connect to this node, and it to them. A member holds
+    /// the same network key ([`network_key`](NodeBuilder::network_key)), or has an
+    /// [`identity`](NodeBuilder::identity) issued by the network's CA
+    /// ([`Network::load_ca`](chaski_transport::Network::load_ca)); a deny list
+    /// ([`Network::deny`](chaski_transport::Network::deny)) refuses revoked nodes. In a closed
+    /// network beacons are tagged (others' are dropped before any dial) and status requests are
+    /// answered to any member (they are members' business). Default: an open network (anyone
+    /// who proves a key may connect).
+    pub fn network(mut self, network: chaski_transport::Network) -> NodeBuilder {
+        self.network = Some(network);
+        self
+    }
+
+    /// Closes the network to the holders of `key` (see [`network`](NodeBuilder::network)).
+    pub fn network_key(self, key: &chaski_transport::NetworkKey) -> NodeBuilder {
+        match chaski_transport::Network::from_key(key) {
+            Ok(network) => self.network(network),
+            Err(e) => {
+                let mut builder = self;
+                builder.errors.push(format!("network key: {e}"));
+                builder
+            }
+        }
+    }
+
     /// **Insecure**: plain TCP instead of TLS. Nothing is encrypted, nothing authenticated:
     /// anyone on the path reads and alters every message, and any peer may claim any node id.
     /// For benchmarks and fully trusted links only; nodes that use TLS (the default) refuse
@@ -402,6 +429,12 @@ impl NodeBuilder {
         ];
         if let Some((_, rule)) = rules.iter().find(|(ok, _)| !ok) {
             return Err(Error::Config((*rule).to_owned()));
+        }
+        if self.insecure_plaintext && self.network.is_some() {
+            return Err(Error::Config(
+                "a closed network needs TLS: insecure_plaintext cannot be combined with a network key or CA"
+                    .to_owned(),
+            ));
         }
         if !self.lan_group.is_multicast() {
             return Err(Error::Config(format!(

@@ -120,14 +120,21 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The LAN discovery socket: bound to the multicast group, joined on one interface.
 struct Lan {
-    socket: DatagramSocket,
+    /// Shared with the handles, which read its counters.
+    socket: Arc<DatagramSocket>,
     group: SocketAddr,
 }
 
 impl Lan {
     /// Joins `group:port` on the interface of `listen` (loopback when `listen` is unspecified), so
     /// that beacons never leave through another interface.
-    fn open(listen: IpAddr, group: Ipv4Addr, port: u16, max_len: usize) -> io::Result<Lan> {
+    fn open(
+        listen: IpAddr,
+        group: Ipv4Addr,
+        port: u16,
+        max_len: usize,
+        tag: Option<chaski_transport::NetworkTag>,
+    ) -> io::Result<Lan> {
         let interface = match listen {
             IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST,
             IpAddr::V4(ip) => ip,
@@ -138,13 +145,14 @@ impl Lan {
                 ));
             }
         };
-        let socket = DatagramSocket::bind_shared(SocketAddr::new(group.into(), port), max_len)?;
+        let socket = DatagramSocket::bind_shared(SocketAddr::new(group.into(), port), max_len)?
+            .with_network_tag(tag);
         socket.join_multicast_v4(group, interface)?;
         socket.set_multicast_if_v4(interface)?;
         socket.set_multicast_loop_v4(true)?;
         socket.set_multicast_ttl_v4(1)?;
         Ok(Lan {
-            socket,
+            socket: Arc::new(socket),
             group: SocketAddr::new(group.into(), port),
         })
     }
@@ -165,6 +173,11 @@ struct Driver {
     /// Peers' UDP addresses (their listening addresses) to their connection, for best-effort
     /// messages.
     udp_peers: HashMap<SocketAddr, ConnId>,
+    /// The openers of connected peers' sealed datagrams (TLS).
+    openers: HashMap<ConnId, chaski_transport::Opener>,
+    /// Whether connections use TLS: best-effort datagrams are then sealed, and plain ones
+    /// (which anyone could send with a peer's source address) are refused.
+    tls: bool,
     names: FastMap<NodeId, Arc<str>>,
     /// The connection of each directly connected peer.
     peer_conns: FastMap<NodeId, ConnId>,
@@ -211,11 +224,19 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         None => chaski_transport::Identity::generate().map_err(|e| Error::Config(e.to_string()))?,
     };
     let id = identity.node_id();
-    let security = if builder.insecure_plaintext {
-        chaski_transport::Security::InsecurePlaintext
-    } else {
-        chaski_transport::Security::tls(&identity).map_err(|e| Error::Config(e.to_string()))?
+    let security = match (&builder.network, builder.insecure_plaintext) {
+        (_, true) => chaski_transport::Security::InsecurePlaintext,
+        (Some(network), false) => chaski_transport::Security::closed(&identity, network)
+            .map_err(|e| Error::Config(e.to_string()))?,
+        (None, false) => {
+            chaski_transport::Security::tls(&identity).map_err(|e| Error::Config(e.to_string()))?
+        }
     };
+    let network_tag = match &security {
+        chaski_transport::Security::Tls(tls) => tls.network_tag().cloned(),
+        _ => None,
+    };
+    let tls = security.is_tls();
     let transport = builder.transport.clone().with_security(security);
     // A key given by the caller may have been used before: number this start's messages as a new
     // incarnation (the start time, which grows from one start to the next). A fresh key is a new
@@ -269,7 +290,8 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         // ring keeps one neighbour on each side (the documented minimum is 2 connections).
         .ring_neighbours((builder.max_connections / 2).clamp(1, 2))
         .disconnect_unneeded(builder.disconnect_unneeded)
-        .status_from_anywhere(builder.status_from_anywhere)
+        // In a closed network every peer is a member: members may see the peer table.
+        .status_from_anywhere(builder.status_from_anywhere || builder.network.is_some())
         .lan_discovery(builder.lan_discovery)
         .ping_interval(builder.ping_interval)
         .peer_timeout(builder.peer_timeout)
@@ -295,6 +317,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
             builder.lan_group,
             builder.lan_port,
             max_datagram_len,
+            network_tag,
         ) {
             Ok(lan) => Some(lan),
             Err(err) => {
@@ -345,6 +368,8 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         send_queue: builder.transport.send_queue(),
         peer_timeout: builder.peer_timeout,
         counters: counters.clone(),
+        transport_stats: endpoint.stats_handle(),
+        lan_socket: lan.as_ref().map(|l| l.socket.clone()),
         stopped: stopped_rx,
     };
     let mut names = FastMap::default();
@@ -361,6 +386,8 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         epoch: now,
         conns: HashMap::new(),
         udp_peers: HashMap::new(),
+        openers: HashMap::new(),
+        tls,
         names,
         peer_conns: FastMap::default(),
         paired_since: FastMap::default(),
@@ -501,7 +528,7 @@ impl Driver {
                     self.blocked_deliveries.pop_front();
                     self.retry_blocked_deliveries();
                 }
-                received = async { self.endpoint.datagrams().expect("guarded").recv().await }, if self.endpoint.datagrams().is_some() => {
+                received = async { self.endpoint.datagrams().expect("guarded").recv_any().await }, if self.endpoint.datagrams().is_some() => {
                     match received {
                         Ok((frame, from)) => self.handle_datagram(frame, from),
                         Err(err) => warn!(%err, "UDP receive failed"),
@@ -595,6 +622,9 @@ impl Driver {
         if let Some(addr) = udp_target(&connection) {
             self.udp_peers.insert(addr, conn);
         }
+        if let Some(opener) = connection.take_datagram_opener() {
+            self.openers.insert(conn, opener);
+        }
         self.names.insert(hello.node_id, hello.name.as_str().into());
         self.peer_conns.insert(hello.node_id, conn);
         let outbound = connection.direction() == chaski_transport::Direction::Outbound;
@@ -618,6 +648,7 @@ impl Driver {
         let Some(connection) = self.conns.remove(&conn) else {
             return;
         };
+        self.openers.remove(&conn);
         if let Some(addr) = udp_target(&connection) {
             if self.udp_peers.get(&addr) == Some(&conn) {
                 self.udp_peers.remove(&addr);
@@ -647,27 +678,56 @@ impl Driver {
         self.routes_dirty = true;
     }
 
-    fn handle_datagram(&mut self, frame: Frame, from: SocketAddr) {
+    fn handle_datagram(&mut self, received: chaski_transport::Received, from: SocketAddr) {
+        let frame = match received {
+            chaski_transport::Received::Sealed(sealed) => {
+                let socket = self.endpoint.datagrams().expect("a datagram came from it");
+                let opener = self
+                    .udp_peers
+                    .get(&from)
+                    .and_then(|conn| self.openers.get_mut(conn));
+                let Some(opener) = opener else {
+                    socket.drop_unknown(sealed);
+                    return self.ignored_datagram();
+                };
+                // Dropped and counted by the socket when it does not open.
+                match socket.open(sealed, opener) {
+                    Some(frame) => frame,
+                    None => return,
+                }
+            }
+            chaski_transport::Received::Frame(Frame::Publish(_)) if self.tls => {
+                // With TLS, a peer's best-effort messages come sealed: a plain one could come
+                // from anyone who writes the peer's address as its source.
+                return self.ignored_datagram();
+            }
+            chaski_transport::Received::Frame(frame) => frame,
+            _ => return,
+        };
         match frame {
             Frame::Publish(message) => match self.udp_peers.get(&from).copied() {
                 Some(conn) => {
                     let now = self.now();
                     self.received(now, conn, message, Delivery::BestEffort);
                 }
-                None => {
-                    Counters::add(&self.counters.datagrams_ignored, 1);
-                    self.unknown_datagrams.0 += 1;
-                    if self.unknown_datagrams.1.elapsed() >= REPORT_INTERVAL {
-                        let dropped = std::mem::take(&mut self.unknown_datagrams.0);
-                        self.unknown_datagrams.1 = Instant::now();
-                        self.emit(NodeEvent::UnknownDatagramSource { dropped });
-                    }
-                }
+                None => self.ignored_datagram(),
             },
             other => {
                 let now = self.now();
                 self.membership.handle_datagram(now, from, other);
             }
+        }
+    }
+
+    /// Counts a best-effort datagram from no connected peer, reported at most every
+    /// `REPORT_INTERVAL`.
+    fn ignored_datagram(&mut self) {
+        Counters::add(&self.counters.datagrams_ignored, 1);
+        self.unknown_datagrams.0 += 1;
+        if self.unknown_datagrams.1.elapsed() >= REPORT_INTERVAL {
+            let dropped = std::mem::take(&mut self.unknown_datagrams.0);
+            self.unknown_datagrams.1 = Instant::now();
+            self.emit(NodeEvent::UnknownDatagramSource { dropped });
         }
     }
 
@@ -758,8 +818,12 @@ impl Driver {
                 continue;
             };
             let ok = match udp {
-                Some(socket) => udp_target(connection)
-                    .is_some_and(|to| socket.try_send_encoded_to(&frame, to).is_ok()),
+                Some(socket) => udp_target(connection).is_some_and(|to| {
+                    match connection.datagram_sealer() {
+                        Some(sealer) => socket.try_send_sealed_to(&frame, sealer, to).is_ok(),
+                        None => socket.try_send_encoded_to(&frame, to).is_ok(),
+                    }
+                }),
                 None => match connection.try_send_encoded(frame.clone()) {
                     Ok(()) => true,
                     Err(SendError::Full) => false,
@@ -1200,7 +1264,7 @@ impl Driver {
     fn send_datagram(&mut self, to: DatagramTarget, frame: Frame) {
         let (socket, target) = match to {
             DatagramTarget::Lan => match &self.lan {
-                Some(lan) => (&lan.socket, lan.group),
+                Some(lan) => (&*lan.socket, lan.group),
                 None => return,
             },
             DatagramTarget::Unicast(addr) => match self.endpoint.datagrams() {

@@ -92,4 +92,4 @@ pub use crate::{
     stream::{DEFAULT_STREAM_CAPACITY, Delivery, MessageStream, Overflow, Received, StreamOptions},
 };
 #[doc(no_inline)]
-pub use chaski_transport::{Identity, IdentityError};
+pub use chaski_transport::{CertificateAuthority, Identity, IdentityError, Network, NetworkKey};

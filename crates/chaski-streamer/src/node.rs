@@ -101,6 +101,13 @@ pub struct NodeStats {
     pub frames_rejected: u64,
     /// Pongs sent without the padding a peer asked for (its padding budget was spent).
     pub padding_refused: u64,
+    /// Handshakes that failed (by cause in [`Node::transport_stats`]): in a closed network,
+    /// outsiders refused.
+    pub handshake_failures: u64,
+    /// Datagrams dropped on receipt, on the node's UDP socket and its LAN socket (by cause in
+    /// [`Node::transport_stats`] and [`Node::lan_stats`]): garbage, outsiders' beacons in a
+    /// closed network, sealed datagrams that do not open or are replayed.
+    pub datagrams_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +148,8 @@ impl Counters {
             messages_rejected: get(&self.messages_rejected),
             padding_refused: get(&self.padding_refused),
             frames_rejected: get(&self.frames_rejected),
+            handshake_failures: 0,
+            datagrams_dropped: 0,
         }
     }
 }
@@ -273,6 +282,10 @@ pub(crate) struct Inner {
     /// how many unrouted publications since.
     pub(crate) unrouted: (AtomicU64, AtomicU64),
     pub(crate) started: std::time::Instant,
+    /// The transport's counters (handshake failures, datagrams dropped).
+    pub(crate) transport_stats: chaski_transport::StatsHandle,
+    /// The LAN discovery socket, for its counters.
+    pub(crate) lan_socket: Option<Arc<chaski_transport::DatagramSocket>>,
     pub(crate) best_effort: HashSet<Topic>,
     pub(crate) stream_defaults: StreamOptions,
     pub(crate) max_frame_len: usize,
@@ -775,7 +788,29 @@ impl Node {
 
     /// The node's counters.
     pub fn stats(&self) -> NodeStats {
-        self.inner.counters.snapshot()
+        let mut stats = self.inner.counters.snapshot();
+        let transport = self.inner.transport_stats.stats();
+        stats.handshake_failures = transport.handshake_failures.total();
+        stats.datagrams_dropped = transport.datagrams.dropped.total()
+            + self
+                .inner
+                .lan_socket
+                .as_ref()
+                .map_or(0, |lan| lan.stats().dropped.total());
+        stats
+    }
+
+    /// The transport's counters: connections, handshake failures by cause (a wrong network
+    /// key, an unknown CA, ...), traffic, and the node's UDP socket (datagrams dropped by
+    /// cause).
+    pub fn transport_stats(&self) -> chaski_transport::EndpointStats {
+        self.inner.transport_stats.stats()
+    }
+
+    /// The LAN discovery socket's counters (beacons received, dropped by cause: `untagged`
+    /// ones from outside a closed network, say), if LAN discovery is on.
+    pub fn lan_stats(&self) -> Option<chaski_transport::DatagramStats> {
+        self.inner.lan_socket.as_ref().map(|lan| lan.stats())
     }
 
     /// Shuts the node down: a goodbye to every peer (who will not try to reconnect), everything

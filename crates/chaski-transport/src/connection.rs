@@ -408,8 +408,8 @@ impl Connection {
 
     /// The sealer of best-effort datagrams to this peer (TLS connections only): see
     /// [`DatagramSocket::try_send_sealed_to`](crate::DatagramSocket::try_send_sealed_to).
-    pub fn datagram_sealer(&self) -> Option<Arc<crate::Sealer>> {
-        self.shared.datagram_keys.as_ref().map(|k| k.sealer.clone())
+    pub fn datagram_sealer(&self) -> Option<&crate::Sealer> {
+        self.shared.datagram_keys.as_ref().map(|k| &*k.sealer)
     }
 
     /// The opener of the peer's sealed datagrams (TLS connections only), once: the first call

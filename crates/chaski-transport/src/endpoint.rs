@@ -104,6 +104,9 @@ pub(crate) struct Inner {
     table: Mutex<HashMap<NodeId, Connection>>,
     /// Inbound sockets and handshakes per remote IP (at most `MAX_TRACKED_IPS` entries).
     per_ip: Mutex<HashMap<IpAddr, IpCount>>,
+    /// The (address, cause) pairs whose refused credentials were logged (bounded by
+    /// `MAX_WARNED`; forgotten all at once when full, so a cause is logged again then).
+    warned: Mutex<std::collections::HashSet<(IpAddr, &'static str)>>,
     inbound: Arc<Semaphore>,
     outbound: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
@@ -151,6 +154,7 @@ impl Endpoint {
             events: events_tx,
             table: Mutex::new(HashMap::new()),
             per_ip: Mutex::new(HashMap::new()),
+            warned: Mutex::new(std::collections::HashSet::new()),
             inbound: Arc::new(Semaphore::new(config.max_inbound)),
             outbound: Arc::new(Semaphore::new(config.max_outbound)),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
@@ -318,32 +322,12 @@ impl Endpoint {
 
     /// A snapshot of the endpoint's counters.
     pub fn stats(&self) -> EndpointStats {
-        let c = &self.inner.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        EndpointStats {
-            accepted: load(&c.accepted),
-            inbound_refused: load(&c.inbound_refused),
-            refused_per_ip: load(&c.refused_per_ip),
-            dialed: load(&c.dialed),
-            dial_failures: load(&c.dial_failures),
-            handshake_failures: c.handshake_failures.snapshot(),
-            self_connections: load(&c.self_connections),
-            certificates_expired: load(&c.certificates_expired),
-            duplicates: load(&c.duplicates),
-            established: load(&c.established),
-            inbound_open: load(&self.inner.inbound_open),
-            outbound_open: load(&self.inner.outbound_open),
-            goodbyes_received: load(&c.goodbyes_received),
-            goodbyes_sent: load(&c.goodbyes_sent),
-            lost: c.lost.snapshot(),
-            traffic: self.inner.traffic.snapshot(),
-            datagrams: self
-                .inner
-                .datagrams
-                .as_ref()
-                .map(DatagramSocket::stats)
-                .unwrap_or_default(),
-        }
+        self.inner.stats()
+    }
+
+    /// A handle that reads the endpoint's counters and does not keep the endpoint open.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.inner.clone())
     }
 
     /// Stops accepting, refuses new dials, and closes every connection with
@@ -361,7 +345,55 @@ impl Endpoint {
     }
 }
 
+/// Reads an endpoint's counters ([`Endpoint::stats`]) without keeping the endpoint open.
+#[derive(Clone, Debug)]
+pub struct StatsHandle(Arc<Inner>);
+
+impl StatsHandle {
+    /// A snapshot of the endpoint's counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.0.stats()
+    }
+}
+
 impl Inner {
+    fn stats(&self) -> EndpointStats {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        EndpointStats {
+            accepted: load(&c.accepted),
+            inbound_refused: load(&c.inbound_refused),
+            refused_per_ip: load(&c.refused_per_ip),
+            dialed: load(&c.dialed),
+            dial_failures: load(&c.dial_failures),
+            handshake_failures: c.handshake_failures.snapshot(),
+            self_connections: load(&c.self_connections),
+            certificates_expired: load(&c.certificates_expired),
+            duplicates: load(&c.duplicates),
+            established: load(&c.established),
+            inbound_open: load(&self.inbound_open),
+            outbound_open: load(&self.outbound_open),
+            goodbyes_received: load(&c.goodbyes_received),
+            goodbyes_sent: load(&c.goodbyes_sent),
+            lost: c.lost.snapshot(),
+            traffic: self.traffic.snapshot(),
+            datagrams: self
+                .datagrams
+                .as_ref()
+                .map(DatagramSocket::stats)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether `(ip, cause)` is logged for the first time (and remembers it).
+    fn first_warning(&self, ip: IpAddr, cause: &'static str) -> bool {
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        if warned.len() >= MAX_WARNED {
+            warned.clear();
+        }
+        warned.insert((ip, cause))
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Connection>> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -776,10 +808,35 @@ fn handshake_failed(
     direction: Direction,
     source: HandshakeError,
 ) -> Error {
-    inner.counters.handshake_failures.add(source.cause());
-    debug!(%addr, ?direction, error = %source, "handshake failed");
+    let cause = source.cause();
+    inner.counters.handshake_failures.add(cause);
+    if is_refusal(&source) && inner.first_warning(addr.ip(), cause) {
+        warn!(%addr, ?direction, error = %source, "handshake refused (logged once per address and cause)");
+    } else {
+        debug!(%addr, ?direction, error = %source, "handshake failed");
+    }
     Error::Handshake { addr, source }
 }
+
+/// Whether a handshake failed on credentials or security settings: something an operator
+/// must fix, worth a warning.
+fn is_refusal(error: &HandshakeError) -> bool {
+    matches!(
+        error,
+        HandshakeError::PlaintextPeer
+            | HandshakeError::TlsPeer
+            | HandshakeError::IdentityMismatch { .. }
+            | HandshakeError::WrongNetworkKey
+            | HandshakeError::UnknownCa
+            | HandshakeError::SelfSigned
+            | HandshakeError::CertificateExpired { .. }
+            | HandshakeError::CertificateRevoked
+            | HandshakeError::CertificateRefused { .. }
+    )
+}
+
+/// The most (address, cause) pairs remembered as logged.
+const MAX_WARNED: usize = 1024;
 
 /// As [`handshake_failed`], and when `tell`, says why to the peer with a
 /// `Goodbye(ProtocolError)` (best effort, at most 200 ms) before the stream is dropped.

@@ -135,11 +135,12 @@ pub use crate::{
     config::{Config, ConfigBuilder, MAX_DATAGRAM_LEN_LIMIT, MAX_HELLO_LEN},
     connection::{CloseReason, Connection, ConnectionId, Direction, EncodedFrame, Event, Side},
     datagram::{DatagramSocket, Received, Sealed},
-    endpoint::{Endpoint, Events},
+    endpoint::{Endpoint, Events, StatsHandle},
     error::{ConfigError, DatagramError, Error, HandshakeError, LostCause, SendError},
     seal::{Opener, REPLAY_WINDOW, SEAL_OVERHEAD, Sealer},
     stats::{Causes, DatagramStats, EndpointStats, TrafficStats},
     tls::{
-        CertificateAuthority, Identity, IdentityError, Network, NetworkKey, NetworkKind, Security,
+        CertificateAuthority, Identity, IdentityError, Network, NetworkKey, NetworkKind,
+        NetworkTag, Security,
     },
 };

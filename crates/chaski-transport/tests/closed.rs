@@ -277,7 +277,7 @@ async fn sealed_datagrams_open_only_with_their_connection_and_only_once() -> Res
         let secret = Bytes::from_static(b"best effort, and secret");
         let frame = EncodedFrame::new(&Frame::Publish(message(1, secret.clone())), 1 << 16)?;
         let a_udp = a.datagrams().context("udp")?;
-        a_udp.try_send_sealed_to(&frame, &sealer, tap.local_addr()?)?;
+        a_udp.try_send_sealed_to(&frame, sealer, tap.local_addr()?)?;
         let mut buf = vec![0u8; 2048];
         let (n, _) = tap.recv_from(&mut buf).await?;
         let sealed = &buf[..n];

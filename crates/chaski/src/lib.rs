@@ -75,7 +75,8 @@ pub mod membership {
 
 #[cfg(feature = "node")]
 pub use chaski_streamer::{
-    DEFAULT_LAN_GROUP, DEFAULT_LAN_PORT, DEFAULT_STREAM_CAPACITY, Delivery, Error, EventStream,
-    Identity, IdentityError, IntoTopic, MessageStream, Node, NodeBuilder, NodeEvent, NodeStats,
-    Overflow, Peer, PeerWatch, PublishOptions, Received, StreamOptions,
+    CertificateAuthority, DEFAULT_LAN_GROUP, DEFAULT_LAN_PORT, DEFAULT_STREAM_CAPACITY, Delivery,
+    Error, EventStream, Identity, IdentityError, IntoTopic, MessageStream, Network, NetworkKey,
+    Node, NodeBuilder, NodeEvent, NodeStats, Overflow, Peer, PeerWatch, PublishOptions, Received,
+    StreamOptions,
 };
