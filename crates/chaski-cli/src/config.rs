@@ -316,9 +316,8 @@ impl Settings {
     pub(crate) fn network(&self) -> Result<Option<chaski::transport::Network>, ConfigError> {
         use chaski::transport::{Network, NetworkKey};
         let set = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
-        let failed = |what: &str, e: chaski::IdentityError| {
-            ConfigError::Network(format!("{what}: {e}"))
-        };
+        let failed =
+            |what: &str, e: chaski::IdentityError| ConfigError::Network(format!("{what}: {e}"));
         let key = match (
             self.network_key.as_ref().filter(|k| !k.0.trim().is_empty()),
             set(&self.network_key_file),
@@ -372,7 +371,9 @@ impl Settings {
         use chaski::transport::Security;
         let identity = match self.identity()? {
             Some(identity) => identity,
-            None => chaski::Identity::generate().map_err(|e| ConfigError::Identity(e.to_string()))?,
+            None => {
+                chaski::Identity::generate().map_err(|e| ConfigError::Identity(e.to_string()))?
+            }
         };
         let network = self.network()?;
         let security = match (self.insecure_plaintext.unwrap_or(false), network) {

@@ -17,6 +17,9 @@ use std::{
 use chaski_testkit::netns::{Line, NodeProcess, Stream, TestBed};
 use serde_json::Value;
 
+#[allow(dead_code)]
+mod common;
+
 /// The node's default `peer_timeout`.
 const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Detection must happen within `peer_timeout` plus 10%.
@@ -32,6 +35,68 @@ const RATE: u32 = 100;
 
 fn chaski() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_chaski"))
+}
+
+/// How the LAN's network is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Open (TLS, anyone who proves a key).
+    Open,
+    /// Closed by a network key every host holds.
+    Key,
+    /// Closed by a CA that issued every host's identity.
+    Ca,
+}
+
+/// The credentials of a LAN's hosts, made with the `chaski` commands themselves, in a
+/// directory removed with them.
+struct Credentials {
+    mode: Mode,
+    dir: common::TempDir,
+}
+
+impl Credentials {
+    fn new(mode: Mode, hosts: usize) -> Credentials {
+        let dir = common::tempdir();
+        let run = |args: &[&str]| {
+            let output = std::process::Command::new(chaski())
+                .args(args)
+                .output()
+                .expect("cannot run chaski");
+            assert!(
+                output.status.success(),
+                "chaski {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let path = |name: &str| dir.join(name).display().to_string();
+        match mode {
+            Mode::Open => {}
+            Mode::Key => run(&["network-key", "--out", &path("lan.key")]),
+            Mode::Ca => {
+                run(&["ca", "init", "--dir", &path(""), "--name", "test LAN"]);
+                for host in 0..hosts {
+                    run(&["ca", "issue", &format!("h{host}"), "--dir", &path("")]);
+                }
+            }
+        }
+        Credentials { mode, dir }
+    }
+
+    /// The flags host `host` runs with.
+    fn args(&self, host: usize) -> Vec<String> {
+        let path = |name: &str| self.dir.join(name).display().to_string();
+        match self.mode {
+            Mode::Open => Vec::new(),
+            Mode::Key => vec!["--network-key-file".into(), path("lan.key")],
+            Mode::Ca => vec![
+                "--ca".into(),
+                path("ca.crt"),
+                "--identity".into(),
+                path(&format!("h{host}.key")),
+            ],
+        }
+    }
 }
 
 /// A JSON log line of `chaski --log-format json`: its message and fields.
@@ -78,14 +143,20 @@ fn message_from(line: &Line) -> Option<String> {
 struct Lan {
     nodes: Vec<Option<NodeProcess>>,
     bed: TestBed,
+    credentials: Credentials,
 }
 
 impl Lan {
     fn new(hosts: usize) -> Lan {
+        Lan::closed(hosts, Mode::Open)
+    }
+
+    fn closed(hosts: usize, mode: Mode) -> Lan {
         let bed = TestBed::new(hosts).expect("cannot build the namespace test bed");
         Lan {
             nodes: (0..hosts).map(|_| None).collect(),
             bed,
+            credentials: Credentials::new(mode, hosts),
         }
     }
 
@@ -94,9 +165,11 @@ impl Lan {
     fn start(&mut self, host: usize, command: &[&str]) -> Instant {
         let name = format!("h{host}");
         let listen = format!("{}:{PORT}", self.bed.addr(host));
+        let credentials = self.credentials.args(host);
         let mut args = vec!["--log-format", "json"];
         args.extend_from_slice(command);
         args.extend_from_slice(&["--name", &name, "--listen", &listen]);
+        args.extend(credentials.iter().map(String::as_str));
         let started = Instant::now();
         let process = self
             .bed
@@ -218,9 +291,43 @@ fn observe_until(lan: &Lan, host: usize, deadline: Instant) {
     let _ = node.wait_line(node.cursor(), left, |_| false);
 }
 
+/// Three tests of one body: in an open network, one closed by a network key, one closed by a
+/// CA.
+macro_rules! in_every_mode {
+    ($($body:ident => $open:ident, $key:ident, $ca:ident;)*) => {$(
+        #[test]
+        fn $open() {
+            $body(Mode::Open)
+        }
+
+        #[test]
+        fn $key() {
+            $body(Mode::Key)
+        }
+
+        #[test]
+        fn $ca() {
+            $body(Mode::Ca)
+        }
+    )*};
+}
+
+in_every_mode! {
+    lan_discovery_pairs_every_subscriber_within_a_second_with_no_seeds =>
+        open_lan_discovery, keyed_lan_discovery, ca_lan_discovery;
+    a_pulled_cable_is_detected_by_timeout_and_recovers_without_a_storm =>
+        open_pulled_cable, keyed_pulled_cable, ca_pulled_cable;
+    a_frozen_process_is_detected_by_timeout_and_recovers_without_a_storm =>
+        open_frozen_process, keyed_frozen_process, ca_frozen_process;
+    a_killed_node_is_detected_and_its_restart_is_paired_at_once =>
+        open_killed_node, keyed_killed_node, ca_killed_node;
+    a_split_lan_keeps_delivering_in_each_half_and_heals_into_one_graph =>
+        open_split_lan, keyed_split_lan, ca_split_lan;
+}
+
 /// A publisher and three subscribers, all paired.
-fn four_hosts() -> Lan {
-    let mut lan = Lan::new(4);
+fn four_hosts(mode: Mode) -> Lan {
+    let mut lan = Lan::closed(4, mode);
     lan.publisher(0);
     for host in 1..4 {
         lan.subscriber(host);
@@ -229,9 +336,8 @@ fn four_hosts() -> Lan {
     lan
 }
 
-#[test]
-fn lan_discovery_pairs_every_subscriber_within_a_second_with_no_seeds() {
-    let mut lan = Lan::new(4);
+fn lan_discovery_pairs_every_subscriber_within_a_second_with_no_seeds(mode: Mode) {
+    let mut lan = Lan::closed(4, mode);
     for host in 1..4 {
         lan.subscriber(host);
     }
@@ -258,9 +364,8 @@ fn lan_discovery_pairs_every_subscriber_within_a_second_with_no_seeds() {
     }
 }
 
-#[test]
-fn a_pulled_cable_is_detected_by_timeout_and_recovers_without_a_storm() {
-    let lan = four_hosts();
+fn a_pulled_cable_is_detected_by_timeout_and_recovers_without_a_storm(mode: Mode) {
+    let lan = four_hosts(mode);
     let cursors: Vec<usize> = (0..4).map(|h| lan.node(h).cursor()).collect();
     let cut = Instant::now();
     lan.bed.cut(1).unwrap();
@@ -314,9 +419,8 @@ fn a_pulled_cable_is_detected_by_timeout_and_recovers_without_a_storm() {
     );
 }
 
-#[test]
-fn a_frozen_process_is_detected_by_timeout_and_recovers_without_a_storm() {
-    let lan = four_hosts();
+fn a_frozen_process_is_detected_by_timeout_and_recovers_without_a_storm(mode: Mode) {
+    let lan = four_hosts(mode);
     let cursors: Vec<usize> = (0..4).map(|h| lan.node(h).cursor()).collect();
     let frozen = Instant::now();
     lan.node(1).freeze().unwrap();
@@ -351,9 +455,8 @@ fn a_frozen_process_is_detected_by_timeout_and_recovers_without_a_storm() {
     );
 }
 
-#[test]
-fn a_killed_node_is_detected_and_its_restart_is_paired_at_once() {
-    let mut lan = four_hosts();
+fn a_killed_node_is_detected_and_its_restart_is_paired_at_once(mode: Mode) {
+    let mut lan = four_hosts(mode);
     let cursor0 = lan.node(0).cursor();
     let killed = Instant::now();
     lan.nodes[1].as_mut().unwrap().kill().unwrap();
@@ -389,9 +492,8 @@ fn a_killed_node_is_detected_and_its_restart_is_paired_at_once() {
     );
 }
 
-#[test]
-fn a_split_lan_keeps_delivering_in_each_half_and_heals_into_one_graph() {
-    let mut lan = Lan::new(4);
+fn a_split_lan_keeps_delivering_in_each_half_and_heals_into_one_graph(mode: Mode) {
+    let mut lan = Lan::closed(4, mode);
     lan.publisher(0);
     lan.subscriber(1);
     lan.publisher(2);
@@ -485,4 +587,111 @@ fn the_peer_table_is_shown_only_to_tools_on_the_nodes_own_host() {
         said.iter().any(|l| l.contains("unauthorized")),
         "no reason given: {said:?}"
     );
+}
+
+/// Waits until host `host` logs that it listens.
+fn wait_listening(lan: &Lan, host: usize) {
+    let listening = |l: &Line| log(l).is_some_and(|(m, _)| m.starts_with("listening"));
+    assert!(
+        lan.node(host)
+            .wait_line(0, Duration::from_secs(10), listening)
+            .is_some(),
+        "h{host} never listened: {}",
+        lan.tail(host)
+    );
+}
+
+#[test]
+fn in_a_closed_network_members_anywhere_see_the_peer_table_and_outsiders_do_not() {
+    let mut lan = Lan::closed(2, Mode::Key);
+    lan.subscriber(0);
+    wait_listening(&lan, 0);
+    let node = format!("{}:{PORT}", lan.bed.addr(0));
+    // A member on another host: answered (every peer of a closed network is a member).
+    let mut args = vec![
+        "peers".to_owned(),
+        node.clone(),
+        "--format".into(),
+        "json".into(),
+    ];
+    args.extend(lan.credentials.args(1));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut member = lan
+        .bed
+        .spawn(1, "peers-member", chaski(), &args)
+        .expect("cannot start chaski peers");
+    assert_eq!(
+        member.wait(Duration::from_secs(10)).unwrap(),
+        Some(0),
+        "{:?}",
+        member.lines()
+    );
+    // An outsider on the node's own host: refused at the handshake, with what to do about it.
+    let mut outsider = lan
+        .bed
+        .spawn(0, "peers-outsider", chaski(), &["peers", &node])
+        .expect("cannot start chaski peers");
+    let code = outsider.wait(Duration::from_secs(10)).unwrap();
+    let said: Vec<String> = outsider.lines().into_iter().map(|l| l.text).collect();
+    assert_ne!(code, Some(0), "an outsider was answered: {said:?}");
+    let errors: Vec<&String> = said
+        .iter()
+        .filter(|l| l.starts_with("chaski: error:"))
+        .collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("--network-key-file"),
+        "not one line saying what to do: {said:?}"
+    );
+}
+
+#[test]
+fn outsiders_beacons_cause_no_dial_and_members_pair_past_them() {
+    let mut lan = Lan::closed(4, Mode::Key);
+    // Host 2 holds another key, host 3 none: both run the same topic on the same LAN.
+    let other = Credentials::new(Mode::Key, 1);
+    lan.publisher(0);
+    lan.subscriber(1);
+    let started = Instant::now();
+    let name = |h: usize| format!("h{h}");
+    let spawn_outsider = |lan: &mut Lan, host: usize, extra: Vec<String>| {
+        let listen = format!("{}:{PORT}", lan.bed.addr(host));
+        let mut args: Vec<String> = ["--log-format", "json", "sub", "t", "--format", "json"]
+            .map(String::from)
+            .to_vec();
+        args.extend(["--name".into(), name(host), "--listen".into(), listen]);
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let process = lan
+            .bed
+            .spawn(host, &name(host), chaski(), &args)
+            .expect("cannot start chaski");
+        lan.nodes[host] = Some(process);
+    };
+    spawn_outsider(&mut lan, 2, other.args(0));
+    spawn_outsider(&mut lan, 3, Vec::new());
+    lan.wait_all_paired(&[0, 1], Duration::from_secs(10));
+    // Several beacon rounds: the members and the outsiders hear each other's beacons all along.
+    for host in 0..4 {
+        observe_until(&lan, host, started + Duration::from_secs(4));
+    }
+    for host in 0..4 {
+        let lines = lan.node(host).lines();
+        let refused: Vec<&Line> = lines
+            .iter()
+            .filter(|l| log(l).is_some_and(|(m, _)| m.contains("handshake")))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "h{host} tried a handshake, so a beacon made it dial: {refused:?}"
+        );
+        for peer in 0..4 {
+            let member = |h: usize| h < 2;
+            if host != peer && member(host) != member(peer) {
+                assert!(
+                    !lines.iter().any(|l| is(l, "peer up", &name(peer))),
+                    "h{host} connected to h{peer}"
+                );
+            }
+        }
+    }
 }

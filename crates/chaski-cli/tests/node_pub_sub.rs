@@ -5,7 +5,7 @@ mod common;
 
 use std::{collections::BTreeSet, io::Write, net::TcpListener};
 
-use common::{Background, chaski};
+use common::{Background, chaski, tempdir};
 
 /// A relay node on a free loopback port, with LAN discovery off.
 fn hub() -> (Background, String) {
@@ -145,34 +145,6 @@ fn environment_overrides_flags_which_override_the_file() {
         name_with(&config, Some("from-flag"), Some("from-env")),
         "from-env"
     );
-}
-
-/// A fresh directory under the system's temporary directory, removed when dropped (also when
-/// the test fails: the drop runs while a panic unwinds).
-struct TempDir(std::path::PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = std::path::Path;
-
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir() -> TempDir {
-    let dir = std::env::temp_dir().join(format!(
-        "chaski-cli-test-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
 }
 
 /// Runs `chaski ARGS` with `env`; asserts the exit code and one `chaski: error:` line containing

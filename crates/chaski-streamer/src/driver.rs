@@ -818,12 +818,12 @@ impl Driver {
                 continue;
             };
             let ok = match udp {
-                Some(socket) => udp_target(connection).is_some_and(|to| {
-                    match connection.datagram_sealer() {
+                Some(socket) => {
+                    udp_target(connection).is_some_and(|to| match connection.datagram_sealer() {
                         Some(sealer) => socket.try_send_sealed_to(&frame, sealer, to).is_ok(),
                         None => socket.try_send_encoded_to(&frame, to).is_ok(),
-                    }
-                }),
+                    })
+                }
                 None => match connection.try_send_encoded(frame.clone()) {
                     Ok(()) => true,
                     Err(SendError::Full) => false,
