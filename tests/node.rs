@@ -632,3 +632,168 @@ async fn plaintext_and_tls_nodes_do_not_pair_and_say_why() -> Result<()> {
     })
     .await
 }
+
+/// Publishes best effort on `topic` until one arrives on `stream` (datagrams may be lost).
+async fn one_best_effort(
+    from: &chaski::Node,
+    stream: &mut chaski::MessageStream,
+    topic: &str,
+) -> Result<chaski::Received> {
+    for _ in 0..50 {
+        from.publish_with(topic, "sealed", PublishOptions::best_effort())
+            .await?;
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(200), stream.recv()).await
+        {
+            return Ok(message);
+        }
+    }
+    bail!("no best-effort message arrived")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_key_admits_its_holders_and_refuses_everyone_else() -> Result<()> {
+    bounded("network key", async {
+        let key = chaski::NetworkKey::generate()?;
+        let a = start(builder("a", &["news"]).network_key(&key)).await?;
+        let b = start(
+            builder("b", &["news"])
+                .network_key(&key)
+                .seeds([a.local_addr().to_string()]),
+        )
+        .await?;
+        until_peers(&a, |peers| {
+            peers
+                .iter()
+                .any(|p| p.paired_topics.iter().any(|t| t == "news"))
+        })
+        .await?;
+        let mut at_a = a.stream();
+        b.publish("news", "for members").await?;
+        assert_eq!(next(&mut at_a).await?.payload, "for members");
+        // Best effort goes sealed with the connection's keys, and arrives.
+        let message = one_best_effort(&b, &mut at_a, "news").await?;
+        assert_eq!(message.delivery, Delivery::BestEffort);
+
+        // Another key, and no key at all: neither connects, both ways, and each says why.
+        let other_key = chaski::NetworkKey::generate()?;
+        let other = start(builder("other", &["news"]).network_key(&other_key)).await?;
+        let open = start(builder("open", &["news"])).await?;
+        for outsider in [&other, &open] {
+            let to_a = outsider.connect(&a.local_addr().to_string()).await;
+            ensure!(to_a.is_err(), "{} joined", outsider.name());
+            let from_a = a.connect(&outsider.local_addr().to_string()).await;
+            ensure!(from_a.is_err(), "a reached {}", outsider.name());
+        }
+        let failures = a.transport_stats().handshake_failures;
+        ensure!(
+            failures.get("wrong_network_key") >= 1 && failures.get("self_signed") >= 1,
+            "{failures:?}"
+        );
+        ensure!(a.stats().handshake_failures >= 2);
+        ensure!(a.peers().len() == 1, "only b: {:?}", a.peers());
+
+        // An outsider's datagrams to a member's UDP port are dropped and counted: a beacon
+        // with no tag, and a forged sealed one.
+        let mut events = a.events();
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let beacon = chaski::wire::Frame::Beacon(chaski::wire::Beacon {
+            network_id: String::new(),
+            node_id: open.id(),
+            name: "open".to_owned(),
+            listen_addrs: vec![open.local_addr()],
+            subscription_digest: 0,
+            subscription_count: 1,
+            capabilities: chaski::wire::Capabilities::NONE,
+            sequence: 1,
+            auth_tag: bytes::Bytes::new(),
+        });
+        let mut plain = bytes::BytesMut::new();
+        chaski::wire::encode_frame(&beacon, &mut plain, 1 << 16)?;
+        udp.send_to(&plain, a.local_addr()).await?;
+        let mut forged = vec![0xA2u8];
+        forged.extend_from_slice(&[0u8; 40]);
+        udp.send_to(&forged, a.local_addr()).await?;
+        let before = a.stats().dials;
+        // Reported as an event, and counted by cause.
+        let mut reported = 0;
+        while reported < 2 {
+            match events.recv().await {
+                Some(NodeEvent::DatagramsDropped { dropped }) => reported += dropped,
+                Some(_) => {}
+                None => bail!("the node stopped"),
+            }
+        }
+        let dropped = a.transport_stats().datagrams.dropped;
+        ensure!(
+            dropped.get("untagged") == 1 && dropped.get("no_session") == 1,
+            "{dropped:?}"
+        );
+        ensure!(a.stats().datagrams_dropped >= 2, "{dropped:?}");
+        ensure!(a.stats().dials == before, "a beacon made a dial");
+        for node in [a, b, other, open] {
+            node.shutdown().await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_ca_admits_the_nodes_it_issued_and_not_the_revoked() -> Result<()> {
+    bounded("network CA", async {
+        let ca = chaski::CertificateAuthority::generate("test CA")?;
+        let issue = |name: &str| -> Result<chaski::Identity> {
+            Ok(ca.issue(
+                &chaski::Identity::generate()?,
+                name,
+                Duration::from_secs(3600),
+            )?)
+        };
+        let (a_id, b_id, revoked) = (issue("a")?, issue("b")?, issue("revoked")?);
+        let network = chaski::Network::from_ca(ca.certificate().clone())?.deny([revoked.node_id()]);
+        let member = |name: &str, identity: &chaski::Identity| {
+            builder(name, &["news"])
+                .network(network.clone())
+                .identity(identity.clone())
+        };
+        let a = start(member("a", &a_id)).await?;
+        let b = start(member("b", &b_id).seeds([a.local_addr().to_string()])).await?;
+        until_peers(&a, |peers| {
+            peers
+                .iter()
+                .any(|p| p.paired_topics.iter().any(|t| t == "news"))
+        })
+        .await?;
+        ensure!(a.id() == a_id.node_id() && b.id() == b_id.node_id());
+        let mut at_b = b.stream();
+        a.publish("news", "issued").await?;
+        assert_eq!(next(&mut at_b).await?.payload, "issued");
+
+        // Validly issued but revoked: refused.
+        let r = start(
+            builder("revoked", &["news"])
+                .network(chaski::Network::from_ca(ca.certificate().clone())?)
+                .identity(revoked),
+        )
+        .await?;
+        ensure!(r.connect(&a.local_addr().to_string()).await.is_err());
+        ensure!(a.connect(&r.local_addr().to_string()).await.is_err());
+        ensure!(
+            a.transport_stats()
+                .handshake_failures
+                .get("certificate_revoked")
+                >= 1
+        );
+        // A self-signed identity cannot even start as a member.
+        match start(member("plain", &chaski::Identity::generate()?)).await {
+            Err(e) => ensure!(e.to_string().contains("chaski ca issue"), "{e}"),
+            Ok(_) => bail!("a node with a self-signed identity started in a CA network"),
+        }
+        for node in [a, b, r] {
+            node.shutdown().await?;
+        }
+        Ok(())
+    })
+    .await
+}

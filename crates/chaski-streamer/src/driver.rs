@@ -194,6 +194,8 @@ struct Driver {
     stream_reports: HashMap<u64, (u64, Instant)>,
     send_drops: HashMap<NodeId, (u64, Instant)>,
     unknown_datagrams: (u64, Instant),
+    /// The datagrams dropped by the sockets when last reported.
+    datagrams_dropped: u64,
     unrouted: HashMap<Topic, (u64, Instant)>,
     /// When drops seen but not yet reported (rate limit) are due to be reported.
     reports_due: Option<Instant>,
@@ -400,6 +402,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         stream_reports: HashMap::new(),
         send_drops: HashMap::new(),
         unknown_datagrams: (0, now),
+        datagrams_dropped: 0,
         unrouted: HashMap::new(),
         reports_due: None,
         events_out,
@@ -480,6 +483,7 @@ impl Driver {
             let now = self.now();
             if self.membership.poll_timeout().is_some_and(|at| at <= now) {
                 self.membership.handle_timeout(now);
+                self.report_datagram_drops();
             }
             self.run_actions();
             self.publish_peers();
@@ -716,6 +720,19 @@ impl Driver {
                 let now = self.now();
                 self.membership.handle_datagram(now, from, other);
             }
+        }
+    }
+
+    /// Reports the datagrams the node's sockets dropped (garbage, outsiders' beacons, sealed
+    /// datagrams that did not open) since the last report; checked with the membership's
+    /// timers, so at most about every ping interval.
+    fn report_datagram_drops(&mut self) {
+        let total = self.endpoint.datagrams().map_or(0, |s| s.dropped_total())
+            + self.lan.as_ref().map_or(0, |l| l.socket.dropped_total());
+        if total > self.datagrams_dropped {
+            let dropped = total - self.datagrams_dropped;
+            self.datagrams_dropped = total;
+            self.emit(NodeEvent::DatagramsDropped { dropped });
         }
     }
 

@@ -44,6 +44,15 @@ pub enum NodeEvent {
         /// How many since the last report.
         dropped: u64,
     },
+    /// The node's UDP sockets dropped datagrams since the last report: garbage, beacons from
+    /// outside a closed network, sealed datagrams that did not open or were replayed (by cause
+    /// in [`Node::transport_stats`](crate::Node::transport_stats) and
+    /// [`Node::lan_stats`](crate::Node::lan_stats)). Reported at most about every ping
+    /// interval.
+    DatagramsDropped {
+        /// How many since the last report.
+        dropped: u64,
+    },
     /// This event stream fell behind and missed events (its queue holds
     /// [`NodeBuilder::event_capacity`](crate::NodeBuilder::event_capacity) events).
     Lagged {

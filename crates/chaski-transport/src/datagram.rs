@@ -400,6 +400,11 @@ impl DatagramSocket {
         self.socket.set_broadcast(on)
     }
 
+    /// The datagrams dropped on receipt so far, all causes (cheap: no allocation).
+    pub fn dropped_total(&self) -> u64 {
+        self.counters.dropped.total()
+    }
+
     /// A snapshot of the socket's counters.
     pub fn stats(&self) -> DatagramStats {
         self.counters.snapshot()

@@ -65,6 +65,10 @@ impl CauseCounters {
         self.0[index].fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
     pub(crate) fn snapshot(&self) -> Causes {
         Causes(
             CAUSES

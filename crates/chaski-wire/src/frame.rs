@@ -352,7 +352,9 @@ pub struct Beacon {
     pub capabilities: Capabilities,
     /// Incremented with every beacon the node sends.
     pub sequence: u64,
-    /// Authentication tag over the other fields; empty if unauthenticated.
+    /// Reserved, empty: in a closed network the transport tags the whole datagram instead
+    /// (HMAC-SHA256 with the network's beacon key, after the frame), which covers every
+    /// datagram kind.
     pub auth_tag: Bytes,
 }
 

@@ -463,8 +463,8 @@ pub struct Beacon {
     /// Counter incremented with each beacon the node sends, so receivers can spot loss and restarts.
     #[prost(uint64, tag = "8")]
     pub sequence: u64,
-    /// Authentication tag over the other fields (scheme defined by the network's configuration);
-    /// empty when the network is not authenticated.
+    /// Reserved, empty: in a closed network the transport tags the whole datagram instead
+    /// (HMAC-SHA256 with the network's beacon key, appended after the frame).
     #[prost(bytes = "bytes", tag = "9")]
     pub auth_tag: ::prost::bytes::Bytes,
 }
