@@ -17,7 +17,6 @@ use std::{
 use chaski_testkit::netns::{Line, NodeProcess, Stream, TestBed};
 use serde_json::Value;
 
-#[allow(dead_code)]
 mod common;
 
 /// The node's default `peer_timeout`.
