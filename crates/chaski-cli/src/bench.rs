@@ -166,6 +166,7 @@ async fn tls_costs(quick: bool) -> Result<(f64, f64)> {
                 auth: None,
                 timestamp_micros: 0,
                 network_id: String::new(),
+                incarnation: 0,
             };
             let bound = Endpoint::bind("127.0.0.1:0".parse()?, hello, config).await?;
             Ok::<_, anyhow::Error>(bound)

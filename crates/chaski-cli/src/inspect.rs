@@ -240,6 +240,7 @@ async fn status(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64),
         network_id: network_id.to_owned(),
+        incarnation: 0,
     };
     let config = transport::Config::builder()
         .security(security)

@@ -66,6 +66,7 @@ pub struct Config {
     pub(crate) seeds: Vec<SocketAddr>,
     pub(crate) relay: bool,
     pub(crate) network_id: String,
+    pub(crate) incarnation: u64,
     pub(crate) rng_seed: u64,
     pub(crate) max_connections: usize,
     pub(crate) ring_neighbours: usize,
@@ -115,6 +116,7 @@ impl Config {
                 seeds: Vec::new(),
                 relay: false,
                 network_id: String::new(),
+                incarnation: 0,
                 rng_seed: (node_id.as_u128() as u64) ^ ((node_id.as_u128() >> 64) as u64),
                 max_connections: 5,
                 ring_neighbours: 2,
@@ -272,6 +274,11 @@ impl ConfigBuilder {
         /// Network identifier; nodes and beacons of another network are refused. Default: empty
         /// (the default network).
         network_id: String
+    }
+    setter! {
+        /// Which start of the node's identity this is, sent in its hello (the node numbers its
+        /// messages with it too). Default: 0 (a fresh identity).
+        incarnation: u64
     }
     setter! {
         /// Seed of the state machine's pseudo-random generator (jitter, request ids). Default:

@@ -34,6 +34,7 @@ fn hello(id: u128, n: u8, topics: &[&str]) -> Hello {
         auth: None,
         timestamp_micros: 0,
         network_id: String::new(),
+        incarnation: 0,
     }
 }
 

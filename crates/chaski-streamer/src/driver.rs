@@ -270,6 +270,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         auth: None,
         timestamp_micros: 0,
         network_id: builder.network_id.clone(),
+        incarnation,
     };
     let (endpoint, events_in) = Endpoint::bind(listen, provisional, transport)
         .await
@@ -284,6 +285,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         .listen_addr(local_addr)
         .relay(builder.relay)
         .network_id(builder.network_id.clone())
+        .incarnation(incarnation)
         // From the operating system, not from the public node id: a peer must not be able to
         // predict the node's random choices (jitter, which extra links it tries).
         .rng_seed(os_random_u64())

@@ -38,6 +38,7 @@ pub fn hello(node_id: NodeId, name: &str, listen: Vec<SocketAddr>, topics: &[&st
         auth: None,
         timestamp_micros: 0,
         network_id: String::new(),
+        incarnation: 0,
     }
 }
 

@@ -41,6 +41,7 @@ fn hello(name: &str) -> Hello {
         auth: None,
         timestamp_micros: 0,
         network_id: String::new(),
+        incarnation: 0,
     }
 }
 

@@ -104,6 +104,7 @@
 //!     auth: None,
 //!     timestamp_micros: 0,
 //!     network_id: String::new(),
+//!     incarnation: 0,
 //! };
 //! let any_port = "127.0.0.1:0".parse()?;
 //! let (server, mut server_events) = Endpoint::bind(any_port, hello("server"), Config::default()).await?;

@@ -113,6 +113,9 @@ pub struct Hello {
     pub timestamp_micros: u64,
     /// The network the sender belongs to; empty for the default network.
     pub network_id: String,
+    /// Which start of the sender's identity this is (0 for a fresh key; a node restarted with
+    /// the same key sends a higher one), as in its messages.
+    pub incarnation: u64,
 }
 
 /// Authentication material in a [`Hello`]. Protocol version 1 defines no scheme.
@@ -484,6 +487,7 @@ impl Hello {
             }),
             timestamp_micros: self.timestamp_micros,
             network_id: self.network_id.clone(),
+            incarnation: self.incarnation,
         }
     }
 
@@ -510,6 +514,7 @@ impl Hello {
             }),
             timestamp_micros: p.timestamp_micros,
             network_id: p.network_id,
+            incarnation: p.incarnation,
         })
     }
 }

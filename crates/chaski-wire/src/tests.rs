@@ -198,6 +198,7 @@ pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
                     auth,
                     timestamp_micros: ts,
                     network_id,
+                    incarnation: 0,
                 })
             },
         );
@@ -610,6 +611,7 @@ fn hello() -> Hello {
         auth: None,
         timestamp_micros: 1,
         network_id: String::new(),
+        incarnation: 7,
     }
 }
 

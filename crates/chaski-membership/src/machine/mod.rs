@@ -407,6 +407,7 @@ impl Membership {
             auth: None,
             timestamp_micros: 0,
             network_id: self.config.network_id.clone(),
+            incarnation: self.config.incarnation,
         }
     }
 

@@ -37,6 +37,7 @@ pub fn hello(name: &str, node_id: NodeId) -> Hello {
         auth: None,
         timestamp_micros: 0,
         network_id: String::new(),
+        incarnation: 0,
     }
 }
 

@@ -139,6 +139,10 @@ pub struct Hello {
     /// different networks do not talk. Empty means the default network.
     #[prost(string, tag = "10")]
     pub network_id: ::prost::alloc::string::String,
+    /// Which start of the sender's identity this is (0 for a fresh key): a node restarted with the
+    /// same key sends a higher one, as in its messages (`Publish.incarnation`).
+    #[prost(uint64, tag = "11")]
+    pub incarnation: u64,
 }
 /// Subscribe and unsubscribe at run time. Sent to every connected peer when the sender's set of
 /// subscriptions changes; the receiver applies `removed` then `added`.
