@@ -47,6 +47,17 @@ async fn find(
     };
     if target.contains(':') {
         return match tokio::time::timeout(wait, node.connect(target)).await {
+            Ok(Err(chaski::Error::Connect {
+                reason,
+                handshake: Some(cause),
+                ..
+            })) if credentials_hint(cause).is_some() => Err(coded(
+                exit::FAILURE,
+                format!(
+                    "cannot reach {target}: {reason}: {}",
+                    credentials_hint(cause).unwrap_or_default()
+                ),
+            )),
             Ok(result) => result.with_context(|| format!("cannot reach {target}")),
             Err(_) => Err(timed_out()),
         };
@@ -271,13 +282,15 @@ async fn status(
                 exit::FAILURE,
                 format!("{target} requires TLS: drop --insecure-plaintext"),
             ),
-            transport::Error::Handshake { ref source, .. } => match credentials_hint(source) {
-                Some(hint) => coded(exit::FAILURE, format!("{target}: {source}: {hint}")),
-                None => coded(
-                    exit::FAILURE,
-                    format!("{target} does not speak the chaski protocol ({err})"),
-                ),
-            },
+            transport::Error::Handshake { ref source, .. } => {
+                match credentials_hint(source.cause()) {
+                    Some(hint) => coded(exit::FAILURE, format!("{target}: {source}: {hint}")),
+                    None => coded(
+                        exit::FAILURE,
+                        format!("{target} does not speak the chaski protocol ({err})"),
+                    ),
+                }
+            }
             err => coded(exit::ADDRESS, err.to_string()),
         })?;
         // A node that refuses us (another network) may close the connection
@@ -510,16 +523,16 @@ pub(crate) fn to_dot(status: &StatusResponse) -> String {
     out
 }
 
-/// What to change when a handshake was refused for the credentials, if it was.
-pub(crate) fn credentials_hint(error: &transport::HandshakeError) -> Option<&'static str> {
-    use transport::HandshakeError as H;
-    Some(match error {
-        H::WrongNetworkKey => "give the network's key (--network-key-file)",
-        H::UnknownCa => "give the CA certificate of the node's network (--ca)",
-        H::SelfSigned => "the node runs an open network: drop --network-key and --ca",
-        H::CertificateExpired { .. } => "the node's certificate must be renewed",
-        H::CertificateRevoked => "the node is on the deny list (--deny)",
-        H::CertificateRefused { .. } => {
+/// What to change when a handshake was refused for the credentials (by its
+/// [`HandshakeError::cause`](transport::HandshakeError::cause) label), if it was.
+pub(crate) fn credentials_hint(cause: &str) -> Option<&'static str> {
+    Some(match cause {
+        "wrong_network_key" => "give the network's key (--network-key-file)",
+        "unknown_ca" => "give the CA certificate of the node's network (--ca)",
+        "self_signed" => "the node runs an open network: drop --network-key and --ca",
+        "certificate_expired" => "the node's certificate must be renewed",
+        "certificate_revoked" => "the node is on the deny list (--deny)",
+        "certificate_refused" => {
             "give the network's key (--network-key-file), or its CA (--ca) and an --identity it issued"
         }
         _ => return None,

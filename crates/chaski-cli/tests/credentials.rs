@@ -175,6 +175,12 @@ fn a_network_key_file_closes_a_network_and_outsiders_are_told_why() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // No key: the tool is refused, and told what to give.
+    refused(
+        &["ping", &addr, "--count", "1", "--no-lan-discovery"],
+        1,
+        "--network-key-file",
+    );
     // Another key: refused, saying which setting to check.
     let output = chaski()
         .args(["peers", &addr])

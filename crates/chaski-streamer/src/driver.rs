@@ -1401,16 +1401,20 @@ impl Driver {
                 match err {
                     // Already connected to that node: the existing connection answers.
                     chaski_transport::Error::Duplicate { node, .. } => Ok(node),
-                    err => Err(err.to_string()),
+                    chaski_transport::Error::Handshake { ref source, .. } => {
+                        Err((err.to_string(), Some(source.cause())))
+                    }
+                    err => Err((err.to_string(), None)),
                 }
             }
         };
         for reply in self.connects.remove(&addr).unwrap_or_default() {
             let _ = reply.send(match &answer {
                 Ok(id) => Ok(*id),
-                Err(reason) => Err(Error::Connect {
+                Err((reason, handshake)) => Err(Error::Connect {
                     addr,
                     reason: reason.clone(),
+                    handshake: *handshake,
                 }),
             });
         }

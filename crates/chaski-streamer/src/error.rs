@@ -65,6 +65,10 @@ pub enum Error {
         addr: SocketAddr,
         /// Why it failed.
         reason: String,
+        /// When the handshake failed: its cause, as
+        /// [`HandshakeError::cause`](chaski_transport::HandshakeError::cause) labels it
+        /// (`wrong_network_key`, `certificate_refused`, ...).
+        handshake: Option<&'static str>,
     },
     /// Too many requests of this kind are pending; try again later.
     #[error("too many pending {0}")]
