@@ -14,7 +14,7 @@ use chaski::{
     Delivery, Error, NodeEvent, NodeId, Overflow, PublishOptions, StreamOptions, Topic,
     membership::Event as MembershipEvent,
 };
-use common::{bounded, builder, next, start, until_peers};
+use common::{bounded, builder, next, start, until_paired, until_peers};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Command,
@@ -149,12 +149,7 @@ async fn slow_consumer(overflow: Overflow) -> Result<()> {
     let receiver = start(builder("receiver", &["t"])).await?;
     let sender =
         start(builder("sender", &["t"]).seeds([receiver.local_addr().to_string()])).await?;
-    until_peers(&receiver, |peers| {
-        peers
-            .iter()
-            .any(|p| p.paired_topics.iter().any(|t| t == "t"))
-    })
-    .await?;
+    until_paired(&receiver, "t").await?;
     let mut events = receiver.events();
     let mut stream =
         receiver.stream_with(StreamOptions::new().capacity(CAPACITY).overflow(overflow));
@@ -216,12 +211,7 @@ async fn subscriptions_change_at_run_time() -> Result<()> {
     bounded("run-time subscriptions", async {
         let a = start(builder("a", &["sync"])).await?;
         let b = start(builder("b", &["sync"]).seeds([a.local_addr().to_string()])).await?;
-        until_peers(&a, |peers| {
-            peers
-                .iter()
-                .any(|p| p.paired_topics.iter().any(|t| t == "sync"))
-        })
-        .await?;
+        until_paired(&a, "sync").await?;
         let mut at_a = a.stream();
 
         // a subscribes at run time: once b knows (b reroutes before its peer table shows it),
@@ -292,12 +282,7 @@ async fn the_smallest_documented_max_connections_works() -> Result<()> {
                 .seeds([a.local_addr().to_string()]),
         )
         .await?;
-        until_peers(&b, |peers| {
-            peers
-                .iter()
-                .any(|p| p.paired_topics.iter().any(|t| t == "news"))
-        })
-        .await?;
+        until_paired(&b, "news").await?;
         a.shutdown().await?;
         b.shutdown().await?;
         Ok(())
@@ -362,12 +347,7 @@ async fn best_effort_messages_arrive_marked_and_oversized_ones_are_refused() -> 
                 .seeds([a.local_addr().to_string()]),
         )
         .await?;
-        until_peers(&b, |peers| {
-            peers
-                .iter()
-                .any(|p| p.paired_topics.iter().any(|t| t == "video"))
-        })
-        .await?;
+        until_paired(&b, "video").await?;
         let mut at_a = a.stream();
         // Datagrams may be lost (not on loopback in practice): send until one arrives.
         let mut sent = 0;
@@ -409,12 +389,7 @@ async fn streams_are_independent_closable_and_reopenable() -> Result<()> {
     bounded("streams", async {
         let a = start(builder("a", &["t"])).await?;
         let b = start(builder("b", &["t"]).seeds([a.local_addr().to_string()])).await?;
-        until_peers(&a, |peers| {
-            peers
-                .iter()
-                .any(|p| p.paired_topics.iter().any(|t| t == "t"))
-        })
-        .await?;
+        until_paired(&a, "t").await?;
         let mut first = a.stream();
         let mut second = a.stream();
         b.publish("t", "one").await?;
@@ -662,12 +637,7 @@ async fn a_network_key_admits_its_holders_and_refuses_everyone_else() -> Result<
                 .seeds([a.local_addr().to_string()]),
         )
         .await?;
-        until_peers(&a, |peers| {
-            peers
-                .iter()
-                .any(|p| p.paired_topics.iter().any(|t| t == "news"))
-        })
-        .await?;
+        until_paired(&a, "news").await?;
         let mut at_a = a.stream();
         b.publish("news", "for members").await?;
         assert_eq!(next(&mut at_a).await?.payload, "for members");
@@ -759,12 +729,7 @@ async fn a_network_ca_admits_the_nodes_it_issued_and_not_the_revoked() -> Result
         };
         let a = start(member("a", &a_id)).await?;
         let b = start(member("b", &b_id).seeds([a.local_addr().to_string()])).await?;
-        until_peers(&a, |peers| {
-            peers
-                .iter()
-                .any(|p| p.paired_topics.iter().any(|t| t == "news"))
-        })
-        .await?;
+        until_paired(&a, "news").await?;
         ensure!(a.id() == a_id.node_id() && b.id() == b_id.node_id());
         let mut at_b = b.stream();
         a.publish("news", "issued").await?;

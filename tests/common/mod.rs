@@ -33,6 +33,16 @@ pub async fn until_peers(node: &Node, done: impl FnMut(&[chaski::Peer]) -> bool)
     Ok(())
 }
 
+/// Waits until `node` is paired with some peer on `topic`.
+pub async fn until_paired(node: &Node, topic: &str) -> Result<()> {
+    until_peers(node, |peers| {
+        peers
+            .iter()
+            .any(|p| p.paired_topics.iter().any(|t| t == topic))
+    })
+    .await
+}
+
 /// A node and the topics it subscribes to (the peer table shows only the peers' side).
 pub struct Member {
     pub node: Node,
