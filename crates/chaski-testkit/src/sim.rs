@@ -99,6 +99,8 @@ pub struct Delivery {
     pub sequence: u64,
     /// When it was delivered.
     pub at: Instant,
+    /// Links the delivered copy crossed (0: the publisher's own delivery).
+    pub hops: u32,
 }
 
 /// A dial, as seen by the network, for [`Sim::dials`].
@@ -125,6 +127,8 @@ pub struct Traffic {
     pub datagrams: u64,
     /// Message frames sent.
     pub messages: u64,
+    /// Message frames received by nodes (copies included; the basis of message redundancy).
+    pub messages_received: u64,
     /// Dials.
     pub dials: u64,
 }
@@ -447,6 +451,7 @@ impl Sim {
                 publisher,
                 sequence: msg.sequence,
                 at: now,
+                hops: 0,
             });
         }
         for conn in forward {
@@ -600,6 +605,7 @@ impl Sim {
             Ev::Frame { conn, frame } => {
                 node.last_rx.insert(conn, now);
                 if let Frame::Publish(msg) = frame {
+                    self.traffic.messages_received += 1;
                     let route = m.route(now, Some(conn), &msg);
                     let deliver = route.deliver;
                     let forward: Vec<ConnId> = route.forward.to_vec();
@@ -611,6 +617,7 @@ impl Sim {
                             publisher: msg.publisher,
                             sequence: msg.sequence,
                             at: now,
+                            hops: msg.hops.saturating_add(1),
                         });
                     }
                     if !forward.is_empty() {
