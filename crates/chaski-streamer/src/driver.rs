@@ -826,17 +826,20 @@ impl Driver {
         let Ok(frame) = EncodedFrame::from_message(message, max_frame_len) else {
             return 0;
         };
-        // Without a UDP socket (`transport_udp = false`) best effort travels over TCP.
+        // Without a UDP socket (`transport_udp = false`) best effort travels over TCP; so it
+        // does, with TLS, to a connection without datagram keys (never in clear over UDP).
         let udp = match delivery {
             Delivery::BestEffort => endpoint.datagrams(),
             _ => None,
         };
+        let tls = endpoint.config().security().is_tls();
         let mut sent = 0;
         for conn in targets {
             let Some(connection) = conns.get(conn) else {
                 continue;
             };
-            let ok = match udp {
+            let socket = udp.filter(|_| !tls || connection.datagram_sealer().is_some());
+            let ok = match socket {
                 Some(socket) => {
                     udp_target(connection).is_some_and(|to| match connection.datagram_sealer() {
                         Some(sealer) => socket.try_send_sealed_to(&frame, sealer, to).is_ok(),

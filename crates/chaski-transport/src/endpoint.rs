@@ -106,7 +106,10 @@ pub(crate) struct Inner {
     per_ip: Mutex<HashMap<IpAddr, IpCount>>,
     /// The (address, cause) pairs whose refused credentials were logged (bounded by
     /// `MAX_WARNED`; forgotten all at once when full, so a cause is logged again then).
-    warned: Mutex<std::collections::HashSet<(IpAddr, &'static str)>>,
+    warned: Mutex<(
+        std::collections::HashSet<(IpAddr, &'static str)>,
+        (Instant, usize),
+    )>,
     inbound: Arc<Semaphore>,
     outbound: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
@@ -154,7 +157,7 @@ impl Endpoint {
             events: events_tx,
             table: Mutex::new(HashMap::new()),
             per_ip: Mutex::new(HashMap::new()),
-            warned: Mutex::new(std::collections::HashSet::new()),
+            warned: Mutex::new((std::collections::HashSet::new(), (Instant::now(), 0))),
             inbound: Arc::new(Semaphore::new(config.max_inbound)),
             outbound: Arc::new(Semaphore::new(config.max_outbound)),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
@@ -286,8 +289,14 @@ impl Endpoint {
         .await
     }
 
-    /// Runs the handshake over any stream (a TLS stream, an in-memory pipe, ...) and makes it a
-    /// connection of this endpoint, counted against the inbound or outbound limit by `direction`.
+    /// Runs the hello exchange over any stream (an in-memory pipe, a stream secured some other
+    /// way, ...) and makes it a connection of this endpoint, counted against the inbound or
+    /// outbound limit by `direction`.
+    ///
+    /// Nothing binds the peer's hello to a proven key here: the peer's node id is the one its
+    /// hello claims, and the connection has no datagram keys (its best-effort messages travel
+    /// over the stream). The endpoint's own dials and accepts ([`connect`](Endpoint::connect))
+    /// run TLS themselves and prove the id.
     pub async fn establish<S>(
         &self,
         stream: S,
@@ -385,13 +394,23 @@ impl Inner {
         }
     }
 
-    /// Whether `(ip, cause)` is logged for the first time (and remembers it).
+    /// Whether `(ip, cause)` is logged for the first time (and remembers it), and the
+    /// endpoint has logged fewer than [`MAX_WARNINGS_PER_MINUTE`] such warnings in the last
+    /// minute: many addresses cannot flood the log either.
     fn first_warning(&self, ip: IpAddr, cause: &'static str) -> bool {
         let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
-        if warned.len() >= MAX_WARNED {
-            warned.clear();
+        let (pairs, window) = &mut *warned;
+        if pairs.len() >= MAX_WARNED {
+            pairs.clear();
         }
-        warned.insert((ip, cause))
+        if window.0.elapsed() >= Duration::from_secs(60) {
+            *window = (Instant::now(), 0);
+        }
+        if window.1 >= MAX_WARNINGS_PER_MINUTE || !pairs.insert((ip, cause)) {
+            return false;
+        }
+        window.1 += 1;
+        true
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Connection>> {
@@ -837,6 +856,9 @@ fn is_refusal(error: &HandshakeError) -> bool {
 
 /// The most (address, cause) pairs remembered as logged.
 const MAX_WARNED: usize = 1024;
+/// The most refused-handshake warnings an endpoint logs per minute (the rest at debug level;
+/// all are counted).
+const MAX_WARNINGS_PER_MINUTE: usize = 20;
 
 /// As [`handshake_failed`], and when `tell`, says why to the peer with a
 /// `Goodbye(ProtocolError)` (best effort, at most 200 ms) before the stream is dropped.
@@ -1179,16 +1201,25 @@ where
 /// a member whose certificate lapses does not stay in the network on an old connection.
 fn watch_expiry(inner: &Arc<Inner>, connection: Connection, until: SystemTime) {
     let inner = Arc::downgrade(inner);
-    let left = until
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
+    let left = move || {
+        until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    };
     // Certificates valid for centuries (self-signed ones) need no watch.
-    if left > Duration::from_secs(10 * 365 * 24 * 3600) {
+    if left() > Duration::from_secs(10 * 365 * 24 * 3600) {
         return;
     }
     tokio::spawn(async move {
+        // The wall clock is read again at least hourly: tokio's clock does not count the time
+        // a machine spends suspended, the certificate's validity does.
+        let expired = async {
+            while !left().is_zero() {
+                tokio::time::sleep(left().min(Duration::from_secs(3600))).await;
+            }
+        };
         tokio::select! {
-            () = tokio::time::sleep(left) => {
+            () = expired => {
                 if let Some(inner) = inner.upgrade() {
                     add(&inner.counters.certificates_expired, 1);
                 }

@@ -47,10 +47,11 @@ impl Sealer {
     /// Seals `frame` (an encoded frame) into a new datagram, or `None` once the counter is
     /// exhausted (after 2^64 - 1 datagrams: never in practice).
     pub(crate) fn seal(&self, frame: &[u8]) -> Option<Vec<u8>> {
-        let counter = self.next.fetch_add(1, Ordering::Relaxed);
-        if counter == u64::MAX {
-            return None;
-        }
+        // Never wraps: a counter (a nonce) is used once, or the sealer stops.
+        let counter = self
+            .next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
+            .ok()?;
         let mut datagram = Vec::with_capacity(SEAL_OVERHEAD + frame.len());
         datagram.push(SEALED);
         datagram.extend_from_slice(&counter.to_be_bytes());

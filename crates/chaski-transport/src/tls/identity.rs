@@ -3,7 +3,7 @@
 use std::{
     fmt, fs,
     io::{self, Write as _},
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::Path,
     sync::Arc,
 };
@@ -261,12 +261,27 @@ pub(crate) fn read_private(path: &Path) -> Result<Zeroizing<String>, IdentityErr
         path: shown.clone(),
         source,
     };
-    let meta = fs::metadata(path).map_err(io)?;
+    // The checks and the read are of one open file: it cannot be swapped in between.
+    let mut file = fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(IdentityError::Permissions { path: shown, mode });
     }
-    Ok(Zeroizing::new(fs::read_to_string(path).map_err(io)?))
+    // A file someone else owns could hold a key they know.
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(IdentityError::Io {
+            path: shown,
+            source: io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("owned by user {}, not by this user ({me})", meta.uid()),
+            ),
+        });
+    }
+    let mut text = Zeroizing::new(String::new());
+    io::Read::read_to_string(&mut file, &mut text).map_err(io)?;
+    Ok(text)
 }
 
 /// Writes `contents` to a new file that only its owner can read (mode 0600, never replacing

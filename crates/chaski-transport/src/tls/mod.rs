@@ -222,8 +222,10 @@ impl Tls {
         self.tag.as_ref()
     }
 
-    /// The connector, for running this identity's TLS over a stream of one's own (then
-    /// [`Endpoint::establish`](crate::Endpoint::establish) it).
+    /// The connector, for running this identity's TLS over a stream of one's own (a test's
+    /// raw peer, say). [`Endpoint::establish`](crate::Endpoint::establish) over such a stream
+    /// does not bind the hello to the certificate: check
+    /// [`node_id_of_certificate`] of the peer's certificate yourself.
     pub fn connector(&self) -> &tokio_rustls::TlsConnector {
         &self.connector
     }
@@ -505,6 +507,35 @@ mod tests {
         );
         assert_ne!(a.node_id(), Identity::generate().unwrap().node_id());
         assert!(!format!("{a:?}").contains("PRIVATE"), "{a:?}");
+    }
+
+    #[test]
+    fn a_key_file_owned_by_another_user_is_refused() {
+        // Needs root (as CI and the namespace tests do): to give the file away.
+        /// Removes the file also when the test fails.
+        struct Removed(std::path::PathBuf);
+        impl Drop for Removed {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let file =
+            Removed(std::env::temp_dir().join(format!("chaski-owner-{}.key", std::process::id())));
+        let path = &file.0;
+        let _ = std::fs::remove_file(path);
+        Identity::generate().unwrap().write_new(path).unwrap();
+        assert!(Identity::load(path).is_ok());
+        std::os::unix::fs::chown(path, Some(65534), None).expect("chown (run as root)");
+        match Identity::load(path) {
+            Err(IdentityError::Io { source, .. }) => {
+                assert_eq!(
+                    source.kind(),
+                    std::io::ErrorKind::PermissionDenied,
+                    "{source}"
+                );
+            }
+            other => panic!("loaded a key file another user owns: {other:?}"),
+        }
     }
 
     #[test]

@@ -78,7 +78,10 @@ impl NetworkKey {
 
     /// Writes the key to a new private file (mode 0600).
     pub fn write_new(&self, path: &Path) -> Result<(), IdentityError> {
-        write_private(path, format!("{}\n", self.0.as_str()).as_bytes())
+        let mut text = Zeroizing::new(String::with_capacity(self.0.len() + 1));
+        text.push_str(&self.0);
+        text.push('\n');
+        write_private(path, text.as_bytes())
     }
 
     /// The key's text: secret.
@@ -86,11 +89,27 @@ impl NetworkKey {
         &self.0
     }
 
-    /// 32 bytes derived from the key for `purpose`.
-    fn derive(&self, purpose: &[u8]) -> Zeroizing<[u8; 32]> {
-        derive(KEY_SALT, self.0.as_bytes(), purpose)
+    /// The key stretched for derivation: PBKDF2-HMAC-SHA256, [`KEY_STRETCH`] rounds. A
+    /// certificate or a beacon lets an outsider test guesses at the key offline; stretching
+    /// makes each guess cost as much as a node's start does, for keys a person chose.
+    fn stretched(&self) -> Zeroizing<[u8; 32]> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            KEY_STRETCH,
+            KEY_SALT,
+            self.0.as_bytes(),
+            out.as_mut(),
+        );
+        out
     }
 }
+
+/// PBKDF2 rounds of a network key (about 0.1 s on one core of a 2020s server).
+const KEY_STRETCH: std::num::NonZeroU32 = match std::num::NonZeroU32::new(200_000) {
+    Some(n) => n,
+    None => panic!("nonzero"),
+};
 
 /// 32 bytes derived by HKDF-SHA256 from `secret` for `purpose`.
 fn derive(salt: &[u8], secret: &[u8], purpose: &[u8]) -> Zeroizing<[u8; 32]> {
@@ -206,8 +225,8 @@ impl CertificateAuthority {
     }
 
     /// The CA a network key stands for.
-    fn of_network_key(key: &NetworkKey) -> Result<CertificateAuthority, IdentityError> {
-        let seed = key.derive(b"ca ed25519 seed");
+    fn of_network_key(stretched: &[u8; 32]) -> Result<CertificateAuthority, IdentityError> {
+        let seed = derive(KEY_SALT, stretched, b"ca ed25519 seed");
         let pkcs8 = ed25519_pkcs8(&seed);
         let pair = rcgen::KeyPair::try_from(pkcs8.as_slice()).map_err(crypto)?;
         let digest = ring::digest::digest(&ring::digest::SHA256, pair.public_key_raw());
@@ -390,8 +409,9 @@ impl fmt::Debug for Network {
 impl Network {
     /// The network of everyone who holds `key`.
     pub fn from_key(key: &NetworkKey) -> Result<Network, IdentityError> {
-        let ca = CertificateAuthority::of_network_key(key)?;
-        let beacon_key = key.derive(b"beacon hmac-sha256");
+        let stretched = key.stretched();
+        let ca = CertificateAuthority::of_network_key(&stretched)?;
+        let beacon_key = derive(KEY_SALT, stretched.as_ref(), b"beacon hmac-sha256");
         let mut network = Network::trusting(NetworkKind::Key, ca.certificate().clone(), ca.name())?;
         network.beacon_key = Some(beacon_key);
         network.own_ca = Some(Arc::new(ca));
