@@ -762,3 +762,66 @@ async fn a_network_ca_admits_the_nodes_it_issued_and_not_the_revoked() -> Result
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_never_arrive_are_reported_missed_with_their_range() -> Result<()> {
+    bounded("missed", async {
+        let node = start(builder("sub", &["t"]).gap_timeout(Duration::from_millis(200))).await?;
+        let mut events = node.events();
+        let mut stream = node.stream();
+        // A publisher on a lossy path: some of its messages never leave.
+        let identity = chaski::Identity::generate()?;
+        let hello = chaski_testkit::hostile::hello(identity.node_id(), "lossy", Vec::new(), &["t"]);
+        let mut publisher =
+            chaski_testkit::hostile::HostilePeer::connect(node.local_addr(), &identity, hello)
+                .await?;
+        let message = |sequence: u64| {
+            chaski::wire::Frame::Publish(chaski::wire::Message {
+                topic: Topic::new("t").unwrap(),
+                payload: bytes::Bytes::from(sequence.to_string()),
+                publisher: identity.node_id(),
+                sequence,
+                incarnation: 0,
+                timestamp_micros: 0,
+                hop_limit: 4,
+                hops: 0,
+                headers: Vec::new(),
+            })
+        };
+        // 4 and 8..=9 never come; 5 comes late, after 6 and 7.
+        let sent = [1, 2, 3, 6, 7, 5, 10];
+        for sequence in sent {
+            publisher.send(&message(sequence)).await?;
+        }
+        for sequence in sent {
+            let got = next(&mut stream).await?;
+            ensure!(
+                got.sequence == sequence,
+                "expected {sequence}, got {}",
+                got.sequence
+            );
+        }
+        let mut missed = Vec::new();
+        while missed.len() < 2 {
+            match events.recv().await {
+                Some(NodeEvent::Missed {
+                    publisher,
+                    topic,
+                    first,
+                    last,
+                }) => {
+                    ensure!(publisher == identity.node_id() && topic == "t");
+                    missed.push((first, last));
+                }
+                Some(_) => {}
+                None => bail!("the node stopped"),
+            }
+        }
+        missed.sort_unstable();
+        assert_eq!(missed, vec![(4, 4), (8, 9)]);
+        assert_eq!(node.stats().messages_missed, 3);
+        node.shutdown().await?;
+        Ok(())
+    })
+    .await
+}

@@ -191,6 +191,8 @@ settings! {
     reconnect_max: HumanDuration => Text,
     /// [`NodeBuilder::reconnect_attempts`].
     reconnect_attempts: u32 => Int,
+    /// [`NodeBuilder::gap_timeout`].
+    gap_timeout: HumanDuration => Text,
     /// [`NodeBuilder::best_effort`].
     best_effort: Vec<String> => List,
     /// [`NodeBuilder::stream_capacity`].
@@ -512,6 +514,9 @@ impl Settings {
         }
         if let Some(v) = self.reconnect_attempts {
             b = b.reconnect_attempts(v);
+        }
+        if let Some(v) = self.gap_timeout {
+            b = b.gap_timeout(v.0);
         }
         if let Some(v) = &self.best_effort {
             b = b.best_effort(v);

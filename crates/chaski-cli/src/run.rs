@@ -167,6 +167,14 @@ async fn log_events(
                 warn!(peer = %name(peer), dropped, "a peer reads too slowly: frames dropped");
             }
             NodeEvent::Lagged { missed } => warn!(missed, "events missed"),
+            NodeEvent::Missed {
+                publisher,
+                topic,
+                first,
+                last,
+            } => {
+                warn!(publisher = %name(publisher), %topic, first, last, "messages missed: they will not arrive");
+            }
             other => debug!(event = ?other, "node"),
         }
     }

@@ -112,6 +112,7 @@ pub struct NodeBuilder {
     pub(crate) identity: Option<chaski_transport::Identity>,
     pub(crate) insecure_plaintext: bool,
     pub(crate) network: Option<chaski_transport::Network>,
+    pub(crate) gap_timeout: Duration,
     pub(crate) errors: Vec<String>,
 }
 
@@ -144,6 +145,7 @@ impl Default for NodeBuilder {
             identity: None,
             insecure_plaintext: false,
             network: None,
+            gap_timeout: Duration::from_secs(1),
             errors: Vec::new(),
         }
     }
@@ -345,6 +347,15 @@ impl NodeBuilder {
         self
     }
 
+    /// How long a gap in a publisher's reliable messages on a topic may stay open (copies
+    /// taking another path arrive late) before its messages are reported missed
+    /// ([`NodeEvent::Missed`](crate::NodeEvent::Missed), `NodeStats::messages_missed`).
+    /// Default: 1 s. Must not be zero.
+    pub fn gap_timeout(mut self, timeout: Duration) -> NodeBuilder {
+        self.gap_timeout = timeout;
+        self
+    }
+
     /// Closes the network: only members connect to this node, and it to them. A member holds
     /// the same network key ([`network_key`](NodeBuilder::network_key)), or has an
     /// [`identity`](NodeBuilder::identity) issued by the network's CA
@@ -397,7 +408,11 @@ impl NodeBuilder {
         if let Some(err) = self.errors.first() {
             return Err(Error::Config(err.clone()));
         }
-        let rules: [(bool, &str); 7] = [
+        let rules: [(bool, &str); 8] = [
+            (
+                self.gap_timeout > Duration::ZERO,
+                "gap_timeout must be more than zero",
+            ),
             (
                 self.max_connections >= 2,
                 "max_connections must be at least 2",

@@ -196,6 +196,8 @@ struct Driver {
     unknown_datagrams: (u64, Instant),
     /// The datagrams dropped by the sockets when last reported.
     datagrams_dropped: u64,
+    /// The reliable messages never received (gap detection).
+    gaps: crate::gaps::Gaps,
     unrouted: HashMap<Topic, (u64, Instant)>,
     /// When drops seen but not yet reported (rate limit) are due to be reported.
     reports_due: Option<Instant>,
@@ -405,6 +407,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         send_drops: HashMap::new(),
         unknown_datagrams: (0, now),
         datagrams_dropped: 0,
+        gaps: crate::gaps::Gaps::new(builder.gap_timeout),
         unrouted: HashMap::new(),
         reports_due: None,
         events_out,
@@ -493,13 +496,14 @@ impl Driver {
                 self.rebuild_routes();
             }
 
-            let timer = match (
+            let timer = [
                 self.membership.poll_timeout().map(|at| self.deadline(at)),
                 self.reports_due,
-            ) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+                self.gaps.next_due(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let blocked_network = !self.blocked_deliveries.is_empty();
             let blocked_commands = self.blocked_publish.is_some();
             tokio::select! {
@@ -565,6 +569,11 @@ impl Driver {
                         self.reports_due = None;
                         self.report_stream_drops();
                         self.report_send_drops();
+                    }
+                    if self.gaps.next_due().is_some_and(|at| at <= Instant::now()) {
+                        for missed in self.gaps.expire(Instant::now()) {
+                            self.report_missed(missed);
+                        }
                     }
                 }
             }
@@ -805,9 +814,36 @@ impl Driver {
             Counters::add(&self.counters.forwarded, forwarded);
         }
         if route.deliver {
+            if delivery == Delivery::Reliable {
+                let key = (
+                    message.publisher,
+                    message.incarnation,
+                    message.topic.clone(),
+                );
+                let at = self.deadline(now);
+                let forgotten = self.gaps.forgotten;
+                if let Some(missed) = self.gaps.delivered(&key, message.sequence, at) {
+                    self.report_missed(missed);
+                }
+                if self.gaps.forgotten != forgotten {
+                    Counters::add(&self.counters.gap_streams_forgotten, 1);
+                }
+            }
             self.deliver(message, delivery);
         }
         self.report_send_drops();
+    }
+
+    /// Counts and reports messages that will not arrive.
+    fn report_missed(&mut self, missed: crate::gaps::Missed) {
+        Counters::add(&self.counters.messages_missed, missed.count());
+        debug!(publisher = %missed.publisher.short(), topic = %missed.topic, first = missed.first, last = missed.last, "messages missed");
+        self.emit(NodeEvent::Missed {
+            publisher: missed.publisher,
+            topic: missed.topic,
+            first: missed.first,
+            last: missed.last,
+        });
     }
 
     /// Queues `message` on each of `targets` (encoded once); a full queue drops it for that peer

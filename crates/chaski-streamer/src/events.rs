@@ -44,6 +44,21 @@ pub enum NodeEvent {
         /// How many since the last report.
         dropped: u64,
     },
+    /// Reliable messages of a publisher's topic that this node will not receive: later ones
+    /// arrived, and these did not within the gap timeout
+    /// ([`NodeBuilder::gap_timeout`](crate::NodeBuilder::gap_timeout)). Each is reported once;
+    /// the stream goes on (one that still arrives later is delivered then). Not seen: the loss
+    /// of a stream's last messages, with nothing after them.
+    Missed {
+        /// The publisher.
+        publisher: NodeId,
+        /// The topic.
+        topic: Topic,
+        /// The first sequence missed.
+        first: u64,
+        /// The last sequence missed (inclusive).
+        last: u64,
+    },
     /// The node's UDP sockets dropped datagrams since the last report: garbage, beacons from
     /// outside a closed network, sealed datagrams that did not open or were replayed (by cause
     /// in [`Node::transport_stats`](crate::Node::transport_stats) and

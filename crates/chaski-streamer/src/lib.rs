@@ -80,6 +80,7 @@ mod config;
 mod driver;
 mod error;
 mod events;
+mod gaps;
 mod node;
 mod sequence;
 mod stream;

@@ -101,6 +101,12 @@ pub struct NodeStats {
     pub frames_rejected: u64,
     /// Pongs sent without the padding a peer asked for (its padding budget was spent).
     pub padding_refused: u64,
+    /// Reliable messages reported missed ([`NodeEvent::Missed`](crate::NodeEvent::Missed)):
+    /// later ones of the same publisher and topic arrived, these never did.
+    pub messages_missed: u64,
+    /// Streams the gap detector forgot because it tracked its most (16,384): their next
+    /// message starts them again, so a gap across the forgetting goes unseen.
+    pub gap_streams_forgotten: u64,
     /// Handshakes that failed (by cause in [`Node::transport_stats`]): in a closed network,
     /// outsiders refused.
     pub handshake_failures: u64,
@@ -125,6 +131,8 @@ pub(crate) struct Counters {
     pub(crate) messages_rejected: AtomicU64,
     pub(crate) padding_refused: AtomicU64,
     pub(crate) frames_rejected: AtomicU64,
+    pub(crate) messages_missed: AtomicU64,
+    pub(crate) gap_streams_forgotten: AtomicU64,
 }
 
 impl Counters {
@@ -148,6 +156,8 @@ impl Counters {
             messages_rejected: get(&self.messages_rejected),
             padding_refused: get(&self.padding_refused),
             frames_rejected: get(&self.frames_rejected),
+            messages_missed: get(&self.messages_missed),
+            gap_streams_forgotten: get(&self.gap_streams_forgotten),
             handshake_failures: 0,
             datagrams_dropped: 0,
         }

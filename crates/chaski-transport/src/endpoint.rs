@@ -106,10 +106,7 @@ pub(crate) struct Inner {
     per_ip: Mutex<HashMap<IpAddr, IpCount>>,
     /// The (address, cause) pairs whose refused credentials were logged (bounded by
     /// `MAX_WARNED`; forgotten all at once when full, so a cause is logged again then).
-    warned: Mutex<(
-        std::collections::HashSet<(IpAddr, &'static str)>,
-        (Instant, usize),
-    )>,
+    warned: Mutex<Warned>,
     inbound: Arc<Semaphore>,
     outbound: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
@@ -853,6 +850,13 @@ fn is_refusal(error: &HandshakeError) -> bool {
             | HandshakeError::CertificateRefused { .. }
     )
 }
+
+/// The refused handshakes logged: the (address, cause) pairs, and the warnings of the current
+/// minute (its start, how many).
+type Warned = (
+    std::collections::HashSet<(IpAddr, &'static str)>,
+    (Instant, usize),
+);
 
 /// The most (address, cause) pairs remembered as logged.
 const MAX_WARNED: usize = 1024;
