@@ -814,20 +814,19 @@ impl Driver {
             Counters::add(&self.counters.forwarded, forwarded);
         }
         if route.deliver {
-            if delivery == Delivery::Reliable {
-                let key = (
-                    message.publisher,
-                    message.incarnation,
-                    message.topic.clone(),
-                );
-                let at = self.deadline(now);
-                let forgotten = self.gaps.forgotten;
-                if let Some(missed) = self.gaps.delivered(&key, message.sequence, at) {
-                    self.report_missed(missed);
-                }
-                if self.gaps.forgotten != forgotten {
-                    Counters::add(&self.counters.gap_streams_forgotten, 1);
-                }
+            let key = (
+                message.publisher,
+                message.incarnation,
+                message.topic.clone(),
+            );
+            let at = self.deadline(now);
+            let forgotten = self.gaps.forgotten;
+            let reliable = delivery == Delivery::Reliable;
+            if let Some(missed) = self.gaps.delivered(&key, message.sequence, at, reliable) {
+                self.report_missed(missed);
+            }
+            if self.gaps.forgotten != forgotten {
+                Counters::add(&self.counters.gap_streams_forgotten, 1);
             }
             self.deliver(message, delivery);
         }

@@ -77,13 +77,19 @@ impl Gaps {
         }
     }
 
-    /// A message of `key` with `sequence` was delivered at `now`. Returns a gap reported at
-    /// once (when the stream has too many open), if any.
+    /// A message of `key` with `sequence` was delivered at `now`; `reliable` unless it came as
+    /// a best-effort datagram. Returns a gap reported at once (when the stream has too many
+    /// open), if any.
+    ///
+    /// A best-effort message fills a gap but never opens one: the sequences it skips may be
+    /// datagrams lost as best effort allows (a topic may mix both kinds), so they are not
+    /// reported.
     pub(crate) fn delivered(
         &mut self,
         key: &StreamKey,
         sequence: u64,
         now: Instant,
+        reliable: bool,
     ) -> Option<Missed> {
         if sequence == 0 {
             return None;
@@ -106,6 +112,10 @@ impl Gaps {
             return None;
         };
         if sequence == stream.next {
+            stream.next = sequence.saturating_add(1);
+            return None;
+        }
+        if sequence > stream.next && !reliable {
             stream.next = sequence.saturating_add(1);
             return None;
         }
@@ -198,13 +208,13 @@ mod tests {
         let mut gaps = Gaps::new(timeout);
         let k = key();
         for s in [1, 2, 5, 3, 9] {
-            assert_eq!(gaps.delivered(&k, s, t0), None);
+            assert_eq!(gaps.delivered(&k, s, t0, true), None);
         }
         // Open: 4, and 6..=8.
         assert_eq!(gaps.next_due(), Some(t0 + timeout));
         assert!(gaps.expire(t0).is_empty());
         assert_eq!(gaps.next_due(), Some(t0 + timeout));
-        assert_eq!(gaps.delivered(&k, 7, t0), None);
+        assert_eq!(gaps.delivered(&k, 7, t0, true), None);
         let missed = gaps.expire(t0 + timeout);
         let ranges: Vec<(u64, u64)> = missed.iter().map(|m| (m.first, m.last)).collect();
         assert_eq!(ranges, vec![(4, 4), (6, 6), (8, 8)]);
@@ -212,8 +222,8 @@ mod tests {
         assert!(gaps.expire(t0 + 10 * timeout).is_empty(), "reported once");
         assert_eq!(gaps.next_due(), None);
         // A copy of a reported message changes nothing; the stream goes on.
-        assert_eq!(gaps.delivered(&k, 4, t0), None);
-        assert_eq!(gaps.delivered(&k, 10, t0), None);
+        assert_eq!(gaps.delivered(&k, 4, t0, true), None);
+        assert_eq!(gaps.delivered(&k, 10, t0, true), None);
         assert_eq!(gaps.next_due(), None);
     }
 
@@ -222,12 +232,12 @@ mod tests {
         let t0 = Instant::now();
         let mut gaps = Gaps::new(Duration::from_secs(1));
         let k = key();
-        assert_eq!(gaps.delivered(&k, 1000, t0), None);
+        assert_eq!(gaps.delivered(&k, 1000, t0, true), None);
         assert_eq!(gaps.next_due(), None, "nothing before the first is a gap");
         assert!(gaps.expire(t0 + Duration::from_secs(5)).is_empty());
         let mut reported = Vec::new();
         for i in 0..=MAX_GAPS as u64 {
-            reported.extend(gaps.delivered(&k, 1002 + 2 * i, t0));
+            reported.extend(gaps.delivered(&k, 1002 + 2 * i, t0, true));
         }
         assert_eq!(
             reported.len(),
@@ -236,5 +246,20 @@ mod tests {
         );
         assert_eq!((reported[0].first, reported[0].last), (1001, 1001));
         assert_eq!(gaps.expire(t0 + Duration::from_secs(1)).len(), MAX_GAPS);
+    }
+
+    #[test]
+    fn best_effort_messages_fill_gaps_but_never_open_one() {
+        let t0 = Instant::now();
+        let mut gaps = Gaps::new(Duration::from_secs(1));
+        let k = key();
+        gaps.delivered(&k, 1, t0, true);
+        gaps.delivered(&k, 5, t0, false);
+        assert_eq!(gaps.next_due(), None, "2..=4 may be lost datagrams");
+        gaps.delivered(&k, 8, t0, true);
+        gaps.delivered(&k, 7, t0, false);
+        let missed = gaps.expire(t0 + Duration::from_secs(1));
+        let ranges: Vec<(u64, u64)> = missed.iter().map(|m| (m.first, m.last)).collect();
+        assert_eq!(ranges, vec![(6, 6)]);
     }
 }
