@@ -57,7 +57,8 @@ struct Stream {
 #[derive(Debug)]
 pub(crate) struct Gaps {
     timeout: Duration,
-    streams: HashMap<StreamKey, Stream>,
+    /// Looked up once per message: seeded fast hashing (foldhash) instead of SipHash.
+    streams: HashMap<StreamKey, Stream, foldhash::fast::RandomState>,
     /// The streams with open gaps.
     open: HashSet<StreamKey>,
     /// No gap is due before this (none is open when `None`); may be early once gaps close.
@@ -70,7 +71,7 @@ impl Gaps {
     pub(crate) fn new(timeout: Duration) -> Gaps {
         Gaps {
             timeout,
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             open: HashSet::new(),
             due: None,
             forgotten: 0,
