@@ -1043,6 +1043,9 @@ impl Driver {
                     let added = self.membership.subscribe(now, topic);
                     self.update_hello();
                     self.routes_dirty = true;
+                    // The peers' update is queued before the caller learns it is done: what
+                    // the caller publishes next cannot overtake it on a connection.
+                    self.run_actions();
                     let _ = reply.send(added);
                 }
                 Command::Unsubscribe { topic, reply } => {
@@ -1050,6 +1053,7 @@ impl Driver {
                     let removed = self.membership.unsubscribe(now, &topic);
                     self.update_hello();
                     self.routes_dirty = true;
+                    self.run_actions();
                     let _ = reply.send(removed);
                 }
                 Command::Connect { addr, reply } => self.connect(addr, reply),
