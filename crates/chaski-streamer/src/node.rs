@@ -806,7 +806,7 @@ impl Node {
                 .inner
                 .lan_socket
                 .as_ref()
-                .map_or(0, |lan| lan.stats().dropped.total());
+                .map_or(0, |lan| lan.dropped_total());
         stats
     }
 

@@ -7,6 +7,7 @@
 //! [`DatagramSocket::open`]). The layouts are in `seal`.
 
 use std::{
+    borrow::Cow,
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
 };
@@ -19,7 +20,7 @@ use tracing::trace;
 
 use crate::{
     DatagramError, DatagramStats, EncodedFrame, MAX_DATAGRAM_LEN_LIMIT,
-    seal::{Opener, SEAL_OVERHEAD, SEALED, Sealer, TAG_OVERHEAD, TAGGED},
+    seal::{Opener, SEAL_OVERHEAD, SEALED, Sealer, TAG_LEN, TAG_OVERHEAD, TAGGED},
     stats::{DatagramCounters, add},
     tls::NetworkTag,
 };
@@ -124,10 +125,8 @@ impl DatagramSocket {
             },
             other => DatagramError::Encode(other),
         })?;
-        match self.tagged(&buf)? {
-            Some(tagged) => self.send_bytes(&tagged, target).await,
-            None => self.send_bytes(&buf, target).await,
-        }
+        let datagram = self.tagged(&buf)?;
+        self.send_bytes(&datagram, target).await
     }
 
     /// Sends an already encoded frame to `target` (for example the same beacon to several
@@ -137,10 +136,8 @@ impl DatagramSocket {
         frame: &EncodedFrame,
         target: SocketAddr,
     ) -> Result<usize, DatagramError> {
-        match self.tagged(frame.as_bytes())? {
-            Some(tagged) => self.send_bytes(&tagged, target).await,
-            None => self.send_bytes(frame.as_bytes(), target).await,
-        }
+        let datagram = self.tagged(frame.as_bytes())?;
+        self.send_bytes(&datagram, target).await
     }
 
     fn check_len(&self, len: usize) -> Result<(), DatagramError> {
@@ -153,11 +150,11 @@ impl DatagramSocket {
         Ok(())
     }
 
-    /// The tagged form of `frame` in a closed network (`None`: send it as it is).
-    fn tagged(&self, frame: &[u8]) -> Result<Option<Vec<u8>>, DatagramError> {
+    /// The datagram that carries `frame`: tagged in a closed network, else the frame itself.
+    fn tagged<'a>(&self, frame: &'a [u8]) -> Result<Cow<'a, [u8]>, DatagramError> {
         let Some(tag) = &self.tag else {
             self.check_len(frame.len())?;
-            return Ok(None);
+            return Ok(Cow::Borrowed(frame));
         };
         self.check_len(frame.len() + TAG_OVERHEAD)?;
         let mut datagram = Vec::with_capacity(frame.len() + TAG_OVERHEAD);
@@ -165,7 +162,7 @@ impl DatagramSocket {
         datagram.extend_from_slice(frame);
         let mac = tag.sign(&datagram);
         datagram.extend_from_slice(mac.as_ref());
-        Ok(Some(datagram))
+        Ok(Cow::Owned(datagram))
     }
 
     /// Counts the outcome of a send.
@@ -192,10 +189,8 @@ impl DatagramSocket {
         frame: &EncodedFrame,
         target: SocketAddr,
     ) -> Result<usize, DatagramError> {
-        match self.tagged(frame.as_bytes())? {
-            Some(tagged) => self.counted(self.socket.try_send_to(&tagged, target)),
-            None => self.counted(self.socket.try_send_to(frame.as_bytes(), target)),
-        }
+        let datagram = self.tagged(frame.as_bytes())?;
+        self.counted(self.socket.try_send_to(&datagram, target))
     }
 
     /// Seals `frame` with a connection's `sealer` and sends it to `target` without waiting
@@ -223,22 +218,21 @@ impl DatagramSocket {
     pub fn open(&self, sealed: Sealed, opener: &mut Opener) -> Option<Frame> {
         let mut bytes = sealed.0;
         let n = bytes.len();
-        let cause = match opener.open(&mut bytes) {
-            Ok(range) => {
-                let frame = bytes.freeze().slice(range);
-                match decode_datagram(frame, self.max_len - LENGTH_PREFIX_LEN) {
-                    Ok(frame) => {
-                        add(&self.counters.received, 1);
-                        add(&self.counters.bytes_in, n as u64);
-                        return Some(frame);
-                    }
-                    Err(e) => e.cause(),
-                }
-            }
-            Err(e) => e.cause(),
+        let frame = match opener.open(&mut bytes) {
+            Ok(range) => self.decoded(bytes.freeze().slice(range), n),
+            Err(e) => Err(e.cause()),
         };
-        self.counters.dropped.add(cause);
-        None
+        frame.map_err(|cause| self.counters.dropped.add(cause)).ok()
+    }
+
+    /// Decodes the frame of a datagram of `n` bytes and counts it received; the cause of its
+    /// drop if it is not a valid frame.
+    fn decoded(&self, frame: Bytes, n: usize) -> Result<Frame, &'static str> {
+        let frame =
+            decode_datagram(frame, self.max_len - LENGTH_PREFIX_LEN).map_err(|e| e.cause())?;
+        add(&self.counters.received, 1);
+        add(&self.counters.bytes_in, n as u64);
+        Ok(frame)
     }
 
     /// Drops a sealed datagram from an address with no connection (counted as `no_session`).
@@ -316,31 +310,29 @@ impl DatagramSocket {
             return Some(Received::Sealed(Sealed(buf)));
         } else {
             // Small datagrams do not keep a whole receive buffer alive.
-            let mut datagram = if buf.capacity() > 4 * n {
+            let datagram = if buf.capacity() > 4 * n {
                 Bytes::copy_from_slice(&buf[..n])
             } else {
                 buf.freeze()
             };
-            match (&self.tag, datagram[0] == TAGGED) {
-                (Some(_), false) => "untagged",
-                (None, true) => "unexpected_tag",
-                (Some(_), true) if n <= TAG_OVERHEAD => "bad_tag",
-                (Some(tag), true) if !tag.verify(&datagram[..n - 32], &datagram[n - 32..]) => {
-                    "bad_tag"
-                }
-                (tag, tagged) => {
-                    if tag.is_some() && tagged {
-                        datagram = datagram.slice(1..n - 32);
-                    }
-                    match decode_datagram(datagram, self.max_len - LENGTH_PREFIX_LEN) {
-                        Ok(frame) => {
-                            add(&self.counters.received, 1);
-                            add(&self.counters.bytes_in, n as u64);
-                            return Some(Received::Frame(frame));
+            let frame = match (&self.tag, datagram[0] == TAGGED) {
+                (None, false) => Ok(datagram),
+                (None, true) => Err("unexpected_tag"),
+                (Some(_), false) => Err("untagged"),
+                (Some(tag), true) => {
+                    // `[TAGGED][frame][mac]`, the mac over everything before it.
+                    let body = n.checked_sub(TAG_LEN).filter(|&end| end > 1);
+                    match body {
+                        Some(end) if tag.verify(&datagram[..end], &datagram[end..]) => {
+                            Ok(datagram.slice(1..end))
                         }
-                        Err(e) => e.cause(),
+                        _ => Err("bad_tag"),
                     }
                 }
+            };
+            match frame.and_then(|frame| self.decoded(frame, n)) {
+                Ok(frame) => return Some(Received::Frame(frame)),
+                Err(cause) => cause,
             }
         };
         trace!(%from, len = n, cause, "dropped a datagram");

@@ -23,8 +23,10 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 pub(crate) const TAGGED: u8 = 0xA1;
 /// The first byte of a sealed datagram.
 pub(crate) const SEALED: u8 = 0xA2;
+/// The length of a tagged datagram's mac (HMAC-SHA256).
+pub(crate) const TAG_LEN: usize = 32;
 /// The bytes a tagged datagram adds to its frame.
-pub(crate) const TAG_OVERHEAD: usize = 1 + 32;
+pub(crate) const TAG_OVERHEAD: usize = 1 + TAG_LEN;
 /// The header of a sealed datagram (kind and counter).
 const SEAL_HEADER: usize = 1 + 8;
 /// The bytes a sealed datagram adds to its frame.
