@@ -790,7 +790,7 @@ impl Driver {
                     } else if direct_seen.is_some_and(|(first, last)| {
                         // A copy claiming to be far ahead of the direct path is no copy of
                         // what is coming: the duplicate filter judges it (and counts a forgery).
-                        (first..=last.saturating_add(chaski_membership::dedup::WINDOW))
+                        (first..=last.saturating_add(chaski_membership::dedup::MAX_AHEAD))
                             .contains(&sequence)
                     }) {
                         Counters::add(&self.counters.duplicates, 1);
