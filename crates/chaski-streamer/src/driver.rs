@@ -105,6 +105,9 @@ const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_PUBLISHED_TOPICS: usize = 4096;
 /// How often the routing snapshot is rebuilt even when nothing signalled a change.
 const ROUTES_REFRESH: Duration = Duration::from_secs(1);
+/// How long a pairing must have lasted before forwarded copies of the paired publisher's messages
+/// are ignored: by then the publisher has accepted the pairing too and sends to this node itself.
+const DIRECT_GRACE: Duration = Duration::from_millis(200);
 /// How long a graceful close may wait for room in the peer's send queue before it is aborted.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for goodbyes to be flushed.
@@ -178,9 +181,8 @@ struct Driver {
     names: FastMap<NodeId, Arc<str>>,
     /// The connection of each directly connected peer.
     peer_conns: FastMap<NodeId, ConnId>,
-    /// The peers this node is paired with on a topic, and the first and last sequences of the
-    /// messages each sent it directly on the topic since (bounded by peers x topics).
-    paired_since: FastMap<NodeId, FastMap<Topic, Option<(u64, u64)>>>,
+    /// Since when this node has been paired with a peer on a topic (bounded by peers x topics).
+    paired_since: FastMap<NodeId, FastMap<Topic, Instant>>,
     registry: Arc<StreamRegistry>,
     routes: Arc<ArcSwap<Routes>>,
     routes_dirty: bool,
@@ -770,34 +772,22 @@ impl Driver {
     ) {
         Counters::add(&self.counters.messages_in, 1);
         // A publisher paired with this node on the topic sends it every message itself, in order,
-        // over TCP, from the first one it sent after the pairing: a copy of a later message
-        // forwarded by a neighbour is redundant, and taking it could push the publisher's own
-        // (later, but complete and ordered) copies out of the duplicate filter's window under
-        // load. Ignore it without marking it seen. Copies of earlier messages are taken: the
-        // publisher may have sent those before it knew of the pairing (it learns of it a round
-        // trip after this node, when this node accepted it).
-        if delivery == Delivery::Reliable {
-            if let Some(&direct) = self.peer_conns.get(&message.publisher) {
-                if let Some(direct_seen) = self
-                    .paired_since
-                    .get_mut(&message.publisher)
-                    .and_then(|topics| topics.get_mut(&message.topic))
-                {
-                    let sequence = message.sequence;
-                    if direct == from {
-                        let (_, last) = direct_seen.get_or_insert((sequence, sequence));
-                        *last = (*last).max(sequence);
-                    } else if direct_seen.is_some_and(|(first, last)| {
-                        // A copy claiming to be far ahead of the direct path is no copy of
-                        // what is coming: the duplicate filter judges it (and counts a forgery).
-                        (first..=last.saturating_add(chaski_membership::dedup::MAX_AHEAD))
-                            .contains(&sequence)
-                    }) {
-                        Counters::add(&self.counters.duplicates, 1);
-                        return;
-                    }
-                }
-            }
+        // over TCP: a copy forwarded by a neighbour is redundant, and taking it could push the
+        // publisher's own (later, but complete and ordered) copies out of the duplicate filter's
+        // window under load. Ignore it without marking it seen.
+        if delivery == Delivery::Reliable
+            && self
+                .peer_conns
+                .get(&message.publisher)
+                .is_some_and(|&direct| direct != from)
+            && self
+                .paired_since
+                .get(&message.publisher)
+                .and_then(|topics| topics.get(&message.topic))
+                .is_some_and(|since| since.elapsed() >= DIRECT_GRACE)
+        {
+            Counters::add(&self.counters.duplicates, 1);
+            return;
         }
         let route = match delivery {
             Delivery::BestEffort => self.membership.route_datagram(now, from, &message),
@@ -1394,7 +1384,7 @@ impl Driver {
                 self.paired_since
                     .entry(*peer)
                     .or_default()
-                    .insert(topic.clone(), None);
+                    .insert(topic.clone(), Instant::now());
                 self.peers_dirty = true;
                 self.routes_dirty = true;
             }
