@@ -99,6 +99,30 @@ pub struct Config {
     pub(crate) max_ping_padding: u32,
     pub(crate) max_peer_topics: usize,
     pub(crate) status_from_anywhere: bool,
+    pub(crate) broadcast: Broadcast,
+    pub(crate) announce_interval: Duration,
+    pub(crate) repair_delay: Duration,
+    pub(crate) repair_retry: Duration,
+    pub(crate) gap_timeout: Duration,
+    pub(crate) summary_interval: Duration,
+    pub(crate) cache_messages: usize,
+    pub(crate) cache_bytes: usize,
+    pub(crate) cache_age: Duration,
+    pub(crate) hold_messages: usize,
+    pub(crate) hold_bytes: usize,
+}
+
+/// How messages spread over a topic's links ([`ConfigBuilder::broadcast`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Broadcast {
+    /// Plumtree: eager push along a spanning tree of the topic's links, lazy announcements on
+    /// the others, grafts and gap repair from caches (the default; see the crate docs).
+    #[default]
+    Tree,
+    /// Every message crosses every link of the topic (the first wave's behaviour), with the same
+    /// caches and repair. Kept as a baseline for `cargo xtask bench membership`.
+    Flood,
 }
 
 impl Config {
@@ -149,6 +173,17 @@ impl Config {
                 max_ping_padding: 64 << 10,
                 max_peer_topics: 1024,
                 status_from_anywhere: false,
+                broadcast: Broadcast::Tree,
+                announce_interval: Duration::from_millis(25),
+                repair_delay: Duration::from_millis(50),
+                repair_retry: Duration::from_millis(250),
+                gap_timeout: Duration::from_secs(1),
+                summary_interval: Duration::from_secs(1),
+                cache_messages: 65_536,
+                cache_bytes: 64 << 20,
+                cache_age: Duration::from_secs(30),
+                hold_messages: 16_384,
+                hold_bytes: 32 << 20,
             },
         }
     }
@@ -414,6 +449,63 @@ impl ConfigBuilder {
         dedup_streams: usize
     }
     setter! {
+        /// How messages spread over a topic's links. Default: [`Broadcast::Tree`].
+        broadcast: Broadcast
+    }
+    setter! {
+        /// How often lazy announcements ([`Have`](chaski_wire::Have)) are flushed on the links
+        /// that do not push a topic eagerly. Default: 25 ms. Positive.
+        announce_interval: Duration
+    }
+    setter! {
+        /// How long a detected gap (a later message, or an announcement of one) waits for the
+        /// missing messages to arrive by another path before they are asked for (a graft).
+        /// Default: 50 ms. Positive.
+        repair_delay: Duration
+    }
+    setter! {
+        /// How long an unanswered request for missing messages waits before it is sent again, to
+        /// the next peer that has them. Default: 250 ms. Positive.
+        repair_retry: Duration
+    }
+    setter! {
+        /// How long a gap is held open (later messages held back, repair running) before what is
+        /// still missing is reported as [`Event::Missed`](crate::Event::Missed) and the stream
+        /// moves on. Default: 1 s. Positive.
+        gap_timeout: Duration
+    }
+    setter! {
+        /// How often a node tells every link of a topic the last sequence of each stream that went
+        /// idle within `cache_age`, so that the loss of a stream's last messages is noticed.
+        /// Default: 1 s. Positive.
+        summary_interval: Duration
+    }
+    setter! {
+        /// Messages kept in the message cache (for every topic this node carries), which serves
+        /// grafts and gap repair; the oldest goes first. Default: 65,536 (10 s at 6,500 msg/s).
+        /// Positive.
+        cache_messages: usize
+    }
+    setter! {
+        /// Bytes (payloads, topics and headers) kept in the message cache; the oldest message goes
+        /// first. Default: 64 MiB. Positive.
+        cache_bytes: usize
+    }
+    setter! {
+        /// How long a message stays in the cache at most. Default: 30 s. Positive.
+        cache_age: Duration
+    }
+    setter! {
+        /// Messages held back, out of order, while their streams' gaps are repaired (all streams
+        /// together); when full, the oldest gap is reported missed at once. Default: 16,384.
+        /// Positive.
+        hold_messages: usize
+    }
+    setter! {
+        /// Bytes held back (as `hold_messages`). Default: 32 MiB. Positive.
+        hold_bytes: usize
+    }
+    setter! {
         /// Wait before asking again a peer that refused (or dropped) a pairing. Default: 1 s.
         /// Positive.
         pair_retry: Duration
@@ -476,6 +568,12 @@ impl ConfigBuilder {
             (c.search_max, "search_max"),
             (c.component_search_max, "component_search_max"),
             (c.pair_retry, "pair_retry"),
+            (c.announce_interval, "announce_interval"),
+            (c.repair_delay, "repair_delay"),
+            (c.repair_retry, "repair_retry"),
+            (c.gap_timeout, "gap_timeout"),
+            (c.summary_interval, "summary_interval"),
+            (c.cache_age, "cache_age"),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -502,6 +600,10 @@ impl ConfigBuilder {
             (c.dedup_streams, "dedup_streams"),
             (c.max_pending_pings, "max_pending_pings"),
             (c.max_peer_topics, "max_peer_topics"),
+            (c.cache_messages, "cache_messages"),
+            (c.cache_bytes, "cache_bytes"),
+            (c.hold_messages, "hold_messages"),
+            (c.hold_bytes, "hold_bytes"),
         ] {
             if n == 0 {
                 return Err(ConfigError::ZeroLimit(name));

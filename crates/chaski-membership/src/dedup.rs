@@ -169,7 +169,15 @@ impl Stream {
         let relay = match from {
             From::Publisher => {
                 self.claims = Default::default();
-                self.before = None;
+                if let Some(mut before) = self.before.take() {
+                    if self.window.below(seq) && before.fits(seq, MAX_AHEAD) {
+                        // The publisher itself is where the old window was: the jump was
+                        // forged. Back to the old window, which remembers what was delivered.
+                        let seen = mark(&mut before, seq);
+                        self.window = *before;
+                        return seen;
+                    }
+                }
                 if self.window.below(seq) {
                     // The publisher itself is far behind what the window holds: the window was
                     // pushed ahead (or the publisher restarted): start again from here.

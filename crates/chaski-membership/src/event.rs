@@ -3,7 +3,7 @@
 
 use std::{fmt, net::SocketAddr, time::Duration};
 
-use chaski_wire::{Frame, GoodbyeReason, NodeId, Topic};
+use chaski_wire::{Frame, GoodbyeReason, Message, NodeId, Topic};
 
 use crate::time::Instant;
 
@@ -155,6 +155,8 @@ pub enum DropKind {
     Ping,
     /// An inbound connection refused at `max_peers`.
     Connection,
+    /// A stream forgotten from the full broadcast table ([`crate::MAX_STREAMS`]).
+    Stream,
 }
 
 /// Something that happened, for the application (the stable event API).
@@ -218,6 +220,21 @@ pub enum Event {
     TopicIsolated {
         /// The topic.
         topic: Topic,
+    },
+    /// Messages of a stream that will not be delivered: they were neither received nor
+    /// repaired within `gap_timeout` (or no cache had them any more). Delivery of the stream
+    /// goes on after `last`.
+    Missed {
+        /// The publisher.
+        publisher: NodeId,
+        /// Its incarnation.
+        incarnation: u64,
+        /// The topic.
+        topic: Topic,
+        /// The first sequence missed.
+        first: u64,
+        /// The last sequence missed (inclusive).
+        last: u64,
     },
     /// An on-demand ping was answered.
     PingResult {
@@ -308,6 +325,10 @@ pub enum Action {
     },
     /// Report this event to the application.
     Event(Event),
+    /// Hand this message, held back until the messages before it arrived (or were reported
+    /// missed), to the consumers that want each stream in order. It was already counted,
+    /// forwarded and given to unordered consumers when it arrived ([`Route::in_order`] was false).
+    Deliver(Message),
 }
 
 /// The routing decision for one received message, from
@@ -316,6 +337,11 @@ pub enum Action {
 pub struct Route<'a> {
     /// Deliver to the local application: subscribed and not a duplicate.
     pub deliver: bool,
+    /// The message is the next of its stream (or best-effort): hand it to ordered consumers now.
+    /// Otherwise it is held back and comes out later as [`Action::Deliver`], in order, once the
+    /// gap before it is filled or reported ([`Event::Missed`]); or, already reported missed, it
+    /// is too late for ordered consumers.
+    pub in_order: bool,
     /// The message was seen before (or is this node's own): neither deliver nor forward.
     pub duplicate: bool,
     /// Connections to forward the message on (encoded once, with `hop_limit` and `hops + 1`).
@@ -424,4 +450,27 @@ pub struct Counters {
     pub status_refused: u64,
     /// Idle inbound connections closed at `max_peers` to make room for a link this node wants.
     pub idle_evictions: u64,
+    /// Messages reported missed ([`Event::Missed`]).
+    pub messages_missed: u64,
+    /// Messages that arrived after their sequence was reported missed: given to unordered
+    /// consumers only.
+    pub messages_late: u64,
+    /// Gaps given up early because the hold-back buffer was full (`hold_messages`, `hold_bytes`).
+    pub hold_overflows: u64,
+    /// Messages dropped from the cache by its limits (count, bytes, age).
+    pub cache_evictions: u64,
+    /// Streams forgotten from the full broadcast table.
+    pub streams_forgotten: u64,
+    /// `Prune`s sent: a duplicate arrived on an eager link.
+    pub prunes_sent: u64,
+    /// Links made eager again because this node asked them for messages it missed.
+    pub grafts_sent: u64,
+    /// Links made eager again because the peer asked for messages.
+    pub grafts_received: u64,
+    /// Stream heads announced (`Have` entries sent).
+    pub announcements_sent: u64,
+    /// Ranges of missing messages asked for (`Want` entries sent).
+    pub repairs_requested: u64,
+    /// Cached messages sent in answer to a `Want`.
+    pub messages_served: u64,
 }

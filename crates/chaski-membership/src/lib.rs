@@ -190,7 +190,7 @@ mod rtt;
 mod time;
 
 pub use crate::{
-    config::{Config, ConfigBuilder, ConfigError},
+    config::{Broadcast, Config, ConfigBuilder, ConfigError},
     dedup::{MAX_AHEAD as DEDUP_MAX_AHEAD, WINDOW as DEDUP_WINDOW},
     event::{
         Action, ConnId, Counters, DatagramTarget, DialError, Disconnect, DiscoverySource,
@@ -198,7 +198,7 @@ pub use crate::{
     },
     limits::{Violation, Violations},
     machine::{
-        EXTRA_RETRY, FRESHNESS, LEARNED_DIAL_BURST, LEARNED_DIAL_RATE, Membership, PingError,
+        MAX_SERVED, MAX_SERVED_BYTES, MAX_STREAMS, EXTRA_RETRY, FRESHNESS, LEARNED_DIAL_BURST, LEARNED_DIAL_RATE, Membership, PingError,
         TOMBSTONE_TTL, UNVERIFIED_ATTEMPTS,
     },
     rtt::RttStats,

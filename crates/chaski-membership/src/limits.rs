@@ -28,6 +28,12 @@ pub const MAX_PEERS_PER_FRAME: usize = 256;
 /// Most listening addresses of one peer, in its hello or in a peer info about it.
 pub const MAX_ADDRS_PER_PEER: usize = 16;
 
+/// Streams per `Have` frame.
+pub const MAX_HEADS_PER_FRAME: usize = 1024;
+
+/// Ranges per `Want` frame.
+pub const MAX_RANGES_PER_FRAME: usize = 256;
+
 /// Which limit a frame broke.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[non_exhaustive]
@@ -48,6 +54,9 @@ pub enum Violation {
     /// the publisher, or the first copy after this node missed messages. Refused; the
     /// connection is not closed for it.
     ImplausibleSequence,
+    /// A `Have` with more than [`MAX_HEADS_PER_FRAME`] streams, or a `Want` with more than
+    /// [`MAX_RANGES_PER_FRAME`] ranges.
+    TooManyStreams,
 }
 
 impl Violation {
@@ -61,6 +70,7 @@ impl Violation {
             Violation::TooManyVisited => "too_many_visited",
             Violation::ImpersonatedPublisher => "impersonated_publisher",
             Violation::ImplausibleSequence => "implausible_sequence",
+            Violation::TooManyStreams => "too_many_streams",
         }
     }
 }
@@ -81,6 +91,8 @@ pub struct Violations {
     pub impersonated_publisher: u64,
     /// [`Violation::ImplausibleSequence`].
     pub implausible_sequence: u64,
+    /// [`Violation::TooManyStreams`].
+    pub too_many_streams: u64,
 }
 
 impl Violations {
@@ -92,6 +104,7 @@ impl Violations {
             Violation::TooManyVisited => &mut self.too_many_visited,
             Violation::ImpersonatedPublisher => &mut self.impersonated_publisher,
             Violation::ImplausibleSequence => &mut self.implausible_sequence,
+            Violation::TooManyStreams => &mut self.too_many_streams,
         };
         *slot += 1;
     }
@@ -104,6 +117,7 @@ impl Violations {
             + self.too_many_visited
             + self.impersonated_publisher
             + self.implausible_sequence
+            + self.too_many_streams
     }
 }
 
@@ -168,6 +182,17 @@ pub(crate) fn check_frame(frame: &Frame, config: &Config) -> Result<(), Violatio
             check_peer(&s.origin, config)
         }
         Frame::SearchReply(r) => check_peer(&r.responder, config),
+        Frame::Have(h) => check_len(
+            h.streams.len(),
+            MAX_HEADS_PER_FRAME,
+            Violation::TooManyStreams,
+        ),
+        Frame::Want(w) => check_len(
+            w.ranges.len(),
+            MAX_RANGES_PER_FRAME,
+            Violation::TooManyStreams,
+        ),
+        Frame::Prune(p) => check_len(p.topics.len(), topics, Violation::TooManyTopics),
         _ => Ok(()),
     }
 }

@@ -444,7 +444,9 @@ impl Sim {
             headers: Vec::new(),
         };
         let forward: Vec<ConnId> = p.forward.to_vec();
-        if p.deliver {
+        let deliver = p.deliver;
+        m.published(now, &msg);
+        if deliver {
             self.deliveries.push(Delivery {
                 node: index,
                 topic: topic.clone(),
@@ -458,6 +460,7 @@ impl Sim {
             self.traffic.messages += 1;
             self.send_frame(index, conn, Frame::Publish(msg.clone()));
         }
+        self.drain(index);
     }
 
     /// Runs until virtual time `deadline` (inclusive).
@@ -607,7 +610,8 @@ impl Sim {
                 if let Frame::Publish(msg) = frame {
                     self.traffic.messages_received += 1;
                     let route = m.route(now, Some(conn), &msg);
-                    let deliver = route.deliver;
+                    let deliver = route.deliver && route.in_order;
+                    if std::env::var_os("SIMDBG").is_some() { eprintln!("PUB {:?} n{} c{:?} p={} {} s{} d={} o={} dup={} fwd={:?}", now, index, conn, msg.publisher, msg.topic, msg.sequence, route.deliver, route.in_order, route.duplicate, route.forward); }
                     let forward: Vec<ConnId> = route.forward.to_vec();
                     let hop_limit = route.hop_limit;
                     if deliver {
@@ -680,6 +684,11 @@ impl Sim {
         while let Some(action) = self.actions.pop_front() {
             match action {
                 Action::Send { conn, frame } => {
+                    if matches!(frame, Frame::Publish(_)) {
+                        self.traffic.messages += 1;
+                        self.send_frame(index, conn, frame);
+                        continue;
+                    }
                     self.traffic.control_frames += 1;
                     if matches!(
                         frame,
@@ -695,6 +704,14 @@ impl Sim {
                     confirm,
                 } => self.dial(index, addr, peer.filter(|_| confirm)),
                 Action::Close { conn, reason } => self.close(index, conn, reason),
+                Action::Deliver(msg) => self.deliveries.push(Delivery {
+                    node: index,
+                    topic: msg.topic.clone(),
+                    publisher: msg.publisher,
+                    sequence: msg.sequence,
+                    at: now,
+                    hops: msg.hops.saturating_add(1),
+                }),
                 Action::SendDatagram { to, frame } => {
                     self.traffic.datagrams += 1;
                     self.datagram(index, to, frame);

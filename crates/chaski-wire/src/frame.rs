@@ -53,6 +53,12 @@ pub enum Frame {
     StatusResponse(StatusResponse),
     /// LAN discovery announcement (UDP).
     Beacon(Beacon),
+    /// Which messages the sender has, per stream (lazy push and idle summaries).
+    Have(Have),
+    /// Ask for cached messages (a graft or a gap repair).
+    Want(Want),
+    /// Stop pushing some topics eagerly.
+    Prune(Prune),
 }
 
 impl Frame {
@@ -86,6 +92,9 @@ impl Frame {
             Frame::StatusRequest(_) => "status_request",
             Frame::StatusResponse(_) => "status_response",
             Frame::Beacon(_) => "beacon",
+            Frame::Have(_) => "have",
+            Frame::Want(_) => "want",
+            Frame::Prune(_) => "prune",
         }
     }
 }
@@ -270,6 +279,72 @@ pub struct PairResponse {
 /// Stop using this connection as a pairing link for some topics.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Unpair {
+    /// The topics.
+    pub topics: Vec<Topic>,
+}
+
+/// One stream of messages: who publishes, which start of it, on which topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId {
+    /// The publisher.
+    pub publisher: NodeId,
+    /// The publisher's incarnation ([`Message::incarnation`]).
+    pub incarnation: u64,
+    /// The topic.
+    pub topic: Topic,
+}
+
+impl StreamId {
+    /// The stream `message` belongs to.
+    pub fn of(message: &Message) -> StreamId {
+        StreamId {
+            publisher: message.publisher,
+            incarnation: message.incarnation,
+            topic: message.topic.clone(),
+        }
+    }
+}
+
+/// The latest message the sender has of one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamHead {
+    /// The stream.
+    pub stream: StreamId,
+    /// The highest sequence of it the sender has received.
+    pub last: u64,
+    /// The first of the messages announced as new (`last + 1` in a summary, which announces
+    /// nothing new): a receiver that had not heard of the stream wants it from here.
+    pub first: u64,
+}
+
+/// Which messages the sender has: lazy announcements and idle summaries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Have {
+    /// One entry per stream.
+    pub streams: Vec<StreamHead>,
+}
+
+/// A range of one stream's messages, `first..=last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRange {
+    /// The stream.
+    pub stream: StreamId,
+    /// The first sequence wanted.
+    pub first: u64,
+    /// The last sequence wanted.
+    pub last: u64,
+}
+
+/// Ask for cached messages; also grafts the ranges' topics onto the sender's eager links.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Want {
+    /// The ranges wanted.
+    pub ranges: Vec<StreamRange>,
+}
+
+/// The sender received these topics' messages twice: push them to it lazily from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Prune {
     /// The topics.
     pub topics: Vec<Topic>,
 }
@@ -679,6 +754,35 @@ impl Frame {
             Frame::Unpair(u) => Kind::Unpair(proto::Unpair {
                 topics: topics_to_proto(&u.topics),
             }),
+            Frame::Have(h) => Kind::Have(proto::Have {
+                streams: h
+                    .streams
+                    .iter()
+                    .map(|e| proto::StreamHead {
+                        topic: e.stream.topic.to_bytes(),
+                        publisher: Some(node_id_to_proto(e.stream.publisher)),
+                        incarnation: e.stream.incarnation,
+                        last: e.last,
+                        first: e.first,
+                    })
+                    .collect(),
+            }),
+            Frame::Want(w) => Kind::Want(proto::Want {
+                ranges: w
+                    .ranges
+                    .iter()
+                    .map(|r| proto::StreamRange {
+                        topic: r.stream.topic.to_bytes(),
+                        publisher: Some(node_id_to_proto(r.stream.publisher)),
+                        incarnation: r.stream.incarnation,
+                        first: r.first,
+                        last: r.last,
+                    })
+                    .collect(),
+            }),
+            Frame::Prune(p) => Kind::Prune(proto::Prune {
+                topics: topics_to_proto(&p.topics),
+            }),
             Frame::Goodbye(g) => Kind::Goodbye(proto::Goodbye {
                 reason: g.reason.to_i32(),
                 message: g.message.clone(),
@@ -770,6 +874,49 @@ impl Frame {
             }),
             Kind::Unpair(u) => Frame::Unpair(Unpair {
                 topics: topics_from_proto(u.topics, "unpair.topics")?,
+            }),
+            Kind::Have(h) => Frame::Have(Have {
+                streams: h
+                    .streams
+                    .into_iter()
+                    .map(|e| {
+                        Ok(StreamHead {
+                            stream: StreamId {
+                                publisher: node_id_from_proto(e.publisher, "have.publisher")?,
+                                incarnation: e.incarnation,
+                                topic: topic_from_proto(e.topic, "have.topic")?,
+                            },
+                            last: e.last,
+                            first: e.first,
+                        })
+                    })
+                    .collect::<Result<_, DecodeError>>()?,
+            }),
+            Kind::Want(w) => Frame::Want(Want {
+                ranges: w
+                    .ranges
+                    .into_iter()
+                    .map(|r| {
+                        if r.first == 0 || r.last < r.first {
+                            return Err(DecodeError::invalid(
+                                "want.ranges",
+                                "a range must run from 1 or more up to at least its start",
+                            ));
+                        }
+                        Ok(StreamRange {
+                            stream: StreamId {
+                                publisher: node_id_from_proto(r.publisher, "want.publisher")?,
+                                incarnation: r.incarnation,
+                                topic: topic_from_proto(r.topic, "want.topic")?,
+                            },
+                            first: r.first,
+                            last: r.last,
+                        })
+                    })
+                    .collect::<Result<_, DecodeError>>()?,
+            }),
+            Kind::Prune(p) => Frame::Prune(Prune {
+                topics: topics_from_proto(p.topics, "prune.topics")?,
             }),
             Kind::Goodbye(g) => Frame::Goodbye(Goodbye {
                 reason: GoodbyeReason::from_i32(g.reason),

@@ -71,7 +71,7 @@ pub use crate::{
     frame::{
         Auth, Beacon, Frame, Goodbye, Hello, MAX_NAME_LEN, Message, PairRequest, PairResponse,
         PeerExchange, PeerInfo, PeerStatus, Ping, Pong, Search, SearchReply, StatusRequest,
-        StatusResponse, SubscriptionUpdate, Unpair,
+        StatusResponse, SubscriptionUpdate, Unpair, Have, Want, Prune, StreamId, StreamHead, StreamRange,
     },
     types::{
         Capabilities, GoodbyeReason, Header, InvalidTopic, MAX_TOPIC_LEN, NodeId, ParseNodeIdError,

@@ -608,6 +608,7 @@ impl Membership {
             }
         };
         let c = self.conns.remove(&conn).expect("conn");
+        self.broadcast_conn_closed(conn);
         if let Some(g) = goodbye {
             self.push(Action::Close { conn, reason: g });
         }

@@ -36,6 +36,9 @@ use crate::{
 };
 
 mod bookkeeping;
+mod broadcast;
+
+pub use broadcast::{MAX_SERVED, MAX_SERVED_BYTES, MAX_STREAMS};
 mod frames;
 mod pairing;
 mod timers;
@@ -89,6 +92,7 @@ enum Timer {
     ExchangeFlush,
     Maintenance,
     Search,
+    Broadcast,
 }
 
 #[derive(Debug)]
@@ -243,6 +247,7 @@ pub struct Membership {
     /// The bucket of dials to learned addresses (see `take_dial_token`).
     dial_tokens: f64,
     dial_tokens_at: Instant,
+    bcast: broadcast::Broadcaster,
 }
 
 impl Membership {
@@ -287,6 +292,7 @@ impl Membership {
             counters: Counters::default(),
             dial_tokens: LEARNED_DIAL_BURST,
             dial_tokens_at: now,
+            bcast: broadcast::Broadcaster::default(),
             config,
         };
         for topic in m.config.subscriptions.clone() {
@@ -689,6 +695,7 @@ impl Membership {
         }
         self.route_dirty = true;
         self.dirty = true;
+        self.broadcast_conn_opened(now, conn);
         self.after(now);
     }
 
@@ -834,6 +841,9 @@ impl Membership {
                     self.send(conn, Frame::StatusResponse(status));
                 }
             }
+            Frame::Have(h) => self.on_have(now, conn, h),
+            Frame::Want(w) => self.on_want(conn, w),
+            Frame::Prune(p) => self.on_prune(conn, p),
             Frame::Publish(_) => {}
             _ => self.counters.unexpected_frames += 1,
         }
@@ -954,7 +964,15 @@ impl Membership {
         self.rebuild_routes();
         self.scratch.clear();
         match self.route_index.get(topic) {
-            Some(conns) if !conns.is_empty() => self.scratch.extend_from_slice(conns),
+            Some(conns) if !conns.is_empty() => {
+                let lazy = &self.bcast;
+                self.scratch.extend(
+                    conns
+                        .iter()
+                        .copied()
+                        .filter(|&c| lazy.is_eager(c, topic)),
+                );
+            }
             // Nobody to send to directly: hand the message to the relays.
             _ => self.scratch.extend_from_slice(&self.relay_conns),
         }
@@ -1041,6 +1059,7 @@ impl Membership {
                 self.count_violation(peer, conn, Violation::ImplausibleSequence);
             }
             return Route {
+                in_order: false,
                 deliver: false,
                 duplicate: true,
                 forward: &self.scratch,
@@ -1054,6 +1073,7 @@ impl Membership {
             }
             self.scratch.clear();
             return Route {
+                in_order: false,
                 deliver: false,
                 duplicate: true,
                 forward: &self.scratch,
@@ -1062,7 +1082,11 @@ impl Membership {
         }
         if seen == Seen::Duplicate {
             self.counters.messages_duplicate += 1;
+            if let (true, Some(conn)) = (reliable, from) {
+                self.duplicate_on(conn, msg);
+            }
             return Route {
+                in_order: false,
                 deliver: false,
                 duplicate: true,
                 forward: &self.scratch,
@@ -1071,19 +1095,19 @@ impl Membership {
         }
         self.counters.messages_new += 1;
         let deliver = self.wants(&msg.topic);
+        let in_order = self.accept(now, from, msg, reliable, deliver);
         if msg.hop_limit > 0 {
             self.rebuild_routes();
             let publisher_conn = self.known.get(&msg.publisher).and_then(|k| k.conn);
             if let Some(conns) = self.route_index.get(&msg.topic) {
-                self.scratch.extend(
-                    conns
-                        .iter()
-                        .copied()
-                        .filter(|&c| Some(c) != from && Some(c) != publisher_conn),
-                );
+                let bcast = &self.bcast;
+                self.scratch.extend(conns.iter().copied().filter(|&c| {
+                    Some(c) != from && Some(c) != publisher_conn && bcast.is_eager(c, &msg.topic)
+                }));
             }
         }
         Route {
+            in_order,
             deliver,
             duplicate: false,
             forward: &self.scratch,

@@ -107,6 +107,7 @@ impl Membership {
                     self.send_exchange(conn);
                 }
             }
+            Timer::Broadcast => self.on_broadcast_timer(now),
             Timer::Maintenance => {
                 self.maintain(now);
                 self.arm(now + self.config.pair_retry, Timer::Maintenance);

@@ -9,7 +9,7 @@ pub struct Frame {
     /// protocol) is rejected by the receiver with an `UnknownKind` error.
     #[prost(
         oneof = "frame::Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
     )]
     pub kind: ::core::option::Option<frame::Kind>,
 }
@@ -64,6 +64,15 @@ pub mod frame {
         /// LAN discovery announcement, sent over UDP multicast or broadcast.
         #[prost(message, tag = "15")]
         Beacon(super::Beacon),
+        /// Which messages the sender has, per stream: lazy announcements and idle summaries.
+        #[prost(message, tag = "16")]
+        Have(super::Have),
+        /// Ask the receiver for messages it announced (a graft, or a gap repair).
+        #[prost(message, tag = "17")]
+        Want(super::Want),
+        /// Stop pushing the messages of some topics eagerly: announce them instead.
+        #[prost(message, tag = "18")]
+        Prune(super::Prune),
     }
 }
 /// A 128-bit node identity, drawn at random when a node starts.
@@ -471,6 +480,71 @@ pub struct Beacon {
     /// (HMAC-SHA256 with the network's beacon key, appended after the frame).
     #[prost(bytes = "bytes", tag = "9")]
     pub auth_tag: ::prost::bytes::Bytes,
+}
+/// The latest message the sender has of one stream: (`publisher`, `incarnation`, `topic`).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StreamHead {
+    /// The topic (UTF-8).
+    #[prost(bytes = "bytes", tag = "1")]
+    pub topic: ::prost::bytes::Bytes,
+    /// The publisher.
+    #[prost(message, optional, tag = "2")]
+    pub publisher: ::core::option::Option<NodeId>,
+    /// The publisher's incarnation (see `Publish.incarnation`).
+    #[prost(uint64, tag = "3")]
+    pub incarnation: u64,
+    /// The highest sequence of the stream the sender has received.
+    #[prost(uint64, tag = "4")]
+    pub last: u64,
+    /// The first of the messages announced: the stream's messages from `first` to `last` are new
+    /// since the sender's previous announcement on this connection. A summary, which announces
+    /// nothing new, says `last + 1`. A receiver that had not heard of the stream wants it from here.
+    #[prost(uint64, tag = "5")]
+    pub first: u64,
+}
+/// Lazy push: the streams that advanced since the sender's last announcement on this connection
+/// (on links of a topic that are not eager), or, once a second, a summary of every stream the
+/// sender saw recently (on every link), so that the loss of a stream's last messages is noticed.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Have {
+    /// At most 1,024 entries.
+    #[prost(message, repeated, tag = "1")]
+    pub streams: ::prost::alloc::vec::Vec<StreamHead>,
+}
+/// A range of one stream's messages: `first` to `last`, inclusive.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StreamRange {
+    /// The topic (UTF-8).
+    #[prost(bytes = "bytes", tag = "1")]
+    pub topic: ::prost::bytes::Bytes,
+    /// The publisher.
+    #[prost(message, optional, tag = "2")]
+    pub publisher: ::core::option::Option<NodeId>,
+    /// The publisher's incarnation.
+    #[prost(uint64, tag = "3")]
+    pub incarnation: u64,
+    /// The first sequence wanted.
+    #[prost(uint64, tag = "4")]
+    pub first: u64,
+    /// The last sequence wanted (at least `first`).
+    #[prost(uint64, tag = "5")]
+    pub last: u64,
+}
+/// Asks for the messages of these ranges that the receiver still has cached; it sends them as
+/// `Publish` frames, and from then on pushes the ranges' topics to the sender eagerly (a graft).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Want {
+    /// At most 256 ranges.
+    #[prost(message, repeated, tag = "1")]
+    pub ranges: ::prost::alloc::vec::Vec<StreamRange>,
+}
+/// The sender received messages of these topics twice: the receiver stops pushing them to it
+/// eagerly and announces them instead.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Prune {
+    /// The topics.
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub topics: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
 }
 /// Capability bits a node announces in `Hello.capabilities`. The field is a bit set of
 /// `1 << value` for each capability; unknown bits are ignored.

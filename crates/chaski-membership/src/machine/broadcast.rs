@@ -1,0 +1,847 @@
+//! Broadcast on a topic's links: Plumtree's eager and lazy push, the message cache, gap repair
+//! and ordered delivery (see "How a message reaches every subscriber" in the crate docs).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+use chaski_wire::{
+    Frame, Have, Message, NodeId, Prune, StreamHead, StreamId, StreamRange, Topic, Want,
+};
+
+use super::{Membership, Timer};
+use crate::{
+    Action, ConnId, DropKind, Event, Instant,
+    config::Broadcast,
+    limits::{MAX_HEADS_PER_FRAME, MAX_RANGES_PER_FRAME},
+};
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
+/// Streams (publisher, incarnation and topic) tracked for the cache, announcements and ordered
+/// delivery. When full, the stream active least recently that holds nothing back is forgotten
+/// (counted in `streams_forgotten`, reported as [`DropKind::Stream`]).
+pub const MAX_STREAMS: usize = 16_384;
+/// Messages sent back for one `Want` at most; the asker asks again for the rest.
+pub const MAX_SERVED: usize = 16_384;
+/// Bytes sent back for one `Want` at most.
+pub const MAX_SERVED_BYTES: usize = 16 << 20;
+/// Payloads shorter than this are copied into the cache rather than kept as slices of the
+/// receive buffer, so that a small cached message never keeps a large buffer alive.
+const COPY_BELOW: usize = 4096;
+/// Peers remembered per stream as having its missing messages.
+const MAX_CANDIDATES: usize = 4;
+/// Bytes a cached or held message is charged beyond its payload and headers.
+const OVERHEAD: usize = 128;
+
+/// A message held back until the gaps before it are filled (`None`: a best-effort message that
+/// was delivered at once, kept only as a marker that its sequence is not missing).
+#[derive(Debug)]
+struct Held {
+    message: Option<Message>,
+    at: Instant,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// The cached messages, by sequence.
+    cached: BTreeMap<u64, Message>,
+    /// The highest sequence known to exist (received, or announced by a peer).
+    latest: u64,
+    /// When `latest` last grew.
+    active_at: Instant,
+    /// Ordered delivery (subscribed topics): the next sequence to hand out; 0 before the first.
+    next: u64,
+    held: BTreeMap<u64, Held>,
+    /// When the oldest open gap was noticed.
+    gap_since: Option<Instant>,
+    /// When to ask (again) for the missing messages.
+    ask_at: Option<Instant>,
+    asks: u32,
+    /// Peers that have (or announced) messages this node misses, most recent first.
+    candidates: Vec<ConnId>,
+}
+
+impl Stream {
+    fn new(now: Instant) -> Stream {
+        Stream {
+            cached: BTreeMap::new(),
+            latest: 0,
+            active_at: now,
+            next: 0,
+            held: BTreeMap::new(),
+            gap_since: None,
+            ask_at: None,
+            asks: 0,
+            candidates: Vec::new(),
+        }
+    }
+
+    /// The first gap of the delivery order: `next..=end`, if any.
+    fn head_gap(&self) -> Option<(u64, u64)> {
+        if self.next == 0 || self.next > self.latest {
+            return None;
+        }
+        match self.held.first_key_value() {
+            Some((&first, _)) if first == self.next => None,
+            Some((&first, _)) => Some((self.next, first - 1)),
+            None => Some((self.next, self.latest)),
+        }
+    }
+
+    /// Every missing range of the delivery order, at most `max`.
+    fn missing(&self, max: usize) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if self.next == 0 {
+            return out;
+        }
+        let mut from = self.next;
+        for &seq in self.held.keys() {
+            if out.len() >= max {
+                return out;
+            }
+            if seq > from {
+                out.push((from, seq - 1));
+            }
+            from = seq + 1;
+        }
+        if from <= self.latest && out.len() < max {
+            out.push((from, self.latest));
+        }
+        out
+    }
+
+    fn add_candidate(&mut self, conn: ConnId) {
+        if self.candidates.first() == Some(&conn) {
+            return;
+        }
+        self.candidates.retain(|&c| c != conn);
+        self.candidates.insert(0, conn);
+        self.candidates.truncate(MAX_CANDIDATES);
+    }
+}
+
+/// Broadcast state of one node.
+#[derive(Debug, Default)]
+pub(super) struct Broadcaster {
+    /// (connection, topic) links that announce instead of pushing: both ways once pruned.
+    lazy: FastSet<(ConnId, Topic)>,
+    streams: FastMap<StreamId, Stream>,
+    /// The cache in insertion order: (when, stream, sequence, bytes charged).
+    cache_order: VecDeque<(Instant, StreamId, u64, usize)>,
+    cache_bytes: usize,
+    held_len: usize,
+    held_bytes: usize,
+    /// Streams that grew since the last announcement, with the first sequence received since.
+    dirty: FastMap<StreamId, u64>,
+    /// Streams with a gap in their delivery order.
+    gaps: FastSet<StreamId>,
+    armed: bool,
+    next_summary: Option<Instant>,
+    /// Grows whenever the eager links of a topic change.
+    generation: u64,
+}
+
+impl Broadcaster {
+    /// Whether `conn` pushes `topic` eagerly.
+    pub(super) fn is_eager(&self, conn: ConnId, topic: &Topic) -> bool {
+        self.lazy.is_empty() || !self.lazy.contains(&(conn, topic.clone()))
+    }
+}
+
+/// Bytes charged for keeping `m`.
+fn charge(m: &Message) -> usize {
+    m.payload.len()
+        + m.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum::<usize>()
+        + OVERHEAD
+}
+
+/// A copy of `m` for the cache that owns small payloads and headers instead of pinning the
+/// receive buffer, with the stream's own (detached) topic.
+fn cacheable(m: &Message, topic: &Topic) -> Message {
+    let own = |b: &Bytes| {
+        if b.len() < COPY_BELOW {
+            Bytes::copy_from_slice(b)
+        } else {
+            b.clone()
+        }
+    };
+    Message {
+        topic: topic.clone(),
+        payload: own(&m.payload),
+        publisher: m.publisher,
+        sequence: m.sequence,
+        incarnation: m.incarnation,
+        timestamp_micros: m.timestamp_micros,
+        hop_limit: m.hop_limit,
+        hops: m.hops,
+        headers: m
+            .headers
+            .iter()
+            .map(|h| chaski_wire::Header {
+                key: h.key.clone(),
+                value: own(&h.value),
+            })
+            .collect(),
+    }
+}
+
+impl Membership {
+    /// Grows whenever the connections that push a topic eagerly change (a prune, a graft, a link
+    /// up or down): a driver that keeps a snapshot of [`publish`](Membership::publish)'s answer
+    /// rebuilds it then.
+    pub fn routes_generation(&self) -> u64 {
+        self.bcast.generation
+    }
+
+    /// Whether connection `conn` pushes `topic` eagerly (else it only announces).
+    pub fn is_eager(&self, conn: ConnId, topic: &Topic) -> bool {
+        self.bcast.is_eager(conn, topic)
+    }
+
+    /// Messages in the cache now, and their bytes as charged against `cache_bytes`.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        (self.bcast.cache_order.len(), self.bcast.cache_bytes)
+    }
+
+    /// Messages held back for ordered delivery now.
+    pub fn held_count(&self) -> usize {
+        self.bcast.held_len
+    }
+
+    /// Records one of this node's own publications (numbered by the driver, already sent on
+    /// [`publish`](Membership::publish)'s connections): it is cached, to serve grafts and repair,
+    /// and announced on the lazy links. Call it for every publication, soon after sending (the
+    /// announcement goes out at the next `announce_interval`).
+    pub fn published(&mut self, now: Instant, msg: &Message) {
+        self.now = now;
+        let key = StreamId::of(msg);
+        if !self.stream_room(now, &key) {
+            return;
+        }
+        let stream = self.bcast.streams.get_mut(&key).expect("made room");
+        if msg.sequence > stream.latest {
+            stream.latest = msg.sequence;
+            stream.active_at = now;
+        }
+        self.cache(now, &key, msg);
+        let first = self.bcast.dirty.entry(key).or_insert(msg.sequence);
+        *first = (*first).min(msg.sequence);
+        self.arm_broadcast(now);
+    }
+
+    /// Makes sure `key` has a stream entry, evicting if needed. False if the table is full of
+    /// streams that hold messages back.
+    fn stream_room(&mut self, now: Instant, key: &StreamId) -> bool {
+        if self.bcast.streams.contains_key(key) {
+            return true;
+        }
+        if self.bcast.streams.len() >= MAX_STREAMS {
+            let victim = self
+                .bcast
+                .streams
+                .iter()
+                .filter(|(_, s)| s.held.is_empty())
+                .min_by_key(|(_, s)| s.active_at)
+                .map(|(k, _)| k.clone());
+            let Some(victim) = victim else {
+                return false;
+            };
+            self.forget_stream(&victim);
+        }
+        let key = StreamId {
+            topic: key.topic.detached(),
+            ..key.clone()
+        };
+        self.bcast.streams.insert(key, Stream::new(now));
+        true
+    }
+
+    fn forget_stream(&mut self, key: &StreamId) {
+        if let Some(s) = self.bcast.streams.remove(key) {
+            self.bcast.cache_bytes -= s.cached.values().map(charge).sum::<usize>();
+            self.bcast.gaps.remove(key);
+            self.bcast.dirty.remove(key);
+            self.counters.streams_forgotten += 1;
+            self.event(Event::Dropped {
+                kind: DropKind::Stream,
+            });
+        }
+    }
+
+    fn cache(&mut self, now: Instant, key: &StreamId, msg: &Message) {
+        let Some(stream) = self.bcast.streams.get_mut(key) else {
+            return;
+        };
+        if stream.cached.contains_key(&msg.sequence) {
+            return;
+        }
+        let (stream_key, _) = self.bcast.streams.get_key_value(key).expect("present");
+        let topic = stream_key.topic.clone();
+        let copy = cacheable(msg, &topic);
+        let bytes = charge(&copy);
+        let stream = self.bcast.streams.get_mut(key).expect("present");
+        stream.cached.insert(msg.sequence, copy);
+        self.bcast.cache_bytes += bytes;
+        self.bcast
+            .cache_order
+            .push_back((now, StreamId { topic, ..key.clone() }, msg.sequence, bytes));
+        self.trim_cache(now);
+    }
+
+    /// Drops the oldest cached messages beyond the limits of count, bytes and age.
+    fn trim_cache(&mut self, now: Instant) {
+        let (max_len, max_bytes, max_age) = (
+            self.config.cache_messages,
+            self.config.cache_bytes,
+            self.config.cache_age,
+        );
+        while let Some((at, _, _, _)) = self.bcast.cache_order.front() {
+            let over = self.bcast.cache_order.len() > max_len
+                || self.bcast.cache_bytes > max_bytes
+                || *at + max_age <= now;
+            if !over {
+                break;
+            }
+            let (_, key, seq, _) = self.bcast.cache_order.pop_front().expect("front");
+            if let Some(m) = self
+                .bcast
+                .streams
+                .get_mut(&key)
+                .and_then(|s| s.cached.remove(&seq))
+            {
+                self.bcast.cache_bytes -= charge(&m);
+                self.counters.cache_evictions += 1;
+            }
+        }
+    }
+
+    /// A message the duplicate filter let through: cache it, note it for the announcements and,
+    /// on a subscribed topic, put it in its stream's order. Returns whether it may be handed to
+    /// ordered consumers now (else it is held, or late).
+    pub(super) fn accept(
+        &mut self,
+        now: Instant,
+        from: Option<ConnId>,
+        msg: &Message,
+        reliable: bool,
+        subscribed: bool,
+    ) -> bool {
+        let key = StreamId::of(msg);
+        if !self.stream_room(now, &key) {
+            return true;
+        }
+        self.cache(now, &key, msg);
+        let stream = self.bcast.streams.get_mut(&key).expect("made room");
+        if msg.sequence > stream.latest {
+            stream.latest = msg.sequence;
+            stream.active_at = now;
+        }
+        let first = self.bcast.dirty.entry(key.clone()).or_insert(msg.sequence);
+        *first = (*first).min(msg.sequence);
+        let mut in_order = true;
+        if subscribed {
+            in_order = self.order(now, &key, from, msg, reliable);
+        }
+        self.arm_broadcast(now);
+        in_order
+    }
+
+    /// Puts a new message of a subscribed topic in its stream's order.
+    fn order(
+        &mut self,
+        now: Instant,
+        key: &StreamId,
+        from: Option<ConnId>,
+        msg: &Message,
+        reliable: bool,
+    ) -> bool {
+        let stream = self.bcast.streams.get_mut(key).expect("present");
+        let seq = msg.sequence;
+        if stream.next == 0 {
+            // A stream starts where this node first hears of it.
+            stream.next = seq;
+        }
+        if seq < stream.next {
+            // Reported missed already, yet it came (or it is older than where the stream
+            // started here): handed out as it is, late, rather than silently dropped; a forged
+            // jump ahead must not make the publisher's real messages vanish.
+            self.counters.messages_late += 1;
+            return true;
+        }
+        if seq == stream.next {
+            stream.next += 1;
+            self.release(now, key, true);
+            return true;
+        }
+        // Ahead of the order: a gap before it.
+        if !reliable && stream.held.is_empty() {
+            // A best-effort message never opens a gap: what it skips may be lost datagrams.
+            stream.next = seq + 1;
+            return true;
+        }
+        let bytes = if reliable { charge(msg) } else { 0 };
+        stream.held.insert(
+            seq,
+            Held {
+                message: reliable.then(|| msg.clone()),
+                at: now,
+                bytes,
+            },
+        );
+        if let Some(conn) = from {
+            stream.add_candidate(conn);
+        }
+        stream.gap_since.get_or_insert(now);
+        stream.ask_at.get_or_insert(now + self.config.repair_delay);
+        self.bcast.held_len += 1;
+        self.bcast.held_bytes += bytes;
+        self.bcast.gaps.insert(key.clone());
+        if self.bcast.held_len > self.config.hold_messages
+            || self.bcast.held_bytes > self.config.hold_bytes
+        {
+            self.give_up_oldest(now);
+        }
+        // A best-effort message is handed out at once, held only as a marker.
+        !reliable
+    }
+
+    /// Hands out the held messages that are next in order; settles the gap state.
+    /// `arrived`: a message of the stream just arrived (else a gap was given up).
+    fn release(&mut self, now: Instant, key: &StreamId, arrived: bool) {
+        let Some(stream) = self.bcast.streams.get_mut(key) else {
+            return;
+        };
+        let before = stream.next;
+        while let Some(entry) = stream.held.first_entry() {
+            if *entry.key() > stream.next {
+                break;
+            }
+            let seq = *entry.key();
+            let held = entry.remove();
+            self.bcast.held_len -= 1;
+            self.bcast.held_bytes -= held.bytes;
+            if seq == stream.next {
+                stream.next += 1;
+            }
+            if let Some(m) = held.message {
+                self.actions.push_back(Action::Deliver(m));
+            }
+        }
+        if stream.head_gap().is_none() && stream.held.is_empty() {
+            stream.gap_since = None;
+            stream.ask_at = None;
+            stream.asks = 0;
+            self.bcast.gaps.remove(key);
+        } else if stream.gap_since.is_none() || (arrived && stream.next != before) {
+            // A gap that makes progress (its first messages arrived) is timed afresh: only a
+            // gap that stays put for `gap_timeout` is given up.
+            stream.gap_since = Some(now);
+            stream.ask_at.get_or_insert(now + self.config.repair_delay);
+            self.bcast.gaps.insert(key.clone());
+        }
+    }
+
+    /// Reports the first gap of `key` missed, moves its order past it and releases what follows.
+    fn give_up(&mut self, now: Instant, key: &StreamId) {
+        let Some(stream) = self.bcast.streams.get_mut(key) else {
+            return;
+        };
+        let Some((first, last)) = stream.head_gap() else {
+            return;
+        };
+        stream.next = last + 1;
+        // The next gap, if any, counts from when the messages after it arrived.
+        stream.gap_since = stream.held.values().next().map(|h| h.at);
+        stream.asks = 0;
+        let count = last - first + 1;
+        self.counters.messages_missed += count;
+        self.event(Event::Missed {
+            publisher: key.publisher,
+            incarnation: key.incarnation,
+            topic: key.topic.clone(),
+            first,
+            last,
+        });
+        self.release(now, key, false);
+    }
+
+    /// The hold-back buffer is full: give up the gap of the stream held longest.
+    fn give_up_oldest(&mut self, now: Instant) {
+        let oldest = self
+            .bcast
+            .gaps
+            .iter()
+            .filter_map(|k| {
+                let s = self.bcast.streams.get(k)?;
+                Some((s.held.values().next()?.at, k.clone()))
+            })
+            .min_by_key(|(at, _)| *at)
+            .map(|(_, k)| k);
+        if let Some(key) = oldest {
+            self.counters.hold_overflows += 1;
+            self.give_up(now, &key);
+        }
+    }
+
+    /// A duplicate arrived on `conn`: in a tree, that link is redundant for its topic.
+    pub(super) fn duplicate_on(&mut self, conn: ConnId, msg: &Message) {
+        // Copies served from a cache (hop limit 0) and other broadcast modes prune nothing.
+        if self.config.broadcast != Broadcast::Tree || msg.hop_limit == 0 {
+            return;
+        }
+        let link = (conn, msg.topic.clone());
+        if self.bcast.lazy.contains(&link) {
+            return;
+        }
+        self.rebuild_routes();
+        let carried = self
+            .route_index
+            .get(&msg.topic)
+            .is_some_and(|c| c.contains(&conn));
+        if !carried {
+            return;
+        }
+        self.bcast.lazy.insert((conn, msg.topic.detached()));
+        self.bcast.generation += 1;
+        self.counters.prunes_sent += 1;
+        self.send(
+            conn,
+            Frame::Prune(Prune {
+                topics: vec![msg.topic.detached()],
+            }),
+        );
+    }
+
+    pub(super) fn on_prune(&mut self, conn: ConnId, prune: Prune) {
+        if self.config.broadcast != Broadcast::Tree {
+            return;
+        }
+        for topic in prune.topics {
+            if self.bcast.lazy.insert((conn, topic.detached())) {
+                self.bcast.generation += 1;
+            }
+        }
+    }
+
+    /// A connection is gone: forget its links' modes.
+    pub(super) fn broadcast_conn_closed(&mut self, conn: ConnId) {
+        let before = self.bcast.lazy.len();
+        self.bcast.lazy.retain(|(c, _)| *c != conn);
+        if self.bcast.lazy.len() != before {
+            self.bcast.generation += 1;
+        }
+        self.bcast.generation += 1;
+    }
+
+    /// A new connection: tell it at once what this node has of the topics it wants, so that
+    /// what it missed while away is noticed without waiting for the next message.
+    pub(super) fn broadcast_conn_opened(&mut self, now: Instant, conn: ConnId) {
+        self.bcast.generation += 1;
+        let Some(peer) = self.conns.get(&conn).map(|c| c.peer) else {
+            return;
+        };
+        let Some(wants) = self.known.get(&peer).map(|k| k.info.subscriptions.clone()) else {
+            return;
+        };
+        let horizon = self.config.cache_age;
+        let heads: Vec<StreamHead> = self
+            .bcast
+            .streams
+            .iter()
+            .filter(|(k, s)| {
+                k.publisher != peer
+                    && s.latest > 0
+                    && s.active_at + horizon > now
+                    && wants.contains(&k.topic)
+            })
+            .map(|(k, s)| StreamHead {
+                stream: k.clone(),
+                last: s.latest,
+                first: s.latest + 1,
+            })
+            .collect();
+        self.send_heads(conn, heads);
+    }
+
+    fn send_heads(&mut self, conn: ConnId, mut heads: Vec<StreamHead>) {
+        while !heads.is_empty() {
+            let rest = heads.split_off(heads.len().min(MAX_HEADS_PER_FRAME));
+            self.counters.announcements_sent += heads.len() as u64;
+            self.send(conn, Frame::Have(Have { streams: heads }));
+            heads = rest;
+        }
+    }
+
+    pub(super) fn on_have(&mut self, now: Instant, conn: ConnId, have: Have) {
+        let peer = self.conns.get(&conn).map(|c| c.peer);
+        for mut head in have.streams {
+            let key = head.stream;
+            // Believed within reason, as messages are (see `crate::dedup`): a second-hand
+            // announcement moves a stream ahead by at most `MAX_AHEAD` at a time, so that one
+            // forged number cannot make this node give up the publisher's real messages.
+            if peer != Some(key.publisher) {
+                if let Some(s) = self.bcast.streams.get(&key).filter(|s| s.latest > 0) {
+                    head.last = head.last.min(s.latest.saturating_add(crate::dedup::MAX_AHEAD));
+                }
+            }
+            if key.publisher == self.me || head.last == 0 || !self.wants(&key.topic) {
+                continue;
+            }
+            if !self.bcast.streams.contains_key(&key) {
+                if !self.stream_room(now, &key) {
+                    continue;
+                }
+            }
+            let stream = self.bcast.streams.get_mut(&key).expect("present");
+            if stream.next == 0 {
+                // First heard of by an announcement: the stream starts at the first message
+                // announced as new (after the head, for a summary).
+                stream.next = head.first.clamp(1, head.last + 1);
+            }
+            if head.last > stream.latest {
+                stream.latest = head.last;
+                stream.active_at = now;
+            }
+            if stream.head_gap().is_some() || !stream.held.is_empty() {
+                stream.add_candidate(conn);
+                stream.gap_since.get_or_insert(now);
+                stream.ask_at.get_or_insert(now + self.config.repair_delay);
+                self.bcast.gaps.insert(key);
+            }
+        }
+        self.arm_broadcast(now);
+    }
+
+    pub(super) fn on_want(&mut self, conn: ConnId, want: Want) {
+        let me = self.me;
+        let mut sent = 0usize;
+        let mut bytes = 0usize;
+        let mut frames = Vec::new();
+        for range in &want.ranges {
+            // A graft: the asker wants this topic pushed from now on.
+            if self.bcast.lazy.remove(&(conn, range.stream.topic.clone())) {
+                self.bcast.generation += 1;
+                self.counters.grafts_received += 1;
+            }
+            let Some(stream) = self.bcast.streams.get(&range.stream) else {
+                continue;
+            };
+            for (_, m) in stream.cached.range(range.first..=range.last) {
+                if sent >= MAX_SERVED || bytes >= MAX_SERVED_BYTES {
+                    break;
+                }
+                sent += 1;
+                bytes += charge(m);
+                let mut copy = m.clone();
+                // Served copies are not forwarded again: the asker's neighbours ask for
+                // themselves.
+                copy.hop_limit = 0;
+                if copy.publisher != me {
+                    copy.hops = copy.hops.saturating_add(1);
+                }
+                frames.push(Frame::Publish(copy));
+            }
+        }
+        self.counters.messages_served += sent as u64;
+        for frame in frames {
+            self.push(Action::Send { conn, frame });
+        }
+    }
+
+    /// Arms the broadcast timer if there is anything for it to do.
+    fn arm_broadcast(&mut self, now: Instant) {
+        if self.bcast.armed {
+            return;
+        }
+        self.bcast.armed = true;
+        self.arm(now + self.config.announce_interval, Timer::Broadcast);
+    }
+
+    /// The broadcast timer: announcements, repair requests, gaps given up, cache ageing and idle
+    /// summaries.
+    pub(super) fn on_broadcast_timer(&mut self, now: Instant) {
+        self.bcast.armed = false;
+        self.rebuild_routes();
+        self.flush_announcements();
+        self.run_repairs(now);
+        self.trim_cache(now);
+        if self.bcast.next_summary.is_none_or(|t| t <= now) {
+            self.bcast.next_summary = Some(now + self.config.summary_interval);
+            self.send_summaries(now);
+        }
+        if !self.bcast.streams.is_empty() || !self.bcast.dirty.is_empty() {
+            self.arm_broadcast(now);
+        }
+    }
+
+    /// The connection on which `publisher` is connected, if any.
+    fn conn_of(&self, publisher: NodeId) -> Option<ConnId> {
+        self.known.get(&publisher).and_then(|k| k.conn)
+    }
+
+    fn flush_announcements(&mut self) {
+        if self.bcast.dirty.is_empty() {
+            return;
+        }
+        let dirty: Vec<(StreamId, u64)> = self.bcast.dirty.drain().collect();
+        let mut out: BTreeMap<ConnId, Vec<StreamHead>> = BTreeMap::new();
+        for (key, first) in dirty {
+            let Some(stream) = self.bcast.streams.get(&key) else {
+                continue;
+            };
+            let Some(conns) = self.route_index.get(&key.topic) else {
+                continue;
+            };
+            let publisher_conn = self.conn_of(key.publisher);
+            for &conn in conns {
+                if Some(conn) == publisher_conn
+                    || !self.bcast.lazy.contains(&(conn, key.topic.clone()))
+                {
+                    continue;
+                }
+                out.entry(conn).or_default().push(StreamHead {
+                    stream: key.clone(),
+                    last: stream.latest,
+                    first,
+                });
+            }
+        }
+        for (conn, heads) in out {
+            self.send_heads(conn, heads);
+        }
+    }
+
+    /// Once per `summary_interval`: the streams that went quiet within `cache_age`, to every
+    /// link of their topics, so that a lost tail is noticed.
+    fn send_summaries(&mut self, now: Instant) {
+        let quiet = self.config.summary_interval;
+        let horizon = self.config.cache_age;
+        let mut out: BTreeMap<ConnId, Vec<StreamHead>> = BTreeMap::new();
+        for (key, stream) in &self.bcast.streams {
+            if stream.latest == 0
+                || stream.active_at + quiet > now
+                || stream.active_at + horizon <= now
+            {
+                continue;
+            }
+            let Some(conns) = self.route_index.get(&key.topic) else {
+                continue;
+            };
+            let publisher_conn = self.conn_of(key.publisher);
+            for &conn in conns.iter().filter(|&&c| Some(c) != publisher_conn) {
+                out.entry(conn).or_default().push(StreamHead {
+                    stream: key.clone(),
+                    last: stream.latest,
+                    first: stream.latest + 1,
+                });
+            }
+        }
+        for (conn, heads) in out {
+            self.send_heads(conn, heads);
+        }
+    }
+
+    /// Asks for what is missing where due, and gives up gaps held too long.
+    fn run_repairs(&mut self, now: Instant) {
+        if self.bcast.gaps.is_empty() {
+            return;
+        }
+        let keys: Vec<StreamId> = self.bcast.gaps.iter().cloned().collect();
+        let mut asks: BTreeMap<ConnId, Vec<StreamRange>> = BTreeMap::new();
+        for key in keys {
+            // Gaps held for `gap_timeout` are missed.
+            while let Some(since) = self.bcast.streams.get(&key).and_then(|s| {
+                s.head_gap()?;
+                s.gap_since
+            }) {
+                if since + self.config.gap_timeout > now {
+                    break;
+                }
+                self.give_up(now, &key);
+            }
+            let Some(stream) = self.bcast.streams.get(&key) else {
+                continue;
+            };
+            if stream.ask_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            let missing = stream.missing(MAX_RANGES_PER_FRAME);
+            if missing.is_empty() {
+                continue;
+            }
+            let Some(conn) = self.repair_source(&key) else {
+                continue;
+            };
+            let stream = self.bcast.streams.get_mut(&key).expect("present");
+            stream.asks += 1;
+            stream.ask_at = Some(now + self.config.repair_retry);
+            let ranges = asks.entry(conn).or_default();
+            for (first, last) in missing {
+                ranges.push(StreamRange {
+                    stream: key.clone(),
+                    first,
+                    last,
+                });
+            }
+            // Grafting: the link that has what this node missed pushes eagerly again.
+            if self.bcast.lazy.remove(&(conn, key.topic.clone())) {
+                self.bcast.generation += 1;
+                self.counters.grafts_sent += 1;
+            }
+        }
+        for (conn, mut ranges) in asks {
+            while !ranges.is_empty() {
+                let rest = ranges.split_off(ranges.len().min(MAX_RANGES_PER_FRAME));
+                self.counters.repairs_requested += ranges.len() as u64;
+                self.send(conn, Frame::Want(Want { ranges }));
+                ranges = rest;
+            }
+        }
+    }
+
+    /// Whom to ask for a stream's missing messages: the peers that showed they have them in
+    /// turn, then the publisher, then any link of the topic.
+    fn repair_source(&self, key: &StreamId) -> Option<ConnId> {
+        let stream = self.bcast.streams.get(key)?;
+        let links = self.route_index.get(&key.topic);
+        let live = |c: &ConnId| self.conns.contains_key(c);
+        let mut options: Vec<ConnId> = stream.candidates.iter().copied().filter(live).collect();
+        if let Some(p) = self.conn_of(key.publisher) {
+            if !options.contains(&p) {
+                options.push(p);
+            }
+        }
+        for &c in links.into_iter().flatten() {
+            if !options.contains(&c) {
+                options.push(c);
+            }
+        }
+        if options.is_empty() {
+            return None;
+        }
+        Some(options[stream.asks as usize % options.len()])
+    }
+}
+
+impl Membership {
+    #[doc(hidden)]
+    pub fn debug_stream(&self, publisher: NodeId, topic: &Topic) -> String {
+        self.bcast
+            .streams
+            .iter()
+            .filter(|(k, _)| k.publisher == publisher && &k.topic == topic)
+            .map(|(k, s)| {
+                format!(
+                    "inc={} next={} latest={} held={} cached={:?} ask_at={:?} asks={} cands={:?} gap_since={:?}",
+                    k.incarnation, s.next, s.latest, s.held.len(), s.cached.keys().collect::<Vec<_>>(), s.ask_at, s.asks, s.candidates, s.gap_since
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
