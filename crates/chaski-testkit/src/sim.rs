@@ -689,6 +689,7 @@ impl Sim {
                         self.send_frame(index, conn, frame);
                         continue;
                     }
+                    if std::env::var_os("SIMDBG").is_some() { if let Frame::Have(h) = &frame { let to = self.conns.get(&conn).map(|c| c.ends.iter().map(|e| e.0).collect::<Vec<_>>()); for e in &h.streams { eprintln!("HAVE {:?} n{} -> {:?} p={} {} first={} last={}", now, index, to, e.stream.publisher, e.stream.topic, e.first, e.last); } } }
                     self.traffic.control_frames += 1;
                     if matches!(
                         frame,

@@ -133,8 +133,10 @@ pub(super) struct Broadcaster {
     cache_bytes: usize,
     held_len: usize,
     held_bytes: usize,
-    /// Streams that grew since the last announcement, with the first sequence received since.
-    dirty: FastMap<StreamId, u64>,
+    /// Streams that grew since the last announcement, with the first sequence received since
+    /// and whether a message came that was not forwarded (a copy served from a cache): then the
+    /// eager links hear of it too.
+    dirty: FastMap<StreamId, (u64, bool)>,
     /// Streams with a gap in their delivery order.
     gaps: FastSet<StreamId>,
     armed: bool,
@@ -229,8 +231,8 @@ impl Membership {
             stream.active_at = now;
         }
         self.cache(now, &key, msg);
-        let first = self.bcast.dirty.entry(key).or_insert(msg.sequence);
-        *first = (*first).min(msg.sequence);
+        let entry = self.bcast.dirty.entry(key).or_insert((msg.sequence, false));
+        entry.0 = entry.0.min(msg.sequence);
         self.arm_broadcast(now);
     }
 
@@ -341,8 +343,9 @@ impl Membership {
             stream.latest = msg.sequence;
             stream.active_at = now;
         }
-        let first = self.bcast.dirty.entry(key.clone()).or_insert(msg.sequence);
-        *first = (*first).min(msg.sequence);
+        let entry = self.bcast.dirty.entry(key.clone()).or_insert((msg.sequence, false));
+        entry.0 = entry.0.min(msg.sequence);
+        entry.1 |= msg.hop_limit == 0;
         let mut in_order = true;
         if subscribed {
             in_order = self.order(now, &key, from, msg, reliable);
@@ -688,9 +691,9 @@ impl Membership {
         if self.bcast.dirty.is_empty() {
             return;
         }
-        let dirty: Vec<(StreamId, u64)> = self.bcast.dirty.drain().collect();
+        let dirty: Vec<(StreamId, (u64, bool))> = self.bcast.dirty.drain().collect();
         let mut out: BTreeMap<ConnId, Vec<StreamHead>> = BTreeMap::new();
-        for (key, first) in dirty {
+        for (key, (first, everywhere)) in dirty {
             let Some(stream) = self.bcast.streams.get(&key) else {
                 continue;
             };
@@ -700,7 +703,7 @@ impl Membership {
             let publisher_conn = self.conn_of(key.publisher);
             for &conn in conns {
                 if Some(conn) == publisher_conn
-                    || !self.bcast.lazy.contains(&(conn, key.topic.clone()))
+                    || !(everywhere || self.bcast.lazy.contains(&(conn, key.topic.clone())))
                 {
                     continue;
                 }
