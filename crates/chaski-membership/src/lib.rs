@@ -198,8 +198,8 @@ pub use crate::{
     },
     limits::{Violation, Violations},
     machine::{
-        MAX_SERVED, MAX_SERVED_BYTES, MAX_STREAMS, EXTRA_RETRY, FRESHNESS, LEARNED_DIAL_BURST, LEARNED_DIAL_RATE, Membership, PingError,
-        TOMBSTONE_TTL, UNVERIFIED_ATTEMPTS,
+        EXTRA_RETRY, FRESHNESS, LEARNED_DIAL_BURST, LEARNED_DIAL_RATE, MAX_SERVED,
+        MAX_SERVED_BYTES, MAX_STREAMS, Membership, PingError, TOMBSTONE_TTL, UNVERIFIED_ATTEMPTS,
     },
     rtt::RttStats,
     time::Instant,

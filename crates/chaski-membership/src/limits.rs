@@ -54,8 +54,8 @@ pub enum Violation {
     /// the publisher, or the first copy after this node missed messages. Refused; the
     /// connection is not closed for it.
     ImplausibleSequence,
-    /// A `Have` with more than [`MAX_HEADS_PER_FRAME`] streams, or a `Want` with more than
-    /// [`MAX_RANGES_PER_FRAME`] ranges.
+    /// A `Have` or a `Prune` with more than [`MAX_HEADS_PER_FRAME`] streams, or a `Want` with
+    /// more than [`MAX_RANGES_PER_FRAME`] ranges.
     TooManyStreams,
 }
 
@@ -192,7 +192,11 @@ pub(crate) fn check_frame(frame: &Frame, config: &Config) -> Result<(), Violatio
             MAX_RANGES_PER_FRAME,
             Violation::TooManyStreams,
         ),
-        Frame::Prune(p) => check_len(p.topics.len(), topics, Violation::TooManyTopics),
+        Frame::Prune(p) => check_len(
+            p.streams.len(),
+            MAX_HEADS_PER_FRAME,
+            Violation::TooManyStreams,
+        ),
         _ => Ok(()),
     }
 }

@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant as WallInstant};
 
-use chaski_membership::Config;
+use chaski_membership::{Broadcast, Config};
 use chaski_testkit::{
     bench::{Summary, quick},
     sim::{Sim, SimConfig},
@@ -35,7 +35,7 @@ struct Run {
     missed: u64,
 }
 
-fn run(nodes: usize, topics: usize, seed: u64) -> Run {
+fn run(nodes: usize, topics: usize, seed: u64, broadcast: Broadcast) -> Run {
     let mut sim = Sim::new(SimConfig {
         seed,
         record_events: false,
@@ -49,6 +49,7 @@ fn run(nodes: usize, topics: usize, seed: u64) -> Run {
         Config::builder(id)
             .listen_addr(addr)
             .relay(true)
+            .broadcast(broadcast)
             .lan_discovery(false)
             .max_peers(nodes + 16)
             .max_known_peers(nodes + 16)
@@ -78,6 +79,7 @@ fn run(nodes: usize, topics: usize, seed: u64) -> Run {
             let mut b = Config::builder(id)
                 .listen_addr(addr)
                 .seed(seed_addr)
+                .broadcast(broadcast)
                 .lan_discovery(false);
             for t in mine {
                 b = b.subscribe(t);
@@ -112,8 +114,9 @@ fn run(nodes: usize, topics: usize, seed: u64) -> Run {
     }
 }
 
-/// Publishes from 1% of the nodes (at least 10), 10 messages each, 10 ms apart, and measures
-/// (relative message redundancy, last delivery hop, deliveries missed) once 5 s have passed.
+/// Publishes from 1% of the nodes (at least 10), 10 messages each, 10 ms apart, twice: the first
+/// round lets the trees form (prunes), the second is measured at steady state. Returns (relative
+/// message redundancy, last delivery hop, deliveries missed) of the second round, 5 s after it.
 fn delivery(
     sim: &mut Sim,
     subscriptions: &[Vec<Topic>],
@@ -123,22 +126,27 @@ fn delivery(
     let publishers: Vec<usize> = (0..(nodes / 100).max(10))
         .map(|_| 1 + (next() % nodes as u64) as usize)
         .collect();
+    let round = |sim: &mut Sim| {
+        let mut expected = 0u64;
+        for _ in 0..10 {
+            for &p in &publishers {
+                let topic = subscriptions[p][0].clone();
+                expected += subscriptions
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, t)| i != p && t.contains(&topic))
+                    .count() as u64;
+                sim.publish(p, &topic, bytes::Bytes::from_static(b"m"));
+            }
+            sim.run_for(Duration::from_millis(10));
+        }
+        sim.run_for(Duration::from_secs(5));
+        expected
+    };
+    round(sim);
     let received_before = sim.traffic().messages_received;
     let from = sim.deliveries().len();
-    let mut expected = 0u64;
-    for _ in 0..10 {
-        for &p in &publishers {
-            let topic = subscriptions[p][0].clone();
-            expected += subscriptions
-                .iter()
-                .enumerate()
-                .filter(|&(i, t)| i != p && t.contains(&topic))
-                .count() as u64;
-            sim.publish(p, &topic, bytes::Bytes::from_static(b"m"));
-        }
-        sim.run_for(Duration::from_millis(10));
-    }
-    sim.run_for(Duration::from_secs(5));
+    let expected = round(sim);
     let received = sim.traffic().messages_received - received_before;
     let mut last_hop: std::collections::HashMap<(chaski_wire::NodeId, u64, Topic), u32> =
         std::collections::HashMap::new();
@@ -152,6 +160,20 @@ fn delivery(
             .entry((d.publisher, d.sequence, d.topic.clone()))
             .or_default();
         *hop = (*hop).max(d.hops);
+    }
+    if std::env::var_os("BENCHDBG").is_some() {
+        let (mut missed, mut late, mut held, mut served, mut req) = (0, 0, 0, 0, 0);
+        for i in 0..sim.len() {
+            if let Some(m) = sim.node(i) {
+                let c = m.counters();
+                missed += c.messages_missed;
+                late += c.messages_late;
+                served += c.messages_served;
+                req += c.repairs_requested;
+                held += m.held_count();
+            }
+        }
+        eprintln!("missed={missed} late={late} held={held} served={served} requested={req}");
     }
     let rmr = received as f64 / delivered.max(1) as f64 - 1.0;
     let mean_last =
@@ -167,7 +189,8 @@ fn main() {
     };
     let repeats = if quick() { 1 } else { 3 };
     println!(
-        "{:>7} {:>7} {:>14} {:>10} {:>14} {:>16} {:>18} {:>6} {:>9} {:>7}",
+        "{:>6} {:>7} {:>7} {:>14} {:>10} {:>14} {:>16} {:>18} {:>6} {:>9} {:>7}",
+        "mode",
         "nodes",
         "topics",
         "converge (s)",
@@ -180,23 +203,28 @@ fn main() {
         "missed"
     );
     for &(nodes, topics) in configs {
-        let runs: Vec<Run> = (0..repeats).map(|s| run(nodes, topics, 1 + s)).collect();
-        let med = |f: &dyn Fn(&Run) -> f64| {
-            let mut v: Vec<f64> = runs.iter().map(f).collect();
-            Summary::of(&mut v).expect("runs").median
-        };
-        println!(
-            "{:>7} {:>7} {:>14.3} {:>10.2} {:>14.1} {:>16.1} {:>18.2} {:>6.2} {:>9.2} {:>7}",
-            nodes,
-            topics,
-            med(&|r| r.converge.as_secs_f64()),
-            med(&|r| r.wall.as_secs_f64()),
-            med(&|r| r.control_per_node),
-            med(&|r| r.discovery_per_node),
-            med(&|r| r.steady_per_node_s),
-            med(&|r| r.rmr),
-            med(&|r| r.last_hop),
-            med(&|r| r.missed as f64),
-        );
+        for (mode, broadcast) in [("flood", Broadcast::Flood), ("tree", Broadcast::Tree)] {
+            let runs: Vec<Run> = (0..repeats)
+                .map(|s| run(nodes, topics, 1 + s, broadcast))
+                .collect();
+            let med = |f: &dyn Fn(&Run) -> f64| {
+                let mut v: Vec<f64> = runs.iter().map(f).collect();
+                Summary::of(&mut v).expect("runs").median
+            };
+            println!(
+                "{:>6} {:>7} {:>7} {:>14.3} {:>10.2} {:>14.1} {:>16.1} {:>18.2} {:>6.2} {:>9.2} {:>7}",
+                mode,
+                nodes,
+                topics,
+                med(&|r| r.converge.as_secs_f64()),
+                med(&|r| r.wall.as_secs_f64()),
+                med(&|r| r.control_per_node),
+                med(&|r| r.discovery_per_node),
+                med(&|r| r.steady_per_node_s),
+                med(&|r| r.rmr),
+                med(&|r| r.last_hop),
+                med(&|r| r.missed as f64),
+            );
+        }
     }
 }

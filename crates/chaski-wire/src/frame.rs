@@ -57,7 +57,7 @@ pub enum Frame {
     Have(Have),
     /// Ask for cached messages (a graft or a gap repair).
     Want(Want),
-    /// Stop pushing some topics eagerly.
+    /// Stop pushing some streams eagerly.
     Prune(Prune),
 }
 
@@ -342,11 +342,11 @@ pub struct Want {
     pub ranges: Vec<StreamRange>,
 }
 
-/// The sender received these topics' messages twice: push them to it lazily from now on.
+/// The sender received these streams' messages twice: push them to it lazily from now on.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Prune {
-    /// The topics.
-    pub topics: Vec<Topic>,
+    /// The streams.
+    pub streams: Vec<StreamId>,
 }
 
 /// Graceful close: the receiver does not reconnect because of it.
@@ -781,7 +781,15 @@ impl Frame {
                     .collect(),
             }),
             Frame::Prune(p) => Kind::Prune(proto::Prune {
-                topics: topics_to_proto(&p.topics),
+                streams: p
+                    .streams
+                    .iter()
+                    .map(|k| proto::StreamKey {
+                        topic: k.topic.to_bytes(),
+                        publisher: Some(node_id_to_proto(k.publisher)),
+                        incarnation: k.incarnation,
+                    })
+                    .collect(),
             }),
             Frame::Goodbye(g) => Kind::Goodbye(proto::Goodbye {
                 reason: g.reason.to_i32(),
@@ -916,7 +924,17 @@ impl Frame {
                     .collect::<Result<_, DecodeError>>()?,
             }),
             Kind::Prune(p) => Frame::Prune(Prune {
-                topics: topics_from_proto(p.topics, "prune.topics")?,
+                streams: p
+                    .streams
+                    .into_iter()
+                    .map(|k| {
+                        Ok(StreamId {
+                            publisher: node_id_from_proto(k.publisher, "prune.publisher")?,
+                            incarnation: k.incarnation,
+                            topic: topic_from_proto(k.topic, "prune.topic")?,
+                        })
+                    })
+                    .collect::<Result<_, DecodeError>>()?,
             }),
             Kind::Goodbye(g) => Frame::Goodbye(Goodbye {
                 reason: GoodbyeReason::from_i32(g.reason),

@@ -69,9 +69,10 @@ pub use crate::{
     },
     error::{DecodeError, EncodeError},
     frame::{
-        Auth, Beacon, Frame, Goodbye, Hello, MAX_NAME_LEN, Message, PairRequest, PairResponse,
-        PeerExchange, PeerInfo, PeerStatus, Ping, Pong, Search, SearchReply, StatusRequest,
-        StatusResponse, SubscriptionUpdate, Unpair, Have, Want, Prune, StreamId, StreamHead, StreamRange,
+        Auth, Beacon, Frame, Goodbye, Have, Hello, MAX_NAME_LEN, Message, PairRequest,
+        PairResponse, PeerExchange, PeerInfo, PeerStatus, Ping, Pong, Prune, Search, SearchReply,
+        StatusRequest, StatusResponse, StreamHead, StreamId, StreamRange, SubscriptionUpdate,
+        Unpair, Want,
     },
     types::{
         Capabilities, GoodbyeReason, Header, InvalidTopic, MAX_TOPIC_LEN, NodeId, ParseNodeIdError,

@@ -368,7 +368,7 @@ pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
                 .collect(),
         })
     });
-    let prune = arb_topics().prop_map(|topics| Frame::Prune(Prune { topics }));
+    let prune = vec(stream(), 0..4).prop_map(|streams| Frame::Prune(Prune { streams }));
     prop_oneof![
         have,
         want,

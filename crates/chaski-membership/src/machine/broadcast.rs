@@ -125,8 +125,10 @@ impl Stream {
 /// Broadcast state of one node.
 #[derive(Debug, Default)]
 pub(super) struct Broadcaster {
-    /// (connection, topic) links that announce instead of pushing: both ways once pruned.
-    lazy: FastSet<(ConnId, Topic)>,
+    /// (connection, stream) pairs that announce instead of pushing, both ways once pruned: each
+    /// stream has a tree of its own, so that two publishers on a topic do not prune each other's
+    /// paths.
+    lazy: FastSet<(ConnId, StreamId)>,
     streams: FastMap<StreamId, Stream>,
     /// The cache in insertion order: (when, stream, sequence, bytes charged).
     cache_order: VecDeque<(Instant, StreamId, u64, usize)>,
@@ -146,9 +148,14 @@ pub(super) struct Broadcaster {
 }
 
 impl Broadcaster {
-    /// Whether `conn` pushes `topic` eagerly.
-    pub(super) fn is_eager(&self, conn: ConnId, topic: &Topic) -> bool {
-        self.lazy.is_empty() || !self.lazy.contains(&(conn, topic.clone()))
+    /// No link is lazy (flooding, or no duplicate yet): the common case costs no lookup.
+    pub(super) fn all_eager(&self) -> bool {
+        self.lazy.is_empty()
+    }
+
+    /// Whether `conn` pushes `stream` eagerly.
+    pub(super) fn is_eager(&self, conn: ConnId, stream: &StreamId) -> bool {
+        self.lazy.is_empty() || !self.lazy.contains(&(conn, stream.clone()))
     }
 }
 
@@ -200,9 +207,10 @@ impl Membership {
         self.bcast.generation
     }
 
-    /// Whether connection `conn` pushes `topic` eagerly (else it only announces).
-    pub fn is_eager(&self, conn: ConnId, topic: &Topic) -> bool {
-        self.bcast.is_eager(conn, topic)
+    /// Whether connection `conn` pushes the messages of `stream` eagerly (else it only
+    /// announces them).
+    pub fn is_eager(&self, conn: ConnId, stream: &StreamId) -> bool {
+        self.bcast.is_eager(conn, stream)
     }
 
     /// Messages in the cache now, and their bytes as charged against `cache_bytes`.
@@ -289,9 +297,15 @@ impl Membership {
         let stream = self.bcast.streams.get_mut(key).expect("present");
         stream.cached.insert(msg.sequence, copy);
         self.bcast.cache_bytes += bytes;
-        self.bcast
-            .cache_order
-            .push_back((now, StreamId { topic, ..key.clone() }, msg.sequence, bytes));
+        self.bcast.cache_order.push_back((
+            now,
+            StreamId {
+                topic,
+                ..key.clone()
+            },
+            msg.sequence,
+            bytes,
+        ));
         self.trim_cache(now);
     }
 
@@ -343,7 +357,11 @@ impl Membership {
             stream.latest = msg.sequence;
             stream.active_at = now;
         }
-        let entry = self.bcast.dirty.entry(key.clone()).or_insert((msg.sequence, false));
+        let entry = self
+            .bcast
+            .dirty
+            .entry(key.clone())
+            .or_insert((msg.sequence, false));
         entry.0 = entry.0.min(msg.sequence);
         entry.1 |= msg.hop_limit == 0;
         let mut in_order = true;
@@ -493,12 +511,13 @@ impl Membership {
 
     /// A duplicate arrived on `conn`: in a tree, that link is redundant for its topic.
     pub(super) fn duplicate_on(&mut self, conn: ConnId, msg: &Message) {
-        // Copies served from a cache (hop limit 0) and other broadcast modes prune nothing.
+        // A copy at the end of its hop limit was not forwarded by its sender: it tells nothing
+        // about the sender's links. Other broadcast modes prune nothing.
         if self.config.broadcast != Broadcast::Tree || msg.hop_limit == 0 {
             return;
         }
-        let link = (conn, msg.topic.clone());
-        if self.bcast.lazy.contains(&link) {
+        let key = StreamId::of(msg);
+        if self.bcast.lazy.contains(&(conn, key.clone())) {
             return;
         }
         self.rebuild_routes();
@@ -509,23 +528,26 @@ impl Membership {
         if !carried {
             return;
         }
-        self.bcast.lazy.insert((conn, msg.topic.detached()));
+        let key = StreamId {
+            topic: key.topic.detached(),
+            ..key
+        };
+        self.bcast.lazy.insert((conn, key.clone()));
         self.bcast.generation += 1;
         self.counters.prunes_sent += 1;
-        self.send(
-            conn,
-            Frame::Prune(Prune {
-                topics: vec![msg.topic.detached()],
-            }),
-        );
+        self.send(conn, Frame::Prune(Prune { streams: vec![key] }));
     }
 
     pub(super) fn on_prune(&mut self, conn: ConnId, prune: Prune) {
         if self.config.broadcast != Broadcast::Tree {
             return;
         }
-        for topic in prune.topics {
-            if self.bcast.lazy.insert((conn, topic.detached())) {
+        for key in prune.streams {
+            let key = StreamId {
+                topic: key.topic.detached(),
+                ..key
+            };
+            if self.bcast.lazy.insert((conn, key)) {
                 self.bcast.generation += 1;
             }
         }
@@ -589,7 +611,9 @@ impl Membership {
             // forged number cannot make this node give up the publisher's real messages.
             if peer != Some(key.publisher) {
                 if let Some(s) = self.bcast.streams.get(&key).filter(|s| s.latest > 0) {
-                    head.last = head.last.min(s.latest.saturating_add(crate::dedup::MAX_AHEAD));
+                    head.last = head
+                        .last
+                        .min(s.latest.saturating_add(crate::dedup::MAX_AHEAD));
                 }
             }
             if key.publisher == self.me || head.last == 0 || !self.wants(&key.topic) {
@@ -627,7 +651,7 @@ impl Membership {
         let mut frames = Vec::new();
         for range in &want.ranges {
             // A graft: the asker wants this topic pushed from now on.
-            if self.bcast.lazy.remove(&(conn, range.stream.topic.clone())) {
+            if self.bcast.lazy.remove(&(conn, range.stream.clone())) {
                 self.bcast.generation += 1;
                 self.counters.grafts_received += 1;
             }
@@ -641,11 +665,12 @@ impl Membership {
                 sent += 1;
                 bytes += charge(m);
                 let mut copy = m.clone();
-                // Served copies are not forwarded again: the asker's neighbours ask for
-                // themselves.
-                copy.hop_limit = 0;
+                // As Plumtree's graft answers: the asker takes the copy as it would a pushed
+                // one, and pushes it on along its own eager links, to the part of the tree that
+                // missed it too.
                 if copy.publisher != me {
                     copy.hops = copy.hops.saturating_add(1);
+                    copy.hop_limit = copy.hop_limit.saturating_sub(1);
                 }
                 frames.push(Frame::Publish(copy));
             }
@@ -703,7 +728,7 @@ impl Membership {
             let publisher_conn = self.conn_of(key.publisher);
             for &conn in conns {
                 if Some(conn) == publisher_conn
-                    || !(everywhere || self.bcast.lazy.contains(&(conn, key.topic.clone())))
+                    || !(everywhere || self.bcast.lazy.contains(&(conn, key.clone())))
                 {
                     continue;
                 }
@@ -792,7 +817,7 @@ impl Membership {
                 });
             }
             // Grafting: the link that has what this node missed pushes eagerly again.
-            if self.bcast.lazy.remove(&(conn, key.topic.clone())) {
+            if self.bcast.lazy.remove(&(conn, key.clone())) {
                 self.bcast.generation += 1;
                 self.counters.grafts_sent += 1;
             }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use chaski_wire::{
     Beacon, Capabilities, Frame, GoodbyeReason, Hello, Message, NodeId, PairRequest, PairResponse,
     PeerExchange, PeerInfo, PeerStatus, Ping, Pong, Search, SearchReply, StatusRequest,
-    StatusResponse, SubscriptionUpdate, Topic, Unpair, subscription_digest,
+    StatusResponse, StreamId, SubscriptionUpdate, Topic, Unpair, subscription_digest,
 };
 
 use crate::{
@@ -965,13 +965,14 @@ impl Membership {
         self.scratch.clear();
         match self.route_index.get(topic) {
             Some(conns) if !conns.is_empty() => {
+                let own = StreamId {
+                    publisher: self.me,
+                    incarnation: self.config.incarnation,
+                    topic: topic.clone(),
+                };
                 let lazy = &self.bcast;
-                self.scratch.extend(
-                    conns
-                        .iter()
-                        .copied()
-                        .filter(|&c| lazy.is_eager(c, topic)),
-                );
+                self.scratch
+                    .extend(conns.iter().copied().filter(|&c| lazy.is_eager(c, &own)));
             }
             // Nobody to send to directly: hand the message to the relays.
             _ => self.scratch.extend_from_slice(&self.relay_conns),
@@ -1101,8 +1102,11 @@ impl Membership {
             let publisher_conn = self.known.get(&msg.publisher).and_then(|k| k.conn);
             if let Some(conns) = self.route_index.get(&msg.topic) {
                 let bcast = &self.bcast;
+                let key = (!bcast.all_eager()).then(|| StreamId::of(msg));
                 self.scratch.extend(conns.iter().copied().filter(|&c| {
-                    Some(c) != from && Some(c) != publisher_conn && bcast.is_eager(c, &msg.topic)
+                    Some(c) != from
+                        && Some(c) != publisher_conn
+                        && key.as_ref().is_none_or(|k| bcast.is_eager(c, k))
                 }));
             }
         }

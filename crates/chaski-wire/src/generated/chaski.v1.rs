@@ -70,7 +70,7 @@ pub mod frame {
         /// Ask the receiver for messages it announced (a graft, or a gap repair).
         #[prost(message, tag = "17")]
         Want(super::Want),
-        /// Stop pushing the messages of some topics eagerly: announce them instead.
+        /// Stop pushing the messages of some streams eagerly: announce them instead.
         #[prost(message, tag = "18")]
         Prune(super::Prune),
     }
@@ -538,13 +538,26 @@ pub struct Want {
     #[prost(message, repeated, tag = "1")]
     pub ranges: ::prost::alloc::vec::Vec<StreamRange>,
 }
-/// The sender received messages of these topics twice: the receiver stops pushing them to it
-/// eagerly and announces them instead.
+/// One stream of messages, without a position in it.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StreamKey {
+    /// The topic (UTF-8).
+    #[prost(bytes = "bytes", tag = "1")]
+    pub topic: ::prost::bytes::Bytes,
+    /// The publisher.
+    #[prost(message, optional, tag = "2")]
+    pub publisher: ::core::option::Option<NodeId>,
+    /// The publisher's incarnation.
+    #[prost(uint64, tag = "3")]
+    pub incarnation: u64,
+}
+/// The sender received messages of these streams twice: the receiver stops pushing them to it
+/// eagerly and announces them instead (each publisher's messages spread on a tree of their own).
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Prune {
-    /// The topics.
-    #[prost(bytes = "bytes", repeated, tag = "1")]
-    pub topics: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
+    /// At most 1,024 streams.
+    #[prost(message, repeated, tag = "1")]
+    pub streams: ::prost::alloc::vec::Vec<StreamKey>,
 }
 /// Capability bits a node announces in `Hello.capabilities`. The field is a bit set of
 /// `1 << value` for each capability; unknown bits are ignored.
