@@ -358,8 +358,13 @@ pub struct Publication<'a> {
     pub hop_limit: u32,
     /// Whether this node itself subscribes to the topic (local delivery).
     pub deliver: bool,
-    /// Connections to send the message on.
+    /// Connections to send the message on (the links that push the node's own messages of the
+    /// topic eagerly).
     pub forward: &'a [ConnId],
+    /// Some connection carries the topic (eagerly or lazily): the message has somewhere to go,
+    /// even when `forward` is empty (every link announces). Pass it to
+    /// [`Membership::published`](crate::Membership::published) either way.
+    pub links: bool,
 }
 
 /// One connected peer, as in [`Membership::peers`](crate::Membership::peers).

@@ -105,15 +105,36 @@ const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_PUBLISHED_TOPICS: usize = 4096;
 /// How often the routing snapshot is rebuilt even when nothing signalled a change.
 const ROUTES_REFRESH: Duration = Duration::from_secs(1);
-/// How long a pairing must have lasted before forwarded copies of the paired publisher's messages
-/// are ignored: by then the publisher has accepted the pairing too and sends to this node itself.
-const DIRECT_GRACE: Duration = Duration::from_millis(200);
+/// How often this node's own publications are handed to the membership (cache, announcements)
+/// at most, besides when a topic's queue is half full.
+const OWN_DRAIN: Duration = Duration::from_millis(25);
 /// How long a graceful close may wait for room in the peer's send queue before it is aborted.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for goodbyes to be flushed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Which of a node's streams a delivery is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consumers {
+    /// Every stream: the message is next in its stream's order (or best effort).
+    All,
+    /// The streams that take messages as they arrive: this one is held back for the others.
+    Unordered,
+    /// The streams that take each publisher's messages in order: a held message released.
+    Ordered,
+}
+
+impl Consumers {
+    fn includes(self, ordered: bool) -> bool {
+        match self {
+            Consumers::All => true,
+            Consumers::Unordered => !ordered,
+            Consumers::Ordered => ordered,
+        }
+    }
+}
 
 /// A map looked up once or more per message: seeded fast hashing (foldhash) instead of SipHash.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -181,8 +202,6 @@ struct Driver {
     names: FastMap<NodeId, Arc<str>>,
     /// The connection of each directly connected peer.
     peer_conns: FastMap<NodeId, ConnId>,
-    /// Since when this node has been paired with a peer on a topic (bounded by peers x topics).
-    paired_since: FastMap<NodeId, FastMap<Topic, Instant>>,
     registry: Arc<StreamRegistry>,
     routes: Arc<ArcSwap<Routes>>,
     routes_dirty: bool,
@@ -196,8 +215,14 @@ struct Driver {
     unknown_datagrams: (u64, Instant),
     /// The datagrams dropped by the sockets when last reported.
     datagrams_dropped: u64,
-    /// The reliable messages never received (gap detection).
-    gaps: crate::gaps::Gaps,
+    /// Copies of this node's publications on their way to the membership, per routed topic.
+    own: FastMap<Topic, Arc<crate::own::Own>>,
+    /// Woken by a handle when a topic's queue is half full.
+    own_notify: Arc<tokio::sync::Notify>,
+    /// When the queues are drained next.
+    own_due: Instant,
+    /// The membership's routes generation the snapshot was built from.
+    routes_generation: u64,
     unrouted: HashMap<Topic, (u64, Instant)>,
     /// When drops seen but not yet reported (rate limit) are due to be reported.
     reports_due: Option<Instant>,
@@ -303,7 +328,11 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         .peer_timeout(builder.peer_timeout)
         .reconnect_initial(builder.reconnect_initial)
         .reconnect_max(builder.reconnect_max)
-        .reconnect_attempts(builder.reconnect_attempts);
+        .reconnect_attempts(builder.reconnect_attempts)
+        .gap_timeout(builder.gap_timeout)
+        .cache_messages(builder.cache_messages)
+        .cache_bytes(builder.cache_bytes)
+        .cache_age(builder.cache_age);
     for topic in &builder.subscriptions {
         config = config.subscribe(topic.clone());
     }
@@ -396,7 +425,6 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         tls,
         names,
         peer_conns: FastMap::default(),
-        paired_since: FastMap::default(),
         registry,
         routes,
         routes_dirty: true,
@@ -407,7 +435,10 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         send_drops: HashMap::new(),
         unknown_datagrams: (0, now),
         datagrams_dropped: 0,
-        gaps: crate::gaps::Gaps::new(builder.gap_timeout),
+        own: FastMap::default(),
+        own_notify: Arc::new(tokio::sync::Notify::new()),
+        own_due: now,
+        routes_generation: 0,
         unrouted: HashMap::new(),
         reports_due: None,
         events_out,
@@ -492,14 +523,20 @@ impl Driver {
             }
             self.run_actions();
             self.publish_peers();
-            if self.routes_dirty || self.routes_built.elapsed() >= ROUTES_REFRESH {
+            if self.own_due <= Instant::now() {
+                self.drain_own();
+            }
+            if self.routes_dirty
+                || self.routes_generation != self.membership.routes_generation()
+                || self.routes_built.elapsed() >= ROUTES_REFRESH
+            {
                 self.rebuild_routes();
             }
 
             let timer = [
                 self.membership.poll_timeout().map(|at| self.deadline(at)),
                 self.reports_due,
-                self.gaps.next_due(),
+                (!self.own.is_empty()).then_some(self.own_due),
             ]
             .into_iter()
             .flatten()
@@ -559,6 +596,7 @@ impl Driver {
                     }
                 }
                 Some(_) = self.closing.join_next(), if !self.closing.is_empty() => {}
+                () = self.own_notify.notified() => self.drain_own(),
                 () = async {
                     match timer {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -569,11 +607,6 @@ impl Driver {
                         self.reports_due = None;
                         self.report_stream_drops();
                         self.report_send_drops();
-                    }
-                    if self.gaps.next_due().is_some_and(|at| at <= Instant::now()) {
-                        for missed in self.gaps.expire(Instant::now()) {
-                            self.report_missed(missed);
-                        }
                     }
                 }
             }
@@ -674,7 +707,6 @@ impl Driver {
         if self.peer_conns.get(&node) == Some(&conn) {
             self.peer_conns.remove(&node);
             self.names.remove(&node);
-            self.paired_since.remove(&node);
             self.send_drops.remove(&node);
         }
         if let CloseReason::Lost(LostCause::Decode(error)) = &reason {
@@ -771,24 +803,6 @@ impl Driver {
         delivery: Delivery,
     ) {
         Counters::add(&self.counters.messages_in, 1);
-        // A publisher paired with this node on the topic sends it every message itself, in order,
-        // over TCP: a copy forwarded by a neighbour is redundant, and taking it could push the
-        // publisher's own (later, but complete and ordered) copies out of the duplicate filter's
-        // window under load. Ignore it without marking it seen.
-        if delivery == Delivery::Reliable
-            && self
-                .peer_conns
-                .get(&message.publisher)
-                .is_some_and(|&direct| direct != from)
-            && self
-                .paired_since
-                .get(&message.publisher)
-                .and_then(|topics| topics.get(&message.topic))
-                .is_some_and(|since| since.elapsed() >= DIRECT_GRACE)
-        {
-            Counters::add(&self.counters.duplicates, 1);
-            return;
-        }
         let route = match delivery {
             Delivery::BestEffort => self.membership.route_datagram(now, from, &message),
             _ => self.membership.route(now, Some(from), &message),
@@ -797,10 +811,13 @@ impl Driver {
             Counters::add(&self.counters.duplicates, 1);
             return;
         }
+        let (deliver, in_order) = (route.deliver, route.in_order);
+        let mut dropped = false;
         if !route.forward.is_empty() {
             let mut copy = message.clone();
             copy.hop_limit = route.hop_limit;
             copy.hops = copy.hops.saturating_add(1);
+            let targets = route.forward.len() as u64;
             let forwarded = Self::send_message(
                 &self.conns,
                 &self.endpoint,
@@ -812,37 +829,49 @@ impl Driver {
                 &self.counters,
             );
             Counters::add(&self.counters.forwarded, forwarded);
+            dropped = forwarded < targets && delivery == Delivery::Reliable;
         }
-        if route.deliver {
-            let key = (
-                message.publisher,
-                message.incarnation,
-                message.topic.clone(),
-            );
-            let at = self.deadline(now);
-            let forgotten = self.gaps.forgotten;
-            let reliable = delivery == Delivery::Reliable;
-            if let Some(missed) = self.gaps.delivered(&key, message.sequence, at, reliable) {
-                self.report_missed(missed);
-            }
-            if self.gaps.forgotten != forgotten {
-                Counters::add(&self.counters.gap_streams_forgotten, 1);
-            }
-            self.deliver(message, delivery);
+        if dropped {
+            self.membership.forward_dropped(now, &message);
         }
-        self.report_send_drops();
+        if deliver {
+            let to = if in_order {
+                Consumers::All
+            } else {
+                Consumers::Unordered
+            };
+            self.deliver(message, delivery, to);
+        }
+        // Held messages this one released go out before anything that arrives after it.
+        self.run_actions();
     }
 
     /// Counts and reports messages that will not arrive.
-    fn report_missed(&mut self, missed: crate::gaps::Missed) {
-        Counters::add(&self.counters.messages_missed, missed.count());
-        debug!(publisher = %missed.publisher.short(), topic = %missed.topic, first = missed.first, last = missed.last, "messages missed");
+    fn report_missed(&mut self, publisher: NodeId, topic: Topic, first: u64, last: u64) {
+        Counters::add(&self.counters.messages_missed, last - first + 1);
+        debug!(publisher = %publisher.short(), %topic, first, last, "messages missed");
         self.emit(NodeEvent::Missed {
-            publisher: missed.publisher,
-            topic: missed.topic,
-            first: missed.first,
-            last: missed.last,
+            publisher,
+            topic,
+            first,
+            last,
         });
+    }
+
+    /// Hands this node's own publications, sent by the handles, to the membership: it caches
+    /// them and announces them on the links that only hear announcements.
+    fn drain_own(&mut self) {
+        self.own_due = Instant::now() + OWN_DRAIN;
+        let now = self.now();
+        let mut skipped = 0;
+        for own in self.own.values() {
+            skipped += own.take_skipped();
+            while let Some(message) = own.pop() {
+                self.membership.published(now, &message);
+            }
+        }
+        Counters::add(&self.counters.cache_skipped, skipped);
+        self.run_actions();
     }
 
     /// Queues `message` on each of `targets` (encoded once); a full queue drops it for that peer
@@ -901,22 +930,23 @@ impl Driver {
         sent
     }
 
-    /// Hands a message to every stream that wants it.
-    fn deliver(&mut self, message: Message, delivery: Delivery) {
+    /// Hands a message to every stream of `to` that wants it (and counts it, when it arrives).
+    fn deliver(&mut self, message: Message, delivery: Delivery, to: Consumers) {
         let streams = self.registry.load_arc();
-        let Some(first) = streams.iter().position(|s| s.wants(&message.topic)) else {
+        let topic = message.topic.clone();
+        let wanted = |s: &Arc<Shared>| s.wants(&topic) && to.includes(s.ordered());
+        if to != Consumers::Ordered && streams.iter().any(|s| s.wants(&message.topic)) {
+            Counters::add(&self.counters.received, 1);
+        }
+        let Some(first) = streams.iter().position(wanted) else {
             return;
         };
-        Counters::add(&self.counters.received, 1);
         let name = self.names.get(&message.publisher).cloned();
         let received = Received::new(message, name, delivery);
         let mut stream = &streams[first];
         let mut closed = false;
         // Every stream but the last gets a copy; the last takes the message itself.
-        for next in streams[first + 1..]
-            .iter()
-            .filter(|s| s.wants(&received.topic))
-        {
+        for next in streams[first + 1..].iter().filter(|s| wanted(s)) {
             closed |= self.offer(stream, received.clone());
             stream = next;
         }
@@ -1099,6 +1129,11 @@ impl Driver {
                 continue;
             }
             let sequence = self.counter(&topic);
+            let own = self
+                .own
+                .entry(topic.clone())
+                .or_insert_with(|| Arc::new(crate::own::Own::new(self.own_notify.clone())))
+                .clone();
             // `publish` also advances the membership's own counter, which nothing uses: the
             // handles number the node's messages.
             let publication = self.membership.publish(&topic);
@@ -1114,9 +1149,23 @@ impl Driver {
                     conns,
                     deliver: publication.deliver,
                     sequence,
+                    links: publication.links,
+                    own,
                 },
             );
         }
+        // Queues of topics no longer routed go, once drained.
+        let now = self.now();
+        self.own.retain(|topic, own| {
+            if routes.topics.contains_key(topic) {
+                return true;
+            }
+            while let Some(message) = own.pop() {
+                self.membership.published(now, &message);
+            }
+            false
+        });
+        self.routes_generation = self.membership.routes_generation();
         self.routes.store(Arc::new(routes));
         self.routes_dirty = false;
         self.routes_built = Instant::now();
@@ -1138,7 +1187,8 @@ impl Driver {
             headers,
         };
         let deliver = publication.deliver;
-        if publication.forward.is_empty() && !deliver {
+        let links = publication.links;
+        if !links && !deliver {
             Counters::add(&self.counters.published_unrouted, 1);
             let entry = self
                 .unrouted
@@ -1196,8 +1246,13 @@ impl Driver {
                 }
             }
         }
+        if links {
+            let now = self.now();
+            self.membership.published(now, &message);
+            self.run_actions();
+        }
         if deliver {
-            self.deliver(message, Delivery::Reliable);
+            self.deliver(message, Delivery::Reliable, Consumers::All);
         }
     }
 
@@ -1296,6 +1351,9 @@ impl Driver {
                     self.peers_dirty = true;
                 }
                 Action::SendDatagram { to, frame } => self.send_datagram(to, frame),
+                Action::Deliver(message) => {
+                    self.deliver(message, Delivery::Reliable, Consumers::Ordered)
+                }
                 Action::Event(event) => self.membership_event(event),
                 _ => {}
             }
@@ -1380,22 +1438,26 @@ impl Driver {
                 self.peers_dirty = true;
                 self.routes_dirty = true;
             }
-            MembershipEvent::Paired { topic, peer } => {
-                self.paired_since
-                    .entry(*peer)
-                    .or_default()
-                    .insert(topic.clone(), Instant::now());
+            MembershipEvent::Paired { .. } => {
                 self.peers_dirty = true;
                 self.routes_dirty = true;
             }
-            MembershipEvent::Unpaired { topic, peer } => {
-                if let Some(topics) = self.paired_since.get_mut(peer) {
-                    topics.remove(topic);
-                }
+            MembershipEvent::Unpaired { .. } => {
                 self.peers_dirty = true;
                 self.routes_dirty = true;
             }
             MembershipEvent::LatencyUpdated { .. } => self.peers_dirty = true,
+            MembershipEvent::Missed {
+                publisher,
+                topic,
+                first,
+                last,
+                ..
+            } => {
+                let (publisher, topic, first, last) = (*publisher, topic.clone(), *first, *last);
+                self.report_missed(publisher, topic, first, last);
+                return;
+            }
             _ => {}
         }
         // The peer table shows a change before its event goes out: whoever subscribes to the

@@ -44,11 +44,12 @@ pub enum NodeEvent {
         /// How many since the last report.
         dropped: u64,
     },
-    /// Reliable messages of a publisher's topic that this node will not receive: later ones
-    /// arrived, and these did not within the gap timeout
-    /// ([`NodeBuilder::gap_timeout`](crate::NodeBuilder::gap_timeout)). Each is reported once;
-    /// the stream goes on (one that still arrives later is delivered then). Not seen: the loss
-    /// of a stream's last messages, with nothing after them.
+    /// Reliable messages of a publisher's topic that this node will not deliver: they are known
+    /// to exist (later ones arrived, or a neighbour announced them, also after the publisher
+    /// went quiet), and neither arrived nor could be fetched from a neighbour's cache within the
+    /// gap timeout ([`NodeBuilder::gap_timeout`](crate::NodeBuilder::gap_timeout)). Each is
+    /// reported once, in its place in the stream's order; the stream goes on after `last` (one
+    /// that still arrives later is delivered then, late).
     Missed {
         /// The publisher.
         publisher: NodeId,

@@ -80,8 +80,8 @@ mod config;
 mod driver;
 mod error;
 mod events;
-mod gaps;
 mod node;
+mod own;
 mod sequence;
 mod stream;
 

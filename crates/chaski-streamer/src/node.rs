@@ -102,11 +102,13 @@ pub struct NodeStats {
     /// Pongs sent without the padding a peer asked for (its padding budget was spent).
     pub padding_refused: u64,
     /// Reliable messages reported missed ([`NodeEvent::Missed`](crate::NodeEvent::Missed)):
-    /// later ones of the same publisher and topic arrived, these never did.
+    /// known to exist (later ones arrived, or a neighbour announced them), neither received nor
+    /// repaired within the gap timeout.
     pub messages_missed: u64,
-    /// Streams the gap detector forgot because it tracked its most (16,384): their next
-    /// message starts them again, so a gap across the forgetting goes unseen.
-    pub gap_streams_forgotten: u64,
+    /// Own publications not put in the message cache because the driver fell behind (see
+    /// [`NodeBuilder::message_cache`](crate::NodeBuilder::message_cache)): sent, but not
+    /// available to repair a neighbour's gap.
+    pub cache_skipped: u64,
     /// Handshakes that failed (by cause in [`Node::transport_stats`]): in a closed network,
     /// outsiders refused.
     pub handshake_failures: u64,
@@ -132,7 +134,7 @@ pub(crate) struct Counters {
     pub(crate) padding_refused: AtomicU64,
     pub(crate) frames_rejected: AtomicU64,
     pub(crate) messages_missed: AtomicU64,
-    pub(crate) gap_streams_forgotten: AtomicU64,
+    pub(crate) cache_skipped: AtomicU64,
 }
 
 impl Counters {
@@ -157,7 +159,7 @@ impl Counters {
             padding_refused: get(&self.padding_refused),
             frames_rejected: get(&self.frames_rejected),
             messages_missed: get(&self.messages_missed),
-            gap_streams_forgotten: get(&self.gap_streams_forgotten),
+            cache_skipped: get(&self.cache_skipped),
             handshake_failures: 0,
             datagrams_dropped: 0,
         }
@@ -265,6 +267,11 @@ pub(crate) struct TopicRoute {
     pub(crate) deliver: bool,
     /// The topic's publication counter.
     pub(crate) sequence: crate::sequence::Counter,
+    /// Some connection carries the topic, eagerly or not: a publication has somewhere to go
+    /// even when `conns` is empty.
+    pub(crate) links: bool,
+    /// Copies of the publications, for the driver (the message cache and announcements).
+    pub(crate) own: Arc<crate::own::Own>,
 }
 
 /// A publication validated by `Node::prepare`, with its route when the snapshot has one and it
@@ -454,9 +461,12 @@ impl Node {
             hops: 0,
             headers,
         };
-        if route.conns.is_empty() && !route.deliver {
+        if !route.links && !route.deliver {
             self.unrouted(&message.topic);
             return None;
+        }
+        if route.links {
+            route.own.push(message.clone());
         }
         Some(message)
     }

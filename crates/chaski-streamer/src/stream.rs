@@ -103,6 +103,7 @@ pub struct StreamOptions {
     pub(crate) topics: Option<HashSet<Topic>>,
     pub(crate) capacity: usize,
     pub(crate) overflow: Overflow,
+    pub(crate) ordered: bool,
 }
 
 /// The default queue capacity of a stream: 8192 messages.
@@ -114,6 +115,7 @@ impl Default for StreamOptions {
             topics: None,
             capacity: DEFAULT_STREAM_CAPACITY,
             overflow: Overflow::Block,
+            ordered: true,
         }
     }
 }
@@ -144,6 +146,17 @@ impl StreamOptions {
         self.overflow = overflow;
         self
     }
+
+    /// Whether the stream takes each publisher's reliable messages on a topic in sequence order.
+    /// Default: `true`: a message that arrives ahead of a gap is held back while the gap is
+    /// repaired, for at most [`NodeBuilder::gap_timeout`](crate::NodeBuilder::gap_timeout), then
+    /// what is still missing is reported ([`NodeEvent::Missed`](crate::NodeEvent::Missed)) and
+    /// the stream goes on. `false`: every message as soon as it arrives (lowest latency), gaps
+    /// still repaired and reported. Best-effort messages are never held back.
+    pub fn ordered(mut self, ordered: bool) -> StreamOptions {
+        self.ordered = ordered;
+        self
+    }
 }
 
 /// The state a stream shares with the driver.
@@ -152,6 +165,7 @@ pub(crate) struct Shared {
     queue: ArrayQueue<Received>,
     overflow: Overflow,
     topics: Option<HashSet<Topic>>,
+    ordered: bool,
     /// The application's task, waiting for a message.
     consumer: AtomicWaker,
     /// The driver, waiting for room (policy `Block`).
@@ -187,6 +201,11 @@ impl Shared {
 
     pub(crate) fn overflow(&self) -> Overflow {
         self.overflow
+    }
+
+    /// Whether the stream takes each publisher's messages in order.
+    pub(crate) fn ordered(&self) -> bool {
+        self.ordered
     }
 
     /// Whether the stream wants messages of `topic`.
@@ -295,6 +314,7 @@ impl MessageStream {
             queue: ArrayQueue::new(options.capacity.max(1)),
             overflow: options.overflow,
             topics: options.topics,
+            ordered: options.ordered,
             consumer: AtomicWaker::new(),
             room: Notify::new(),
             producer_waiting: AtomicBool::new(false),

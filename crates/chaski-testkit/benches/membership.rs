@@ -161,20 +161,6 @@ fn delivery(
             .or_default();
         *hop = (*hop).max(d.hops);
     }
-    if std::env::var_os("BENCHDBG").is_some() {
-        let (mut missed, mut late, mut held, mut served, mut req) = (0, 0, 0, 0, 0);
-        for i in 0..sim.len() {
-            if let Some(m) = sim.node(i) {
-                let c = m.counters();
-                missed += c.messages_missed;
-                late += c.messages_late;
-                served += c.messages_served;
-                req += c.repairs_requested;
-                held += m.held_count();
-            }
-        }
-        eprintln!("missed={missed} late={late} held={held} served={served} requested={req}");
-    }
     let rmr = received as f64 / delivered.max(1) as f64 - 1.0;
     let mean_last =
         last_hop.values().map(|&h| f64::from(h)).sum::<f64>() / last_hop.len().max(1) as f64;

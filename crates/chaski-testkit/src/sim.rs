@@ -611,7 +611,6 @@ impl Sim {
                     self.traffic.messages_received += 1;
                     let route = m.route(now, Some(conn), &msg);
                     let deliver = route.deliver && route.in_order;
-                    if std::env::var_os("SIMDBG").is_some() {
                         eprintln!(
                             "PUB {:?} n{} c{:?} p={} {} s{} d={} o={} dup={} fwd={:?}",
                             now,
@@ -703,7 +702,6 @@ impl Sim {
                         self.send_frame(index, conn, frame);
                         continue;
                     }
-                    if std::env::var_os("SIMDBG").is_some() {
                         if let Frame::Have(h) = &frame {
                             let to = self
                                 .conns

@@ -190,7 +190,6 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
                     if n != 1 {
                         let m = sim.node(r).unwrap();
                         eprintln!(
-                            "DBG {t} {p}->{r} pid={pid} n={n} st=[{}] pub=[{}] c={:?}",
                             m.debug_stream(pid, &t),
                             sim.node(p).unwrap().debug_stream(pid, &t),
                             (

@@ -61,6 +61,8 @@ struct Stream {
     asks: u32,
     /// Peers that have (or announced) messages this node misses, most recent first.
     candidates: Vec<ConnId>,
+    /// The connection the latest new message of the stream came from.
+    last_from: Option<ConnId>,
 }
 
 impl Stream {
@@ -75,6 +77,7 @@ impl Stream {
             ask_at: None,
             asks: 0,
             candidates: Vec::new(),
+            last_from: None,
         }
     }
 
@@ -357,6 +360,9 @@ impl Membership {
             stream.latest = msg.sequence;
             stream.active_at = now;
         }
+        if reliable {
+            stream.last_from = from;
+        }
         let entry = self
             .bcast
             .dirty
@@ -509,14 +515,26 @@ impl Membership {
         }
     }
 
-    /// A duplicate arrived on `conn`: in a tree, that link is redundant for its topic.
-    pub(super) fn duplicate_on(&mut self, conn: ConnId, msg: &Message) {
+    /// A duplicate arrived on `conn`: in a tree, a link is redundant for its stream. Usually
+    /// `conn`'s (the copy that came first took a faster path); but a node linked to the
+    /// publisher itself takes the publisher's own copies, so a duplicate from the publisher
+    /// prunes the link the first copy came from instead: the direct path is the shortest, and
+    /// relaying through a neighbour only loads that neighbour's queues.
+    pub(super) fn duplicate_on(&mut self, conn: ConnId, msg: &Message, first_hand: bool) {
         // A copy at the end of its hop limit was not forwarded by its sender: it tells nothing
         // about the sender's links. Other broadcast modes prune nothing.
         if self.config.broadcast != Broadcast::Tree || msg.hop_limit == 0 {
             return;
         }
         let key = StreamId::of(msg);
+        let conn = if first_hand {
+            match self.bcast.streams.get(&key).and_then(|s| s.last_from) {
+                Some(relay) if relay != conn => relay,
+                _ => return,
+            }
+        } else {
+            conn
+        };
         if self.bcast.lazy.contains(&(conn, key.clone())) {
             return;
         }
@@ -536,6 +554,19 @@ impl Membership {
         self.bcast.generation += 1;
         self.counters.prunes_sent += 1;
         self.send(conn, Frame::Prune(Prune { streams: vec![key] }));
+    }
+
+    /// The driver could not forward `msg` on one of its eager links (a full send queue): the
+    /// next announcement of its stream goes to every link, so that the peer that missed it
+    /// asks for it.
+    pub fn forward_dropped(&mut self, now: Instant, msg: &Message) {
+        let key = StreamId::of(msg);
+        if !self.bcast.streams.contains_key(&key) {
+            return;
+        }
+        let entry = self.bcast.dirty.entry(key).or_insert((msg.sequence, true));
+        entry.1 = true;
+        self.arm_broadcast(now);
     }
 
     pub(super) fn on_prune(&mut self, conn: ConnId, prune: Prune) {
@@ -853,23 +884,5 @@ impl Membership {
             return None;
         }
         Some(options[stream.asks as usize % options.len()])
-    }
-}
-
-impl Membership {
-    #[doc(hidden)]
-    pub fn debug_stream(&self, publisher: NodeId, topic: &Topic) -> String {
-        self.bcast
-            .streams
-            .iter()
-            .filter(|(k, _)| k.publisher == publisher && &k.topic == topic)
-            .map(|(k, s)| {
-                format!(
-                    "inc={} next={} latest={} held={} cached={:?} ask_at={:?} asks={} cands={:?} gap_since={:?}",
-                    k.incarnation, s.next, s.latest, s.held.len(), s.cached.keys().collect::<Vec<_>>(), s.ask_at, s.asks, s.candidates, s.gap_since
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
     }
 }

@@ -977,7 +977,10 @@ impl Membership {
             // Nobody to send to directly: hand the message to the relays.
             _ => self.scratch.extend_from_slice(&self.relay_conns),
         }
+        let links = !self.relay_conns.is_empty()
+            || self.route_index.get(topic).is_some_and(|c| !c.is_empty());
         Publication {
+            links,
             hop_limit: self.config.message_hop_limit,
             deliver: self.wants(topic),
             forward: &self.scratch,
@@ -1084,7 +1087,7 @@ impl Membership {
         if seen == Seen::Duplicate {
             self.counters.messages_duplicate += 1;
             if let (true, Some(conn)) = (reliable, from) {
-                self.duplicate_on(conn, msg);
+                self.duplicate_on(conn, msg, first_hand);
             }
             return Route {
                 in_order: false,

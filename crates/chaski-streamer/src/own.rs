@@ -1,0 +1,104 @@
+//! This node's own reliable publications on their way to the membership's message cache.
+//!
+//! The handles send a publication straight to the connections of the routing snapshot, without
+//! the driver. The driver still needs a copy of each: the membership caches it (to serve grafts
+//! and gap repair) and announces it on the links that only hear announcements. Each topic of the
+//! snapshot has a bounded lock-free queue: a handle pushes a copy (reference counts, no payload
+//! copy), the driver takes them every `announce_interval` and as soon as a queue is half full.
+//!
+//! Limit: [`CAPACITY`] messages per topic between two drains. When full, the oldest copy is
+//! dropped (counted in `NodeStats::cache_skipped`): that message is not in this node's cache,
+//! though it was sent.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use chaski_wire::Message;
+use crossbeam_queue::ArrayQueue;
+use tokio::sync::Notify;
+
+/// Copies kept per topic between two drains.
+pub(crate) const CAPACITY: usize = 1024;
+
+/// One topic's queue of publications for the driver.
+pub(crate) struct Own {
+    queue: ArrayQueue<Message>,
+    /// Wakes the driver (shared by every topic).
+    driver: Arc<Notify>,
+    /// Copies dropped because the queue was full.
+    skipped: AtomicU64,
+}
+
+impl Own {
+    pub(crate) fn new(driver: Arc<Notify>) -> Own {
+        Own {
+            queue: ArrayQueue::new(CAPACITY),
+            driver,
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// Hands a copy of a publication to the driver.
+    pub(crate) fn push(&self, message: Message) {
+        if self.queue.force_push(message).is_some() {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.queue.len() == CAPACITY / 2 {
+            self.driver.notify_one();
+        }
+    }
+
+    /// The next copy, oldest first.
+    pub(crate) fn pop(&self) -> Option<Message> {
+        self.queue.pop()
+    }
+
+    /// Copies dropped so far, reset.
+    pub(crate) fn take_skipped(&self) -> u64 {
+        self.skipped.swap(0, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use chaski_wire::{NodeId, Topic};
+
+    fn message(sequence: u64) -> Message {
+        Message {
+            topic: Topic::from_static("t"),
+            payload: Bytes::new(),
+            publisher: NodeId::from_u128(1),
+            sequence,
+            incarnation: 0,
+            timestamp_micros: 0,
+            hop_limit: 1,
+            hops: 0,
+            headers: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_oldest_counts_it_and_wakes_the_driver_at_half() {
+        let notify = Arc::new(Notify::new());
+        let own = Own::new(notify.clone());
+        for s in 1..=(CAPACITY as u64 + 3) {
+            own.push(message(s));
+        }
+        // Woken once, at half: the permit is stored.
+        tokio::time::timeout(std::time::Duration::from_secs(5), notify.notified())
+            .await
+            .expect("notified");
+        assert_eq!(own.take_skipped(), 3);
+        assert_eq!(own.take_skipped(), 0);
+        assert_eq!(own.pop().map(|m| m.sequence), Some(4));
+        let mut n = 1;
+        while own.pop().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, CAPACITY);
+    }
+}
