@@ -611,20 +611,6 @@ impl Sim {
                     self.traffic.messages_received += 1;
                     let route = m.route(now, Some(conn), &msg);
                     let deliver = route.deliver && route.in_order;
-                        eprintln!(
-                            "PUB {:?} n{} c{:?} p={} {} s{} d={} o={} dup={} fwd={:?}",
-                            now,
-                            index,
-                            conn,
-                            msg.publisher,
-                            msg.topic,
-                            msg.sequence,
-                            route.deliver,
-                            route.in_order,
-                            route.duplicate,
-                            route.forward
-                        );
-                    }
                     let forward: Vec<ConnId> = route.forward.to_vec();
                     let hop_limit = route.hop_limit;
                     if deliver {
@@ -701,25 +687,6 @@ impl Sim {
                         self.traffic.messages += 1;
                         self.send_frame(index, conn, frame);
                         continue;
-                    }
-                        if let Frame::Have(h) = &frame {
-                            let to = self
-                                .conns
-                                .get(&conn)
-                                .map(|c| c.ends.iter().map(|e| e.0).collect::<Vec<_>>());
-                            for e in &h.streams {
-                                eprintln!(
-                                    "HAVE {:?} n{} -> {:?} p={} {} first={} last={}",
-                                    now,
-                                    index,
-                                    to,
-                                    e.stream.publisher,
-                                    e.stream.topic,
-                                    e.first,
-                                    e.last
-                                );
-                            }
-                        }
                     }
                     self.traffic.control_frames += 1;
                     if matches!(
