@@ -193,6 +193,12 @@ settings! {
     reconnect_attempts: u32 => Int,
     /// [`NodeBuilder::gap_timeout`].
     gap_timeout: HumanDuration => Text,
+    /// [`NodeBuilder::message_cache`], messages (default 65536).
+    cache_messages: usize => Int,
+    /// [`NodeBuilder::message_cache`], bytes (default 67108864).
+    cache_bytes: usize => Int,
+    /// [`NodeBuilder::message_cache`], age (default 30s).
+    cache_age: HumanDuration => Text,
     /// [`NodeBuilder::best_effort`].
     best_effort: Vec<String> => List,
     /// [`NodeBuilder::stream_capacity`].
@@ -517,6 +523,13 @@ impl Settings {
         }
         if let Some(v) = self.gap_timeout {
             b = b.gap_timeout(v.0);
+        }
+        if self.cache_messages.is_some() || self.cache_bytes.is_some() || self.cache_age.is_some() {
+            b = b.message_cache(
+                self.cache_messages.unwrap_or(65_536),
+                self.cache_bytes.unwrap_or(64 << 20),
+                self.cache_age.map_or(Duration::from_secs(30), |d| d.0),
+            );
         }
         if let Some(v) = &self.best_effort {
             b = b.best_effort(v);
