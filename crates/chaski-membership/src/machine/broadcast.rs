@@ -63,6 +63,9 @@ struct Stream {
     candidates: Vec<ConnId>,
     /// The connection the latest new message of the stream came from.
     last_from: Option<ConnId>,
+    /// Answers to this node's requests may still come until then: their duplicates prune
+    /// nothing.
+    repairing_until: Instant,
 }
 
 impl Stream {
@@ -78,6 +81,7 @@ impl Stream {
             asks: 0,
             candidates: Vec::new(),
             last_from: None,
+            repairing_until: now,
         }
     }
 
@@ -527,6 +531,15 @@ impl Membership {
             return;
         }
         let key = StreamId::of(msg);
+        if self
+            .bcast
+            .streams
+            .get(&key)
+            .is_some_and(|s| s.repairing_until > self.now)
+        {
+            // Likely an answer to a request sent to several peers.
+            return;
+        }
         let conn = if first_hand {
             match self.bcast.streams.get(&key).and_then(|s| s.last_from) {
                 Some(relay) if relay != conn => relay,
@@ -833,24 +846,28 @@ impl Membership {
             if missing.is_empty() {
                 continue;
             }
-            let Some(conn) = self.repair_source(&key) else {
+            let sources = self.repair_sources(&key);
+            if sources.is_empty() {
                 continue;
-            };
+            }
             let stream = self.bcast.streams.get_mut(&key).expect("present");
             stream.asks += 1;
             stream.ask_at = Some(now + self.config.repair_retry);
-            let ranges = asks.entry(conn).or_default();
-            for (first, last) in missing {
-                ranges.push(StreamRange {
-                    stream: key.clone(),
-                    first,
-                    last,
-                });
-            }
-            // Grafting: the link that has what this node missed pushes eagerly again.
-            if self.bcast.lazy.remove(&(conn, key.clone())) {
-                self.bcast.generation += 1;
-                self.counters.grafts_sent += 1;
+            stream.repairing_until = now + 2 * self.config.repair_retry;
+            for conn in sources {
+                let ranges = asks.entry(conn).or_default();
+                for &(first, last) in &missing {
+                    ranges.push(StreamRange {
+                        stream: key.clone(),
+                        first,
+                        last,
+                    });
+                }
+                // Grafting: the link that has what this node missed pushes eagerly again.
+                if self.bcast.lazy.remove(&(conn, key.clone())) {
+                    self.bcast.generation += 1;
+                    self.counters.grafts_sent += 1;
+                }
             }
         }
         for (conn, mut ranges) in asks {
@@ -863,11 +880,14 @@ impl Membership {
         }
     }
 
-    /// Whom to ask for a stream's missing messages: the peers that showed they have them in
-    /// turn, then the publisher, then any link of the topic.
-    fn repair_source(&self, key: &StreamId) -> Option<ConnId> {
-        let stream = self.bcast.streams.get(key)?;
-        let links = self.route_index.get(&key.topic);
+    /// Whom to ask for a stream's missing messages. The first time, the peer that showed last
+    /// it has them (or the publisher, or a link of the topic): one copy comes back. If that
+    /// went unanswered (the peer may have died unnoticed, or missed them too), every link of
+    /// the topic and the publisher at once (at most `max_connections` + 1 peers).
+    fn repair_sources(&self, key: &StreamId) -> Vec<ConnId> {
+        let Some(stream) = self.bcast.streams.get(key) else {
+            return Vec::new();
+        };
         let live = |c: &ConnId| self.conns.contains_key(c);
         let mut options: Vec<ConnId> = stream.candidates.iter().copied().filter(live).collect();
         if let Some(p) = self.conn_of(key.publisher) {
@@ -875,14 +895,14 @@ impl Membership {
                 options.push(p);
             }
         }
-        for &c in links.into_iter().flatten() {
+        for &c in self.route_index.get(&key.topic).into_iter().flatten() {
             if !options.contains(&c) {
                 options.push(c);
             }
         }
-        if options.is_empty() {
-            return None;
+        if stream.asks == 0 {
+            options.truncate(1);
         }
-        Some(options[stream.asks as usize % options.len()])
+        options
     }
 }
