@@ -7,6 +7,8 @@
 //!   The publisher publishes from a spawned task, as the baseline writes from one.
 //! * The publish-to-receive round trip of a lone 64 B message (p50, p99): the subscriber answers
 //!   every message on a second topic, the publisher waits for the answer.
+//! * Fan-out: one publisher, ten subscribers all linked to each other, 64 B messages: the
+//!   messages delivered per second, all subscribers together (the node's default security).
 //!
 //! * With `--security both` (the default), each figure for plain TCP and for TLS side by side,
 //!   the runs interleaved; then what TLS costs: the time to set up a TLS connection on loopback
@@ -253,6 +255,62 @@ async fn node_throughput(
         .await
         .context("the subscriber did not receive every message")???;
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// Fan-out: one publisher and `subscribers` subscribers, every pair linked (the nodes' links
+/// allow it), each subscriber reading its stream; `n` messages of 64 B. Returns the messages
+/// delivered per second, all subscribers together, from the first publication to the last
+/// delivery.
+async fn fan_out(variant: Variant, subscribers: usize, n: u64) -> Result<f64> {
+    let publisher = node("fan-pub", &["bench"], variant)
+        .max_connections(subscribers)
+        .build()
+        .await?;
+    let seed = publisher.local_addr().to_string();
+    let mut nodes = Vec::new();
+    for i in 0..subscribers {
+        nodes.push(
+            node(&format!("fan-sub{i}"), &["bench"], variant)
+                .max_connections(subscribers)
+                .seeds([seed.clone()])
+                .build()
+                .await?,
+        );
+    }
+    let wait = publisher.wait_peers(|peers| {
+        peers
+            .iter()
+            .filter(|p| p.paired_topics.iter().any(|t| t == "bench"))
+            .count()
+            == subscribers
+    });
+    tokio::time::timeout(STEP_LIMIT, wait)
+        .await
+        .context("the fan-out nodes did not pair")??;
+    let readers: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let mut stream = node.stream_with(StreamOptions::new().capacity(16 * 1024));
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    std::hint::black_box(stream.recv().await.context("the stream ended")?);
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    publish_many(&publisher, Bytes::from(vec![0x5au8; 64]), n).await?;
+    for reader in readers {
+        tokio::time::timeout(STEP_LIMIT, reader)
+            .await
+            .context("a fan-out subscriber did not receive every message")???;
+    }
+    let rate = (n * subscribers as u64) as f64 / start.elapsed().as_secs_f64();
+    for node in nodes.iter().chain([&publisher]) {
+        node.shutdown().await?;
+    }
+    Ok(rate)
 }
 
 /// `samples` publish-to-receive round trips of a lone 64 B message, in microseconds.
@@ -507,6 +565,27 @@ pub(crate) async fn run(cmd: BenchCommand) -> Result<u8> {
             publisher.shutdown().await?;
             subscriber.shutdown().await?;
         }
+    }
+
+    if in_process {
+        let variant = *variants.last().unwrap_or(&Variant::Tls);
+        progress("fan-out to 10 subscribers".to_owned());
+        let n = if plan.quick { 5_000 } else { 50_000 };
+        let mut runs = Vec::new();
+        for _ in 0..plan.runs {
+            runs.push(fan_out(variant, 10, n).await?);
+        }
+        let rate = median(runs);
+        say(format!(
+            "\nfan-out, {}: one publisher, 10 subscribers (all linked), 64 B: {} messages delivered per second in all",
+            variant.name(),
+            si(rate)
+        ));
+        emit(json!({
+            "measurement": "fan_out", "subscribers": 10, "payload_bytes": 64,
+            "security": variant.name(), "messages": n, "runs": plan.runs,
+            "delivered_msgs_per_s": rate,
+        }));
     }
 
     if matches!(cmd.processes, Processes::Two | Processes::Both) {

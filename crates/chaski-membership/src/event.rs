@@ -478,4 +478,7 @@ pub struct Counters {
     pub repairs_requested: u64,
     /// Cached messages sent in answer to a `Want`.
     pub messages_served: u64,
+    /// `Want`s answered in part: one peer's serving budget (`MAX_SERVED_BYTES` a second) or the
+    /// per-request cap (`MAX_SERVED` messages) was reached.
+    pub repairs_throttled: u64,
 }

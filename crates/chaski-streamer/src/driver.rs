@@ -848,7 +848,10 @@ impl Driver {
 
     /// Counts and reports messages that will not arrive.
     fn report_missed(&mut self, publisher: NodeId, topic: Topic, first: u64, last: u64) {
-        Counters::add(&self.counters.messages_missed, last - first + 1);
+        Counters::add(
+            &self.counters.messages_missed,
+            (last - first).saturating_add(1),
+        );
         debug!(publisher = %publisher.short(), %topic, first, last, "messages missed");
         self.emit(NodeEvent::Missed {
             publisher,

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use chaski_membership::{Config, Instant};
 use chaski_testkit::sim::{Sim, SimConfig};
 use chaski_wire::{
-    Capabilities, Frame, Message, NodeId, PairRequest, PairResponse, PeerExchange, PeerInfo, Pong,
-    Search, SearchReply, SubscriptionUpdate, Topic, Unpair,
+    Capabilities, Frame, Have, Message, NodeId, PairRequest, PairResponse, PeerExchange, PeerInfo,
+    Pong, Prune, Search, SearchReply, StreamHead, StreamId, StreamRange, SubscriptionUpdate, Topic,
+    Unpair, Want,
 };
 use proptest::prelude::*;
 
@@ -42,6 +43,12 @@ enum Attack {
     Pong(u64, u64),
     /// A publish claiming honest node `index % n`, with this sequence and hop count.
     Forge(usize, u64, u32),
+    /// An announcement that honest node `index % n` is at this sequence on topic0.
+    Have(usize, u64),
+    /// A request for this range of honest node `index % n`'s messages on topic0.
+    Want(usize, u64, u64),
+    /// A prune of honest node `index % n`'s stream on topic0.
+    Prune(usize),
 }
 
 fn attack() -> impl Strategy<Value = Attack> {
@@ -73,6 +80,9 @@ fn attack() -> impl Strategy<Value = Attack> {
         prop::collection::vec(any::<u8>(), 0..10).prop_map(Attack::Unpair),
         (any::<u64>(), any::<u64>()).prop_map(|(i, t)| Attack::Pong(i, t)),
         (any::<usize>(), any::<u64>(), 0u32..3).prop_map(|(i, s, h)| Attack::Forge(i, s, h)),
+        (any::<usize>(), any::<u64>()).prop_map(|(i, s)| Attack::Have(i, s)),
+        (any::<usize>(), 1u64..10, any::<u64>()).prop_map(|(i, f, l)| Attack::Want(i, f, l)),
+        any::<usize>().prop_map(Attack::Prune),
     ]
 }
 
@@ -136,6 +146,31 @@ fn frame(a: &Attack, honest: &[NodeId]) -> Frame {
             hops: *hops,
             headers: Vec::new(),
         }),
+        Attack::Have(i, last) => Frame::Have(Have {
+            streams: vec![StreamHead {
+                stream: stream(honest[i % honest.len()]),
+                last: *last,
+                first: 1,
+            }],
+        }),
+        Attack::Want(i, first, last) => Frame::Want(Want {
+            ranges: vec![StreamRange {
+                stream: stream(honest[i % honest.len()]),
+                first: *first,
+                last: (*last).max(*first),
+            }],
+        }),
+        Attack::Prune(i) => Frame::Prune(Prune {
+            streams: vec![stream(honest[i % honest.len()])],
+        }),
+    }
+}
+
+fn stream(publisher: NodeId) -> StreamId {
+    StreamId {
+        publisher,
+        incarnation: 0,
+        topic: topic(0),
     }
 }
 

@@ -24,7 +24,7 @@ type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 pub const MAX_STREAMS: usize = 16_384;
 /// Messages sent back for one `Want` at most; the asker asks again for the rest.
 pub const MAX_SERVED: usize = 16_384;
-/// Bytes sent back for one `Want` at most.
+/// Bytes of cached messages sent to one peer per second at most, in answer to its `Want`s.
 pub const MAX_SERVED_BYTES: usize = 16 << 20;
 /// Payloads shorter than this are copied into the cache rather than kept as slices of the
 /// receive buffer, so that a small cached message never keeps a large buffer alive.
@@ -111,7 +111,7 @@ impl Stream {
             if seq > from {
                 out.push((from, seq - 1));
             }
-            from = seq + 1;
+            from = seq.saturating_add(1);
         }
         if from <= self.latest && out.len() < max {
             out.push((from, self.latest));
@@ -405,14 +405,14 @@ impl Membership {
             return true;
         }
         if seq == stream.next {
-            stream.next += 1;
+            stream.next = stream.next.saturating_add(1);
             self.release(now, key, true);
             return true;
         }
         // Ahead of the order: a gap before it.
         if !reliable && stream.held.is_empty() {
             // A best-effort message never opens a gap: what it skips may be lost datagrams.
-            stream.next = seq + 1;
+            stream.next = seq.saturating_add(1);
             return true;
         }
         let bytes = if reliable { charge(msg) } else { 0 };
@@ -457,7 +457,7 @@ impl Membership {
             self.bcast.held_len -= 1;
             self.bcast.held_bytes -= held.bytes;
             if seq == stream.next {
-                stream.next += 1;
+                stream.next = stream.next.saturating_add(1);
             }
             if let Some(m) = held.message {
                 self.actions.push_back(Action::Deliver(m));
@@ -485,12 +485,12 @@ impl Membership {
         let Some((first, last)) = stream.head_gap() else {
             return;
         };
-        stream.next = last + 1;
+        stream.next = last.saturating_add(1);
         // The next gap, if any, counts from when the messages after it arrived.
         stream.gap_since = stream.held.values().next().map(|h| h.at);
         stream.asks = 0;
-        let count = last - first + 1;
-        self.counters.messages_missed += count;
+        let count = (last - first).saturating_add(1);
+        self.counters.messages_missed = self.counters.messages_missed.saturating_add(count);
         self.event(Event::Missed {
             publisher: key.publisher,
             incarnation: key.incarnation,
@@ -631,7 +631,7 @@ impl Membership {
             .map(|(k, s)| StreamHead {
                 stream: k.clone(),
                 last: s.latest,
-                first: s.latest + 1,
+                first: s.latest.saturating_add(1),
             })
             .collect();
         self.send_heads(conn, heads);
@@ -672,7 +672,13 @@ impl Membership {
             if stream.next == 0 {
                 // First heard of by an announcement: the stream starts at the first message
                 // announced as new (after the head, for a summary).
-                stream.next = head.first.clamp(1, head.last + 1);
+                // Believed within reason: at most `MAX_AHEAD` messages before the head, unless
+                // the publisher itself says so.
+                let mut first = head.first;
+                if peer != Some(key.publisher) {
+                    first = first.max(head.last.saturating_sub(crate::dedup::MAX_AHEAD));
+                }
+                stream.next = first.clamp(1, head.last.saturating_add(1));
             }
             if head.last > stream.latest {
                 stream.latest = head.last;
@@ -688,9 +694,22 @@ impl Membership {
         self.arm_broadcast(now);
     }
 
-    pub(super) fn on_want(&mut self, conn: ConnId, want: Want) {
+    /// Serves a `Want` from the cache. What one peer gets is bounded by [`MAX_SERVED_BYTES`]
+    /// per second (a small request must not buy unbounded work); a request beyond it is
+    /// answered in part (counted in `repairs_throttled`), and the asker asks again.
+    pub(super) fn on_want(&mut self, now: Instant, conn: ConnId, want: Want) {
         let me = self.me;
         let mut sent = 0usize;
+        let budget = match self.conns.get_mut(&conn) {
+            Some(c) => {
+                if now - c.served_since >= std::time::Duration::from_secs(1) {
+                    c.served_since = now;
+                    c.served_bytes = 0;
+                }
+                MAX_SERVED_BYTES.saturating_sub(c.served_bytes)
+            }
+            None => return,
+        };
         let mut bytes = 0usize;
         let mut frames = Vec::new();
         for range in &want.ranges {
@@ -703,7 +722,8 @@ impl Membership {
                 continue;
             };
             for (_, m) in stream.cached.range(range.first..=range.last) {
-                if sent >= MAX_SERVED || bytes >= MAX_SERVED_BYTES {
+                if sent >= MAX_SERVED || bytes >= budget {
+                    self.counters.repairs_throttled += 1;
                     break;
                 }
                 sent += 1;
@@ -720,6 +740,9 @@ impl Membership {
             }
         }
         self.counters.messages_served += sent as u64;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.served_bytes += bytes;
+        }
         for frame in frames {
             self.push(Action::Send { conn, frame });
         }
@@ -809,7 +832,7 @@ impl Membership {
                 out.entry(conn).or_default().push(StreamHead {
                     stream: key.clone(),
                     last: stream.latest,
-                    first: stream.latest + 1,
+                    first: stream.latest.saturating_add(1),
                 });
             }
         }

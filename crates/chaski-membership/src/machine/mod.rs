@@ -157,6 +157,10 @@ struct Conn {
     /// `ping_interval`).
     padding_sent: u64,
     padding_since: Instant,
+    /// Bytes of cached messages sent in answer to the peer's `Want`s since `served_since` (the
+    /// budget is `MAX_SERVED_BYTES` per second).
+    served_bytes: usize,
+    served_since: Instant,
 }
 
 #[derive(Debug)]
@@ -674,6 +678,8 @@ impl Membership {
                 pings_out: VecDeque::new(),
                 padding_sent: 0,
                 padding_since: now,
+                served_bytes: 0,
+                served_since: now,
             },
         );
         if is_new {
@@ -842,7 +848,7 @@ impl Membership {
                 }
             }
             Frame::Have(h) => self.on_have(now, conn, h),
-            Frame::Want(w) => self.on_want(conn, w),
+            Frame::Want(w) => self.on_want(now, conn, w),
             Frame::Prune(p) => self.on_prune(conn, p),
             Frame::Publish(_) => {}
             _ => self.counters.unexpected_frames += 1,
