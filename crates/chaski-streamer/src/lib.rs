@@ -41,15 +41,26 @@
 //! fallback to TCP. Subscribers receive both kinds on the same streams, each message marked with
 //! its [`Delivery`].
 //!
-//! # Order and duplicates
+//! # Order, duplicates and loss
 //!
-//! A publisher numbers its messages on each topic 1, 2, 3, ... ([`Received::sequence`]). A
-//! subscriber never receives a message twice (the duplicate filter is keyed by publisher, topic
-//! and sequence number). Messages keep their publisher's order along each path of the topic's graph.
-//! When the graph offers several paths (subscribers paired with each other as well as with the
-//! publisher), a copy forwarded by a neighbour can overtake the publisher's own copy while the
-//! publisher's queue to this subscriber is the fuller one: order across paths is not guaranteed,
-//! as in other flooding overlays (gossipsub). Compare [`Received::sequence`] to restore it.
+//! A publisher numbers its messages on each topic 1, 2, 3, ... ([`Received::sequence`]); a
+//! message is identified by its publisher, the publisher's incarnation, the topic and the
+//! sequence. A subscriber never receives a message twice. Each publisher's messages on a topic
+//! spread along a tree of the topic's links (eager push), and the other links carry batched
+//! announcements of what was sent (lazy push); a node that hears of a message it lacks asks for
+//! it (a graft), and every node keeps a bounded cache of the messages it carried to answer
+//! ([`NodeBuilder::message_cache`]). See `chaski-membership` for the trees and their repair.
+//!
+//! Streams are **ordered** by default ([`StreamOptions::ordered`]): each publisher's reliable
+//! messages on a topic come in sequence order. A message that arrives ahead of a gap is held back
+//! while the gap is repaired from the neighbours' caches (after a reconnection, a frozen process,
+//! a dropped forward); what cannot be repaired within [`NodeBuilder::gap_timeout`] (1 s, timed
+//! afresh while the gap makes progress) is reported as [`NodeEvent::Missed`] with its exact range
+//! and counted in [`NodeStats::messages_missed`], and the stream goes on. Loss of a stream's last
+//! messages is noticed too: nodes tell their links the last sequence of each stream that went
+//! quiet. No message is lost without the application being told which. An unordered stream gets
+//! every message the moment it arrives, gaps still repaired and reported. Best-effort messages are
+//! never held back; one lost on a topic that also carries reliable messages is repaired like them.
 //!
 //! # Streams
 //!
@@ -69,6 +80,8 @@
 //! | each event stream | [`NodeBuilder::event_capacity`], 1024 | the stream sees [`NodeEvent::Lagged`] |
 //! | a peer's send queue | the transport's `send_queue`, 4096 frames | own publications wait; forwarded and control frames are dropped, counted, reported ([`NodeEvent::SendDropped`]) |
 //! | pending pings and connects | 1024 each | [`Error::Busy`] |
+//! | own publications waiting for the cache | 1024 per topic between drains (every 25 ms, and at half full) | the oldest is not cached, counted in [`NodeStats::cache_skipped`] |
+//! | message cache, held-back messages, streams | see `chaski-membership`'s bounds (65,536 messages, 64 MiB, 30 s; 16,384 held, 32 MiB; 16,384 streams) | the oldest goes; a full hold-back reports its oldest gap missed at once |
 //! | publication counters (one per topic) | 16,384 for topics no longer subscribed to or published on; those in use are kept | the oldest unused is forgotten; a new counter for its topic starts above every sequence forgotten |
 //!
 //! A `Block` stream that is not read makes its node stop reading from the network: its peers'

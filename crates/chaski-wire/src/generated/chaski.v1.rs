@@ -178,8 +178,8 @@ pub struct Header {
     #[prost(bytes = "bytes", tag = "2")]
     pub value: ::prost::bytes::Bytes,
 }
-/// A message published on a topic. Forwarded along the topic's graph until its hop limit runs out;
-/// receivers discard duplicates by (`publisher`, `sequence`).
+/// A message published on a topic. Forwarded along its stream's tree until its hop limit runs out;
+/// receivers discard duplicates by (`publisher`, `incarnation`, `topic`, `sequence`).
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Publish {
     /// The topic (UTF-8).
