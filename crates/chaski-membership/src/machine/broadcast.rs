@@ -45,6 +45,11 @@ struct Held {
 
 #[derive(Debug)]
 struct Stream {
+    /// The stream's topic, detached from any receive buffer (shared by the cached copies).
+    topic: Topic,
+    /// Not announced yet since the last flush: the first sequence new since, and whether a
+    /// message came that was not forwarded (then every link hears of it).
+    dirty: Option<(u64, bool)>,
     /// The cached messages, by sequence.
     cached: BTreeMap<u64, Message>,
     /// The highest sequence known to exist (received, or announced by a peer).
@@ -69,8 +74,10 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(now: Instant) -> Stream {
+    fn new(now: Instant, topic: Topic) -> Stream {
         Stream {
+            topic,
+            dirty: None,
             cached: BTreeMap::new(),
             latest: 0,
             active_at: now,
@@ -142,10 +149,8 @@ pub(super) struct Broadcaster {
     cache_bytes: usize,
     held_len: usize,
     held_bytes: usize,
-    /// Streams that grew since the last announcement, with the first sequence received since
-    /// and whether a message came that was not forwarded (a copy served from a cache): then the
-    /// eager links hear of it too.
-    dirty: FastMap<StreamId, (u64, bool)>,
+    /// Streams that grew since the last announcement (their `Stream::dirty` is set).
+    dirty: Vec<StreamId>,
     /// Streams with a gap in their delivery order.
     gaps: FastSet<StreamId>,
     armed: bool,
@@ -237,18 +242,7 @@ impl Membership {
     pub fn published(&mut self, now: Instant, msg: &Message) {
         self.now = now;
         let key = StreamId::of(msg);
-        if !self.stream_room(now, &key) {
-            return;
-        }
-        let stream = self.bcast.streams.get_mut(&key).expect("made room");
-        if msg.sequence > stream.latest {
-            stream.latest = msg.sequence;
-            stream.active_at = now;
-        }
-        self.cache(now, &key, msg);
-        let entry = self.bcast.dirty.entry(key).or_insert((msg.sequence, false));
-        entry.0 = entry.0.min(msg.sequence);
-        self.arm_broadcast(now);
+        self.note(now, &key, msg, None, false);
     }
 
     /// Makes sure `key` has a stream entry, evicting if needed. False if the table is full of
@@ -270,11 +264,12 @@ impl Membership {
             };
             self.forget_stream(&victim);
         }
+        let topic = key.topic.detached();
         let key = StreamId {
-            topic: key.topic.detached(),
+            topic: topic.clone(),
             ..key.clone()
         };
-        self.bcast.streams.insert(key, Stream::new(now));
+        self.bcast.streams.insert(key, Stream::new(now, topic));
         true
     }
 
@@ -282,38 +277,11 @@ impl Membership {
         if let Some(s) = self.bcast.streams.remove(key) {
             self.bcast.cache_bytes -= s.cached.values().map(charge).sum::<usize>();
             self.bcast.gaps.remove(key);
-            self.bcast.dirty.remove(key);
             self.counters.streams_forgotten += 1;
             self.event(Event::Dropped {
                 kind: DropKind::Stream,
             });
         }
-    }
-
-    fn cache(&mut self, now: Instant, key: &StreamId, msg: &Message) {
-        let Some(stream) = self.bcast.streams.get_mut(key) else {
-            return;
-        };
-        if stream.cached.contains_key(&msg.sequence) {
-            return;
-        }
-        let (stream_key, _) = self.bcast.streams.get_key_value(key).expect("present");
-        let topic = stream_key.topic.clone();
-        let copy = cacheable(msg, &topic);
-        let bytes = charge(&copy);
-        let stream = self.bcast.streams.get_mut(key).expect("present");
-        stream.cached.insert(msg.sequence, copy);
-        self.bcast.cache_bytes += bytes;
-        self.bcast.cache_order.push_back((
-            now,
-            StreamId {
-                topic,
-                ..key.clone()
-            },
-            msg.sequence,
-            bytes,
-        ));
-        self.trim_cache(now);
     }
 
     /// Drops the oldest cached messages beyond the limits of count, bytes and age.
@@ -355,31 +323,73 @@ impl Membership {
         subscribed: bool,
     ) -> bool {
         let key = StreamId::of(msg);
-        if !self.stream_room(now, &key) {
-            return true;
+        match self.note(now, &key, msg, from.filter(|_| reliable), subscribed) {
+            Some(in_order) => in_order,
+            None if subscribed => self.order(now, &key, from, msg, reliable),
+            None => true,
         }
-        self.cache(now, &key, msg);
-        let stream = self.bcast.streams.get_mut(&key).expect("made room");
-        if msg.sequence > stream.latest {
-            stream.latest = msg.sequence;
+    }
+
+    /// Caches `msg`, records it in its stream (latest, announcement, the connection it came
+    /// from) and, on a subscribed topic, takes it in order when it is simply the next one: all
+    /// with one lookup, the hot path. `Some(true)` when taken in order (or when the stream table
+    /// has no room); `None` when [`order`](Self::order) must decide.
+    fn note(
+        &mut self,
+        now: Instant,
+        key: &StreamId,
+        msg: &Message,
+        from: Option<ConnId>,
+        subscribed: bool,
+    ) -> Option<bool> {
+        if !self.bcast.streams.contains_key(key) && !self.stream_room(now, key) {
+            return Some(true);
+        }
+        let b = &mut self.bcast;
+        let stream = b.streams.get_mut(key).expect("made room");
+        let seq = msg.sequence;
+        let mut charged = None;
+        if let std::collections::btree_map::Entry::Vacant(slot) = stream.cached.entry(seq) {
+            let copy = cacheable(msg, &stream.topic);
+            charged = Some(charge(&copy));
+            slot.insert(copy);
+        }
+        if seq > stream.latest {
+            stream.latest = seq;
             stream.active_at = now;
         }
-        if reliable {
+        if from.is_some() {
             stream.last_from = from;
         }
-        let entry = self
-            .bcast
-            .dirty
-            .entry(key.clone())
-            .or_insert((msg.sequence, false));
-        entry.0 = entry.0.min(msg.sequence);
-        entry.1 |= msg.hop_limit == 0;
-        let mut in_order = true;
+        let unforwarded = msg.hop_limit == 0;
+        match &mut stream.dirty {
+            Some((first, everywhere)) => {
+                *first = (*first).min(seq);
+                *everywhere |= unforwarded;
+            }
+            none => {
+                *none = Some((seq, unforwarded));
+                b.dirty.push(key.clone());
+            }
+        }
+        let mut taken = None;
         if subscribed {
-            in_order = self.order(now, &key, from, msg, reliable);
+            if stream.next == 0 {
+                // A stream starts where this node first hears of it.
+                stream.next = seq;
+            }
+            if seq == stream.next && stream.held.is_empty() && stream.gap_since.is_none() {
+                stream.next = seq.saturating_add(1);
+                taken = Some(true);
+            }
+        }
+        if let Some(bytes) = charged {
+            b.cache_bytes += bytes;
+            b.cache_order.push_back((now, key.clone(), seq, bytes));
+            self.trim_cache(now);
         }
         self.arm_broadcast(now);
-        in_order
+        taken
     }
 
     /// Puts a new message of a subscribed topic in its stream's order.
@@ -464,10 +474,11 @@ impl Membership {
             }
         }
         if stream.head_gap().is_none() && stream.held.is_empty() {
-            stream.gap_since = None;
+            if stream.gap_since.take().is_some() {
+                self.bcast.gaps.remove(key);
+            }
             stream.ask_at = None;
             stream.asks = 0;
-            self.bcast.gaps.remove(key);
         } else if stream.gap_since.is_none() || (arrived && stream.next != before) {
             // A gap that makes progress (its first messages arrived) is timed afresh: only a
             // gap that stays put for `gap_timeout` is given up.
@@ -574,11 +585,16 @@ impl Membership {
     /// asks for it.
     pub fn forward_dropped(&mut self, now: Instant, msg: &Message) {
         let key = StreamId::of(msg);
-        if !self.bcast.streams.contains_key(&key) {
+        let Some(stream) = self.bcast.streams.get_mut(&key) else {
             return;
+        };
+        match &mut stream.dirty {
+            Some((_, everywhere)) => *everywhere = true,
+            none => {
+                *none = Some((msg.sequence, true));
+                self.bcast.dirty.push(key);
+            }
         }
-        let entry = self.bcast.dirty.entry(key).or_insert((msg.sequence, true));
-        entry.1 = true;
         self.arm_broadcast(now);
     }
 
@@ -783,12 +799,16 @@ impl Membership {
         if self.bcast.dirty.is_empty() {
             return;
         }
-        let dirty: Vec<(StreamId, (u64, bool))> = self.bcast.dirty.drain().collect();
+        let dirty = std::mem::take(&mut self.bcast.dirty);
         let mut out: BTreeMap<ConnId, Vec<StreamHead>> = BTreeMap::new();
-        for (key, (first, everywhere)) in dirty {
-            let Some(stream) = self.bcast.streams.get(&key) else {
+        for key in dirty {
+            let Some(stream) = self.bcast.streams.get_mut(&key) else {
                 continue;
             };
+            let Some((first, everywhere)) = stream.dirty.take() else {
+                continue;
+            };
+            let latest = stream.latest;
             let Some(conns) = self.route_index.get(&key.topic) else {
                 continue;
             };
@@ -801,7 +821,7 @@ impl Membership {
                 }
                 out.entry(conn).or_default().push(StreamHead {
                     stream: key.clone(),
-                    last: stream.latest,
+                    last: latest,
                     first,
                 });
             }
