@@ -34,6 +34,54 @@ const MAX_CANDIDATES: usize = 4;
 /// Bytes a cached or held message is charged beyond its payload and headers.
 const OVERHEAD: usize = 128;
 
+/// One stream's cached messages, in sequence order. Messages come mostly in order and leave
+/// oldest first: a deque (appended and popped at its ends, searched by bisection) moves no
+/// message, where a B-tree shifts a node's worth of them at every eviction.
+#[derive(Debug, Default)]
+struct Cache(VecDeque<Message>);
+
+impl Cache {
+    fn position(&self, seq: u64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&seq, |m| m.sequence)
+    }
+
+    fn contains(&self, seq: u64) -> bool {
+        match self.0.back() {
+            Some(last) if last.sequence < seq => false,
+            None => false,
+            _ => self.position(seq).is_ok(),
+        }
+    }
+
+    /// Inserts `m` (not already present) in order.
+    fn insert(&mut self, m: Message) {
+        match self.0.back() {
+            Some(last) if last.sequence >= m.sequence => {
+                let at = self.position(m.sequence).unwrap_or_else(|at| at);
+                self.0.insert(at, m);
+            }
+            _ => self.0.push_back(m),
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Message> {
+        match self.0.front() {
+            Some(first) if first.sequence == seq => self.0.pop_front(),
+            _ => self.position(seq).ok().and_then(|at| self.0.remove(at)),
+        }
+    }
+
+    /// The messages of `first..=last`, in order.
+    fn range(&self, first: u64, last: u64) -> impl Iterator<Item = &Message> {
+        let from = self.position(first).unwrap_or_else(|at| at);
+        self.0.range(from..).take_while(move |m| m.sequence <= last)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Message> {
+        self.0.iter()
+    }
+}
+
 /// A message held back until the gaps before it are filled (`None`: a best-effort message that
 /// was delivered at once, kept only as a marker that its sequence is not missing).
 #[derive(Debug)]
@@ -51,7 +99,7 @@ struct Stream {
     /// message came that was not forwarded (then every link hears of it).
     dirty: Option<(u64, bool)>,
     /// The cached messages, by sequence.
-    cached: BTreeMap<u64, Message>,
+    cached: Cache,
     /// The highest sequence known to exist (received, or announced by a peer).
     latest: u64,
     /// When `latest` last grew.
@@ -78,7 +126,7 @@ impl Stream {
         Stream {
             topic,
             dirty: None,
-            cached: BTreeMap::new(),
+            cached: Cache::default(),
             latest: 0,
             active_at: now,
             next: 0,
@@ -242,7 +290,7 @@ impl Membership {
     pub fn published(&mut self, now: Instant, msg: &Message) {
         self.now = now;
         let key = StreamId::of(msg);
-        self.note(now, &key, msg, None, false);
+        self.note(now, &key, msg, None, false, false);
     }
 
     /// Makes sure `key` has a stream entry, evicting if needed. False if the table is full of
@@ -303,7 +351,7 @@ impl Membership {
                 .bcast
                 .streams
                 .get_mut(&key)
-                .and_then(|s| s.cached.remove(&seq))
+                .and_then(|s| s.cached.remove(seq))
             {
                 self.bcast.cache_bytes -= charge(&m);
                 self.counters.cache_evictions += 1;
@@ -323,7 +371,7 @@ impl Membership {
         subscribed: bool,
     ) -> bool {
         let key = StreamId::of(msg);
-        match self.note(now, &key, msg, from.filter(|_| reliable), subscribed) {
+        match self.note(now, &key, msg, from.filter(|_| reliable), subscribed, true) {
             Some(in_order) => in_order,
             None if subscribed => self.order(now, &key, from, msg, reliable),
             None => true,
@@ -333,7 +381,9 @@ impl Membership {
     /// Caches `msg`, records it in its stream (latest, announcement, the connection it came
     /// from) and, on a subscribed topic, takes it in order when it is simply the next one: all
     /// with one lookup, the hot path. `Some(true)` when taken in order (or when the stream table
-    /// has no room); `None` when [`order`](Self::order) must decide.
+    /// has no room); `None` when [`order`](Self::order) must decide. `received`: the message
+    /// came from the network (its small payloads are copied, see [`COPY_BELOW`]); this node's
+    /// own publications are kept as they are.
     fn note(
         &mut self,
         now: Instant,
@@ -341,6 +391,7 @@ impl Membership {
         msg: &Message,
         from: Option<ConnId>,
         subscribed: bool,
+        received: bool,
     ) -> Option<bool> {
         if !self.bcast.streams.contains_key(key) && !self.stream_room(now, key) {
             return Some(true);
@@ -349,10 +400,17 @@ impl Membership {
         let stream = b.streams.get_mut(key).expect("made room");
         let seq = msg.sequence;
         let mut charged = None;
-        if let std::collections::btree_map::Entry::Vacant(slot) = stream.cached.entry(seq) {
-            let copy = cacheable(msg, &stream.topic);
+        if !stream.cached.contains(seq) {
+            let copy = if received {
+                cacheable(msg, &stream.topic)
+            } else {
+                Message {
+                    topic: stream.topic.clone(),
+                    ..msg.clone()
+                }
+            };
             charged = Some(charge(&copy));
-            slot.insert(copy);
+            stream.cached.insert(copy);
         }
         if seq > stream.latest {
             stream.latest = seq;
@@ -737,7 +795,7 @@ impl Membership {
             let Some(stream) = self.bcast.streams.get(&range.stream) else {
                 continue;
             };
-            for (_, m) in stream.cached.range(range.first..=range.last) {
+            for m in stream.cached.range(range.first, range.last) {
                 if sent >= MAX_SERVED || bytes >= budget {
                     self.counters.repairs_throttled += 1;
                     break;
@@ -947,5 +1005,43 @@ impl Membership {
             options.truncate(1);
         }
         options
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(sequence: u64) -> Message {
+        Message {
+            topic: Topic::from_static("t"),
+            payload: Bytes::new(),
+            publisher: NodeId::from_u128(1),
+            sequence,
+            incarnation: 0,
+            timestamp_micros: 0,
+            hop_limit: 1,
+            hops: 0,
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_cache_keeps_sequence_order_whatever_the_arrival_order() {
+        let mut cache = Cache::default();
+        for s in [1, 2, 5, 3, 9, 4] {
+            assert!(!cache.contains(s));
+            cache.insert(message(s));
+            assert!(cache.contains(s));
+        }
+        let seqs = |c: &Cache| c.values().map(|m| m.sequence).collect::<Vec<_>>();
+        assert_eq!(seqs(&cache), [1, 2, 3, 4, 5, 9]);
+        let range: Vec<u64> = cache.range(3, 8).map(|m| m.sequence).collect();
+        assert_eq!(range, [3, 4, 5]);
+        assert_eq!(cache.range(10, 20).count(), 0);
+        assert_eq!(cache.remove(1).map(|m| m.sequence), Some(1));
+        assert_eq!(cache.remove(4).map(|m| m.sequence), Some(4));
+        assert!(cache.remove(7).is_none());
+        assert_eq!(seqs(&cache), [2, 3, 5, 9]);
     }
 }
