@@ -737,10 +737,8 @@ impl Membership {
             if key.publisher == self.me || head.last == 0 || !self.wants(&key.topic) {
                 continue;
             }
-            if !self.bcast.streams.contains_key(&key) {
-                if !self.stream_room(now, &key) {
-                    continue;
-                }
+            if !self.bcast.streams.contains_key(&key) && !self.stream_room(now, &key) {
+                continue;
             }
             let stream = self.bcast.streams.get_mut(&key).expect("present");
             if stream.next == 0 {
