@@ -43,6 +43,7 @@ fn a_quick_bench_reports_every_measurement_as_json() {
             kind("throughput", Some(1), Some("TLS")),
             kind("round_trip", Some(1), Some("plain")),
             kind("round_trip", Some(1), Some("TLS")),
+            kind("fan_out", None, Some("TLS")),
             kind("throughput", Some(2), Some("plain")),
             kind("throughput", Some(2), Some("TLS")),
             kind("tls_connection", None, None),
@@ -54,6 +55,10 @@ fn a_quick_bench_reports_every_measurement_as_json() {
                 assert_eq!(object["payload_bytes"], 64);
                 assert!(object["chaski_msgs_per_s"].as_f64().unwrap() > 0.0);
                 assert!(object["baseline_msgs_per_s"].as_f64().unwrap() > 0.0);
+            }
+            "fan_out" => {
+                assert_eq!(object["subscribers"], 10);
+                assert!(object["delivered_msgs_per_s"].as_f64().unwrap() > 0.0);
             }
             "round_trip" => {
                 let ratio = object["ratio"].as_f64().unwrap();
