@@ -457,8 +457,9 @@ pub struct Counters {
     pub idle_evictions: u64,
     /// Messages reported missed ([`Event::Missed`]).
     pub messages_missed: u64,
-    /// Messages that arrived after their sequence was reported missed: given to unordered
-    /// consumers only.
+    /// Messages that arrived after their sequence was reported missed (or older than where
+    /// the stream started on this node): handed out late, to ordered consumers too only if
+    /// nothing after them was handed out yet, else to unordered consumers only.
     pub messages_late: u64,
     /// Gaps given up early because the hold-back buffer was full (`hold_messages`, `hold_bytes`).
     pub hold_overflows: u64,

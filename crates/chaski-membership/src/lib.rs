@@ -185,7 +185,10 @@
 //! **Believed within reason.** Announcements are checked as messages are: a second-hand `Have`
 //! moves a stream ahead by at most [`DEDUP_MAX_AHEAD`] at a time, so one forged number cannot
 //! make a node give up the publisher's real messages; a message that arrives after its range
-//! was reported missed is still handed out (late), never silently dropped.
+//! was reported missed is still handed out (late), once, never silently dropped: to ordered
+//! consumers if nothing after it was handed out yet (order is kept), else to unordered ones
+//! only. Below the duplicate filter's window, the order itself tells a copy handed out already
+//! (say, an answer to a repair request that came very late) from a late one.
 //!
 //! `cargo xtask bench membership` measures flooding and the trees in the same run: at 100 and
 //! 1,000 nodes on random topics, the relative message redundancy at steady state falls from

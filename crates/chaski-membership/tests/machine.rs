@@ -947,3 +947,85 @@ fn peer_exchanges_are_cut_to_fit_a_control_frame() {
     );
     assert!(m.counters().exchanges_cut > 0, "{exchanges:?}");
 }
+
+/// Drives `m`'s timers up to `until`, returning what it did on the way.
+fn run_until(m: &mut Membership, until: Instant) -> Vec<Action> {
+    let mut actions = drain(m);
+    for _ in 0..10_000 {
+        match m.poll_timeout() {
+            Some(at) if at <= until => {
+                m.handle_timeout(at);
+                actions.extend(drain(m));
+            }
+            _ => break,
+        }
+    }
+    actions
+}
+
+#[test]
+fn an_old_copy_the_duplicate_filter_can_no_longer_tell_is_not_handed_out_twice() {
+    let mut m = machine(1, &["a"], |b| b);
+    // Publisher 2 on its own connection.
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
+    drain(&mut m);
+    let last = 3 * chaski_membership::dedup::WINDOW;
+    for seq in 1..=last {
+        let r = m.route(ms(1), Some(ConnId(2)), &message(2, seq, "a", 5));
+        assert!(r.deliver && r.in_order, "message {seq}");
+    }
+    // An answer to a repair request, served by the publisher out of its cache long after:
+    // one hop, so old news, far behind the filter's window.
+    let served = forwarded(&message(2, 5, "a", 5));
+    let r = m.route(ms(2), Some(ConnId(2)), &served);
+    assert!(r.duplicate && !r.deliver);
+    // Even a copy that moves the filter (the publisher's own word, far behind: the filter
+    // starts again from it) is not handed out again: the stream's order is past it.
+    let r = m.route(ms(2), Some(ConnId(2)), &message(2, 7, "a", 5));
+    assert!(r.duplicate && !r.deliver, "delivered already");
+    let r = m.route(ms(3), Some(ConnId(2)), &message(2, last + 1, "a", 5));
+    assert!(r.deliver && r.in_order);
+    assert_eq!(m.counters().messages_duplicate, 2);
+}
+
+#[test]
+fn a_message_that_comes_after_its_gap_was_reported_goes_to_unordered_consumers_once() {
+    let mut m = machine(1, &["a"], |b| b.gap_timeout(Duration::from_millis(500)));
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
+    drain(&mut m);
+    for seq in [1, 2] {
+        assert!(
+            m.route(ms(1), Some(ConnId(2)), &message(2, seq, "a", 5))
+                .in_order
+        );
+    }
+    let r = m.route(ms(1), Some(ConnId(2)), &message(2, 6, "a", 5));
+    assert!(r.deliver && !r.in_order, "held back behind the gap");
+    let actions = run_until(&mut m, ms(1000));
+    let missed: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(Event::Missed { first, last, .. }) => Some((*first, *last)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(missed, [(3, 5)]);
+    let delivered: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver(msg) => Some(msg.sequence),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, [6], "released after the gap was given up");
+    // 4 comes after all: for unordered consumers, once.
+    let late = forwarded(&message(2, 4, "a", 5));
+    let r = m.route(ms(1001), Some(ConnId(2)), &late);
+    assert!(r.deliver && !r.in_order);
+    let r = m.route(ms(1001), Some(ConnId(2)), &late);
+    assert!(r.duplicate && !r.deliver);
+    assert_eq!(m.counters().messages_late, 1);
+    assert_eq!(m.counters().messages_missed, 3);
+    let r = m.route(ms(1002), Some(ConnId(2)), &message(2, 7, "a", 5));
+    assert!(r.deliver && r.in_order);
+}

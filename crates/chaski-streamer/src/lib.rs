@@ -58,7 +58,9 @@
 //! afresh while the gap makes progress) is reported as [`NodeEvent::Missed`] with its exact range
 //! and counted in [`NodeStats::messages_missed`], and the stream goes on. Loss of a stream's last
 //! messages is noticed too: nodes tell their links the last sequence of each stream that went
-//! quiet. No message is lost without the application being told which. An unordered stream gets
+//! quiet. No message is lost without the application being told which. A message that comes
+//! after its range was reported missed still reaches unordered streams, and ordered ones too if
+//! nothing after it was handed out yet: never out of order, never twice. An unordered stream gets
 //! every message the moment it arrives, gaps still repaired and reported. Best-effort messages are
 //! never held back; one lost on a topic that also carries reliable messages is repaired like them.
 //!

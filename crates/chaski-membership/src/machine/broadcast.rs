@@ -31,6 +31,8 @@ pub const MAX_SERVED_BYTES: usize = 16 << 20;
 const COPY_BELOW: usize = 4096;
 /// Peers remembered per stream as having its missing messages.
 const MAX_CANDIDATES: usize = 4;
+/// Missed ranges remembered per stream, for messages that come late after all.
+const MISSED_KEPT: usize = 16;
 /// Bytes a cached or held message is charged beyond its payload and headers.
 const OVERHEAD: usize = 128;
 
@@ -106,6 +108,13 @@ struct Stream {
     active_at: Instant,
     /// Ordered delivery (subscribed topics): the next sequence to hand out; 0 before the first.
     next: u64,
+    /// Where the order started on this node (its first message heard).
+    start: u64,
+    /// The highest sequence handed to ordered consumers.
+    handed: u64,
+    /// The latest ranges reported missed (at most [`MISSED_KEPT`]): a message of one that
+    /// comes late after all is handed to unordered consumers, once.
+    missed: Vec<(u64, u64)>,
     held: BTreeMap<u64, Held>,
     /// When the oldest open gap was noticed.
     gap_since: Option<Instant>,
@@ -130,6 +139,9 @@ impl Stream {
             latest: 0,
             active_at: now,
             next: 0,
+            start: 0,
+            handed: 0,
+            missed: Vec::new(),
             held: BTreeMap::new(),
             gap_since: None,
             ask_at: None,
@@ -172,6 +184,39 @@ impl Stream {
             out.push((from, self.latest));
         }
         out
+    }
+
+    /// Starts the order at `seq` if it has not started yet.
+    fn begin(&mut self, seq: u64) {
+        if self.next == 0 {
+            // A stream starts where this node first hears of it.
+            self.next = seq;
+            self.start = seq;
+        }
+    }
+
+    /// Whether `seq`, below the order, was reported missed and has not come late since; it is
+    /// taken out of its range.
+    fn take_missed(&mut self, seq: u64) -> bool {
+        let Some(i) = self.missed.iter().position(|&(a, b)| a <= seq && seq <= b) else {
+            return false;
+        };
+        let (a, b) = self.missed[i];
+        match (seq == a, seq == b) {
+            (true, true) => {
+                self.missed.remove(i);
+            }
+            (true, false) => self.missed[i].0 = seq + 1,
+            (false, true) => self.missed[i].1 = seq - 1,
+            (false, false) => {
+                self.missed[i].1 = seq - 1;
+                self.missed.insert(i + 1, (seq + 1, b));
+                if self.missed.len() > MISSED_KEPT {
+                    self.missed.remove(0);
+                }
+            }
+        }
+        true
     }
 
     fn add_candidate(&mut self, conn: ConnId) {
@@ -361,7 +406,8 @@ impl Membership {
 
     /// A message the duplicate filter let through: cache it, note it for the announcements and,
     /// on a subscribed topic, put it in its stream's order. Returns whether it may be handed to
-    /// ordered consumers now (else it is held, or late).
+    /// ordered consumers now (else it is held, or late: for unordered consumers only), `None`
+    /// when it was handed out already after all (to nobody, then).
     pub(super) fn accept(
         &mut self,
         now: Instant,
@@ -369,12 +415,12 @@ impl Membership {
         msg: &Message,
         reliable: bool,
         subscribed: bool,
-    ) -> bool {
+    ) -> Option<bool> {
         let key = StreamId::of(msg);
         match self.note(now, &key, msg, from.filter(|_| reliable), subscribed, true) {
-            Some(in_order) => in_order,
+            Some(in_order) => Some(in_order),
             None if subscribed => self.order(now, &key, from, msg, reliable),
-            None => true,
+            None => Some(true),
         }
     }
 
@@ -432,12 +478,10 @@ impl Membership {
         }
         let mut taken = None;
         if subscribed {
-            if stream.next == 0 {
-                // A stream starts where this node first hears of it.
-                stream.next = seq;
-            }
+            stream.begin(seq);
             if seq == stream.next && stream.held.is_empty() && stream.gap_since.is_none() {
                 stream.next = seq.saturating_add(1);
+                stream.handed = seq;
                 taken = Some(true);
             }
         }
@@ -450,7 +494,8 @@ impl Membership {
         taken
     }
 
-    /// Puts a new message of a subscribed topic in its stream's order.
+    /// Puts a new message of a subscribed topic in its stream's order: as
+    /// [`accept`](Self::accept).
     fn order(
         &mut self,
         now: Instant,
@@ -458,32 +503,46 @@ impl Membership {
         from: Option<ConnId>,
         msg: &Message,
         reliable: bool,
-    ) -> bool {
+    ) -> Option<bool> {
         let stream = self.bcast.streams.get_mut(key).expect("present");
         let seq = msg.sequence;
-        if stream.next == 0 {
-            // A stream starts where this node first hears of it.
-            stream.next = seq;
-        }
+        stream.begin(seq);
         if seq < stream.next {
-            // Reported missed already, yet it came (or it is older than where the stream
-            // started here): handed out as it is, late, rather than silently dropped; a forged
-            // jump ahead must not make the publisher's real messages vanish.
-            self.counters.messages_late += 1;
-            return true;
+            if seq < stream.start || stream.take_missed(seq) {
+                // Reported missed already, yet it came (or it is older than where the stream
+                // started here): handed out late rather than dropped, to ordered consumers too
+                // if nothing after it was handed out yet (a forged announcement far ahead must
+                // not make the publisher's real messages vanish), else to unordered consumers
+                // only: ordered ones were told it was missed and have moved on.
+                self.counters.messages_late += 1;
+                let in_order = seq > stream.handed && seq >= stream.start;
+                if in_order {
+                    stream.handed = seq;
+                }
+                return Some(in_order);
+            }
+            // Handed out already: a copy the duplicate filter could no longer tell (older
+            // than its window, say an answer to a repair request that came late).
+            self.counters.messages_duplicate += 1;
+            return None;
         }
         if seq == stream.next {
             stream.next = stream.next.saturating_add(1);
+            stream.handed = stream.handed.max(seq);
             self.release(now, key, true);
-            return true;
+            return Some(true);
         }
         // Ahead of the order: a gap before it.
         if !reliable && stream.held.is_empty() {
             // A best-effort message never opens a gap: what it skips may be lost datagrams.
             stream.next = seq.saturating_add(1);
-            return true;
+            stream.handed = seq;
+            return Some(true);
         }
         let bytes = if reliable { charge(msg) } else { 0 };
+        if !reliable {
+            stream.handed = stream.handed.max(seq);
+        }
         stream.held.insert(
             seq,
             Held {
@@ -506,7 +565,7 @@ impl Membership {
             self.give_up_oldest(now);
         }
         // A best-effort message is handed out at once, held only as a marker.
-        !reliable
+        Some(!reliable)
     }
 
     /// Hands out the held messages that are next in order; settles the gap state.
@@ -528,6 +587,7 @@ impl Membership {
                 stream.next = stream.next.saturating_add(1);
             }
             if let Some(m) = held.message {
+                stream.handed = stream.handed.max(seq);
                 self.actions.push_back(Action::Deliver(m));
             }
         }
@@ -558,6 +618,10 @@ impl Membership {
         // The next gap, if any, counts from when the messages after it arrived.
         stream.gap_since = stream.held.values().next().map(|h| h.at);
         stream.asks = 0;
+        stream.missed.push((first, last));
+        if stream.missed.len() > MISSED_KEPT {
+            stream.missed.remove(0);
+        }
         let count = (last - first).saturating_add(1);
         self.counters.messages_missed = self.counters.messages_missed.saturating_add(count);
         self.event(Event::Missed {
@@ -804,8 +868,11 @@ impl Membership {
                 // As Plumtree's graft answers: the asker takes the copy as it would a pushed
                 // one, and pushes it on along its own eager links, to the part of the tree that
                 // missed it too.
+                // A copy out of the cache counts one hop more, also the publisher's own (whose
+                // hop limit stays whole): an old message, not the publisher's latest word, for
+                // the asker's duplicate filter.
+                copy.hops = copy.hops.saturating_add(1);
                 if copy.publisher != me {
-                    copy.hops = copy.hops.saturating_add(1);
                     copy.hop_limit = copy.hop_limit.saturating_sub(1);
                 }
                 frames.push(Frame::Publish(copy));

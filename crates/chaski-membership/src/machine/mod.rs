@@ -1042,7 +1042,9 @@ impl Membership {
         let seen = if verdict.is_some() || msg.publisher == self.me {
             Seen::Duplicate
         } else {
-            let by = if first_hand {
+            // A copy the publisher served from its cache (one hop: see `on_want`) is old news
+            // of the publisher, not where it is now: it moves the filter as a relay's would.
+            let by = if first_hand && msg.hops == 0 {
                 dedup::From::Publisher
             } else {
                 // A datagram's source can be spoofed: it never counts as a second peer's word.
@@ -1103,9 +1105,17 @@ impl Membership {
                 hop_limit: 0,
             };
         }
-        self.counters.messages_new += 1;
         let deliver = self.wants(&msg.topic);
-        let in_order = self.accept(now, from, msg, reliable, deliver);
+        let Some(in_order) = self.accept(now, from, msg, reliable, deliver) else {
+            return Route {
+                in_order: false,
+                deliver: false,
+                duplicate: true,
+                forward: &self.scratch,
+                hop_limit: 0,
+            };
+        };
+        self.counters.messages_new += 1;
         if msg.hop_limit > 0 {
             self.rebuild_routes();
             let publisher_conn = self.known.get(&msg.publisher).and_then(|k| k.conn);
