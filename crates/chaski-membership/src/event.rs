@@ -350,6 +350,19 @@ pub struct Route<'a> {
     pub hop_limit: u32,
 }
 
+impl Route<'_> {
+    /// A message neither delivered nor forwarded (a duplicate, refused, or handed out already).
+    pub(crate) fn refused() -> Route<'static> {
+        Route {
+            in_order: false,
+            deliver: false,
+            duplicate: true,
+            forward: &[],
+            hop_limit: 0,
+        }
+    }
+}
+
 /// What to do with a message this node publishes, from
 /// [`Membership::publish`](crate::Membership::publish).
 #[derive(Debug, PartialEq, Eq)]

@@ -211,12 +211,17 @@ impl Stream {
             (false, false) => {
                 self.missed[i].1 = seq - 1;
                 self.missed.insert(i + 1, (seq + 1, b));
-                if self.missed.len() > MISSED_KEPT {
-                    self.missed.remove(0);
-                }
+                self.trim_missed();
             }
         }
         true
+    }
+
+    /// Forgets the oldest missed ranges beyond [`MISSED_KEPT`].
+    fn trim_missed(&mut self) {
+        if self.missed.len() > MISSED_KEPT {
+            self.missed.remove(0);
+        }
     }
 
     fn add_candidate(&mut self, conn: ConnId) {
@@ -619,9 +624,7 @@ impl Membership {
         stream.gap_since = stream.held.values().next().map(|h| h.at);
         stream.asks = 0;
         stream.missed.push((first, last));
-        if stream.missed.len() > MISSED_KEPT {
-            stream.missed.remove(0);
-        }
+        stream.trim_missed();
         let count = (last - first).saturating_add(1);
         self.counters.messages_missed = self.counters.messages_missed.saturating_add(count);
         self.event(Event::Missed {
@@ -814,7 +817,7 @@ impl Membership {
                 if peer != Some(key.publisher) {
                     first = first.max(head.last.saturating_sub(crate::dedup::MAX_AHEAD));
                 }
-                stream.next = first.clamp(1, head.last.saturating_add(1));
+                stream.begin(first.clamp(1, head.last.saturating_add(1)));
             }
             if head.last > stream.latest {
                 stream.latest = head.last;

@@ -1070,50 +1070,25 @@ impl Membership {
             if let (true, Some(conn), Some(peer)) = (reliable, from, sender) {
                 self.count_violation(peer, conn, Violation::ImplausibleSequence);
             }
-            return Route {
-                in_order: false,
-                deliver: false,
-                duplicate: true,
-                forward: &self.scratch,
-                hop_limit: 0,
-            };
+            return Route::refused();
         }
         if let Some(kind) = verdict {
             self.counters.messages_rejected += 1;
             if let (true, Some(conn), Some(peer)) = (reliable, from, sender) {
                 self.violation(now, conn, peer, kind);
             }
-            self.scratch.clear();
-            return Route {
-                in_order: false,
-                deliver: false,
-                duplicate: true,
-                forward: &self.scratch,
-                hop_limit: 0,
-            };
+            return Route::refused();
         }
         if seen == Seen::Duplicate {
             self.counters.messages_duplicate += 1;
             if let (true, Some(conn)) = (reliable, from) {
                 self.duplicate_on(conn, msg, first_hand);
             }
-            return Route {
-                in_order: false,
-                deliver: false,
-                duplicate: true,
-                forward: &self.scratch,
-                hop_limit: 0,
-            };
+            return Route::refused();
         }
         let deliver = self.wants(&msg.topic);
         let Some(in_order) = self.accept(now, from, msg, reliable, deliver) else {
-            return Route {
-                in_order: false,
-                deliver: false,
-                duplicate: true,
-                forward: &self.scratch,
-                hop_limit: 0,
-            };
+            return Route::refused();
         };
         self.counters.messages_new += 1;
         if msg.hop_limit > 0 {
