@@ -143,9 +143,12 @@
 //!   every eager link but the one it came on. A duplicate shows a cycle: the receiver marks the
 //!   link it came on lazy for that stream and sends `Prune`; the peer does the same. A
 //!   duplicate from the publisher itself prunes the link the first copy came from instead: a node
-//!   linked to the publisher takes its copies directly. Lazy links carry `Have` announcements,
-//!   batched every `announce_interval` (25 ms): per stream, the first and last sequence new since
-//!   the last one.
+//!   linked to the publisher takes its copies directly. So does a relay's copy that comes ahead
+//!   of the order while the publisher's own connection is delivering the stream (it is not held
+//!   back, the relay's link is pruned, the publisher's copy is taken when it comes), and a copy
+//!   refused as implausibly far ahead. Lazy links carry `Have` announcements, batched every
+//!   `announce_interval` (25 ms): per stream, the first and last sequence new since the last
+//!   one.
 //! * *Repair.* A node learns that messages exist from later messages, from announcements, from
 //!   the heads a new connection is told at once, and from a summary sent on every link once per
 //!   `summary_interval` (1 s) for the streams that went quiet within `cache_age` (so the loss of a
@@ -153,8 +156,13 @@
 //!   `repair_delay` (50 ms, time for a copy on another path): first from the peer that last
 //!   showed it has them, then, every `repair_retry` (250 ms), from every link of the topic and the
 //!   publisher at once. The peer answers from its cache and from then on pushes that stream
-//!   eagerly on that link (a graft). The asker forwards what it receives like any new message,
-//!   so the part of the tree behind it is repaired too.
+//!   eagerly on that link (a graft); a stream's tree is directed, from its publisher out, so the
+//!   asker does not push the stream back up that link. The asker forwards what it receives like
+//!   any new message, so the part of the tree behind it is repaired too. A node does not ask
+//!   while the gap fills (each message that moves the order on postpones the request), nor while
+//!   the publisher's own connection delivers the stream and has skipped nothing: that
+//!   connection is reliable and in order, so such a gap is a queue on the way, not a loss, and
+//!   asking would only add copies to the load that makes it lag.
 //! * *Order.* A subscriber hands out each stream in sequence order: a message ahead of a gap is
 //!   held until the gap is filled, or until `gap_timeout` (1 s, timed afresh while the gap makes
 //!   progress) passes, when the gap is reported [`Event::Missed`] with its exact range and the
@@ -188,7 +196,10 @@
 //! was reported missed is still handed out (late), once, never silently dropped: to ordered
 //! consumers if nothing after it was handed out yet (order is kept), else to unordered ones
 //! only. Below the duplicate filter's window, the order itself tells a copy handed out already
-//! (say, an answer to a repair request that came very late) from a late one.
+//! (say, an answer to a repair request that came very late) from a late one; and a message the
+//! order still waits for (at or after the next sequence, not held, sent first-hand or at most
+//! the latest announced) is taken even where the filter's window has moved past it or not yet
+//! followed a jump to it: a path that lags the others by more than the window loses nothing.
 //!
 //! `cargo xtask bench membership` measures flooding and the trees in the same run: at 100 and
 //! 1,000 nodes on random topics, the relative message redundancy at steady state falls from

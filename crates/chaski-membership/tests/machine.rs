@@ -1029,3 +1029,160 @@ fn a_message_that_comes_after_its_gap_was_reported_goes_to_unordered_consumers_o
     let r = m.route(ms(1002), Some(ConnId(2)), &message(2, 7, "a", 5));
     assert!(r.deliver && r.in_order);
 }
+
+fn missed_ranges(actions: &[Action]) -> Vec<(u64, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(Event::Missed { first, last, .. }) => Some((*first, *last)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn prunes_to(actions: &[Action], to: ConnId) -> usize {
+    sends(actions, to)
+        .iter()
+        .filter(|f| matches!(f, Frame::Prune(_)))
+        .count()
+}
+
+fn have(publisher: u128, topic: &str, first: u64, last: u64) -> Frame {
+    Frame::Have(chaski_wire::Have {
+        streams: vec![chaski_wire::StreamHead {
+            stream: chaski_wire::StreamId {
+                publisher: NodeId::from_u128(publisher),
+                incarnation: 0,
+                topic: t(topic),
+            },
+            first,
+            last,
+        }],
+    })
+}
+
+#[test]
+fn a_gap_that_a_lagging_path_fills_in_order_is_never_given_up() {
+    let gap_timeout = Duration::from_millis(500);
+    let mut m = machine(1, &["a"], |b| b.gap_timeout(gap_timeout));
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
+    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
+    drain(&mut m);
+    assert!(
+        m.route(ms(1), Some(ConnId(2)), &message(2, 1, "a", 5))
+            .in_order
+    );
+    // A faster neighbour announces 2..=10: a gap, which the publisher's own (lagging)
+    // connection fills one message at a time, each well within the gap timeout of the last,
+    // though all of it takes several gap timeouts.
+    m.handle_frame(ms(2), ConnId(3), have(2, "a", 2, 10));
+    let mut actions = drain(&mut m);
+    for seq in 2..=10 {
+        let at = ms(2 + (seq - 1) * 300);
+        actions.extend(run_until(&mut m, at));
+        let r = m.route(at, Some(ConnId(2)), &message(2, seq, "a", 5));
+        assert!(r.deliver && r.in_order, "message {seq}");
+    }
+    actions.extend(run_until(&mut m, ms(10_000)));
+    assert_eq!(missed_ranges(&actions), [], "progress times a gap afresh");
+    assert_eq!(m.counters().messages_missed, 0);
+}
+
+#[test]
+fn a_relay_copy_ahead_of_a_publisher_feeding_directly_is_left_to_the_publisher() {
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
+    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
+    drain(&mut m);
+    for seq in 1..=2 {
+        assert!(
+            m.route(ms(1), Some(ConnId(2)), &message(2, seq, "a", 5))
+                .in_order
+        );
+    }
+    // Relay 3 is ahead of the publisher's connection (which lags, a deep queue on the way):
+    // its copy is not held back (the hold-back buffer would fill with what needs no repair)
+    // and its link is pruned for the stream.
+    let r = m.route(ms(2), Some(ConnId(3)), &forwarded(&message(2, 5, "a", 5)));
+    assert!(!r.deliver);
+    assert_eq!(m.held_count(), 0);
+    assert_eq!(prunes_to(&drain(&mut m), ConnId(3)), 1);
+    // The publisher's own copies come, 5 included, though the duplicate filter has seen it.
+    for seq in 3..=6 {
+        let r = m.route(ms(3), Some(ConnId(2)), &message(2, seq, "a", 5));
+        assert!(r.deliver && r.in_order, "message {seq}");
+    }
+    assert_eq!(missed_ranges(&run_until(&mut m, ms(5_000))), []);
+}
+
+#[test]
+fn copies_refused_as_implausible_prune_their_link() {
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
+    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
+    drain(&mut m);
+    // Publisher 9, heard through 2.
+    assert!(
+        m.route(ms(1), Some(ConnId(2)), &forwarded(&message(9, 1, "a", 5)))
+            .deliver
+    );
+    let far = 2 + chaski_membership::dedup::MAX_AHEAD;
+    for _ in 0..3 {
+        let r = m.route(ms(2), Some(ConnId(3)), &forwarded(&message(9, far, "a", 5)));
+        assert!(!r.deliver);
+    }
+    // Pruned once: 3 announces from now on, and its announcements drive repair if this node
+    // really is behind.
+    assert_eq!(prunes_to(&drain(&mut m), ConnId(3)), 1);
+    let stream = chaski_wire::StreamId {
+        publisher: NodeId::from_u128(9),
+        incarnation: 0,
+        topic: t("a"),
+    };
+    assert!(!m.is_eager(ConnId(3), &stream));
+    assert!(m.is_eager(ConnId(2), &stream));
+}
+
+#[test]
+fn a_graft_asks_the_upstream_peer_to_push_without_pushing_back_to_it() {
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
+    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
+    drain(&mut m);
+    let stream = chaski_wire::StreamId {
+        publisher: NodeId::from_u128(9),
+        incarnation: 0,
+        topic: t("a"),
+    };
+    // Publisher 9 through 2 first, then the same copy through 3: 3 is pruned.
+    let first = forwarded(&message(9, 1, "a", 5));
+    assert!(m.route(ms(1), Some(ConnId(2)), &first).deliver);
+    assert!(m.route(ms(1), Some(ConnId(3)), &first).duplicate);
+    assert_eq!(prunes_to(&drain(&mut m), ConnId(3)), 1);
+    assert!(!m.is_eager(ConnId(3), &stream));
+    // 2 falls silent; 3 announces 2..=4. The request to 3 grafts it (3 will push to this
+    // node), but this node does not push the stream back up to 3.
+    m.handle_frame(ms(10), ConnId(3), have(9, "a", 2, 4));
+    let actions = run_until(&mut m, ms(200));
+    let wants = sends(&actions, ConnId(3))
+        .into_iter()
+        .filter(|f| matches!(f, Frame::Want(_)))
+        .count();
+    assert_eq!(wants, 1);
+    assert_eq!(m.counters().grafts_sent, 1);
+    assert!(!m.is_eager(ConnId(3), &stream));
+    // 3's copies come; one that then comes through 3 again prunes it anew.
+    for seq in 2..=4 {
+        let r = m.route(
+            ms(210),
+            Some(ConnId(3)),
+            &forwarded(&message(9, seq, "a", 5)),
+        );
+        assert!(r.deliver && r.in_order, "message {seq}");
+    }
+    drain(&mut m);
+    let again = forwarded(&message(9, 5, "a", 5));
+    assert!(m.route(ms(2_000), Some(ConnId(2)), &again).deliver);
+    assert!(m.route(ms(2_000), Some(ConnId(3)), &again).duplicate);
+    assert_eq!(prunes_to(&drain(&mut m), ConnId(3)), 1);
+}

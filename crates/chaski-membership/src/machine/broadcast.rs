@@ -128,6 +128,10 @@ struct Stream {
     /// Answers to this node's requests may still come until then: their duplicates prune
     /// nothing.
     repairing_until: Instant,
+    /// When a message of the stream last came first-hand (from the publisher's connection).
+    first_hand_at: Option<Instant>,
+    /// The publisher's connection skipped part of the open gap (it will not fill it).
+    direct_gap: bool,
 }
 
 impl Stream {
@@ -149,6 +153,8 @@ impl Stream {
             candidates: Vec::new(),
             last_from: None,
             repairing_until: now,
+            first_hand_at: None,
+            direct_gap: false,
         }
     }
 
@@ -237,10 +243,14 @@ impl Stream {
 /// Broadcast state of one node.
 #[derive(Debug, Default)]
 pub(super) struct Broadcaster {
-    /// (connection, stream) pairs that announce instead of pushing, both ways once pruned: each
-    /// stream has a tree of its own, so that two publishers on a topic do not prune each other's
-    /// paths.
+    /// (connection, stream) pairs this node announces to instead of pushing: pruned by either
+    /// end, until the peer grafts. Each stream has a tree of its own, so that two publishers on
+    /// a topic do not prune each other's paths.
     lazy: FastSet<(ConnId, StreamId)>,
+    /// (connection, stream) pairs this node asked not to push to it (a prune it sent), until it
+    /// grafts them. Apart from `lazy`: a stream's tree is directed, from its publisher out, so
+    /// that a node grafting its upstream peer does not start pushing back up to it.
+    pruned: FastSet<(ConnId, StreamId)>,
     streams: FastMap<StreamId, Stream>,
     /// The cache in insertion order: (when, stream, sequence, bytes charged).
     cache_order: VecDeque<(Instant, StreamId, u64, usize)>,
@@ -267,6 +277,16 @@ impl Broadcaster {
     pub(super) fn is_eager(&self, conn: ConnId, stream: &StreamId) -> bool {
         self.lazy.is_empty() || !self.lazy.contains(&(conn, stream.clone()))
     }
+}
+
+/// Where a message [`note`](Membership::note)d comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Origin {
+    /// This node's own publication: kept as it is.
+    Own,
+    /// From the network: its small payloads are copied (see [`COPY_BELOW`]); `first_hand`:
+    /// from its publisher's own connection, reliably.
+    Received { first_hand: bool },
 }
 
 /// Bytes charged for keeping `m`.
@@ -340,7 +360,22 @@ impl Membership {
     pub fn published(&mut self, now: Instant, msg: &Message) {
         self.now = now;
         let key = StreamId::of(msg);
-        self.note(now, &key, msg, None, false, false);
+        self.note(now, &key, msg, None, false, Origin::Own);
+    }
+
+    /// Whether `msg` (reliable, refused by the duplicate filter) is one its stream's order still
+    /// waits for: at or after the next sequence to hand out, not held, and known to exist (sent
+    /// first-hand by its publisher, or at most the latest sequence announced). The order is an
+    /// exact record where the filter's window is only a bound: a path that lags the others by
+    /// more than the window must not have its copies, never seen before, dropped as old.
+    pub(super) fn still_needed(&self, msg: &Message, first_hand: bool) -> bool {
+        let seq = msg.sequence;
+        self.bcast.streams.get(&StreamId::of(msg)).is_some_and(|s| {
+            s.next != 0
+                && seq >= s.next
+                && (first_hand || seq <= s.latest)
+                && !s.held.contains_key(&seq)
+        })
     }
 
     /// Makes sure `key` has a stream entry, evicting if needed. False if the table is full of
@@ -413,16 +448,27 @@ impl Membership {
     /// on a subscribed topic, put it in its stream's order. Returns whether it may be handed to
     /// ordered consumers now (else it is held, or late: for unordered consumers only), `None`
     /// when it was handed out already after all (to nobody, then).
+    /// `first_hand`: it came from its publisher's own connection.
     pub(super) fn accept(
         &mut self,
         now: Instant,
         from: Option<ConnId>,
         msg: &Message,
-        reliable: bool,
+        (reliable, first_hand): (bool, bool),
         subscribed: bool,
     ) -> Option<bool> {
         let key = StreamId::of(msg);
-        match self.note(now, &key, msg, from.filter(|_| reliable), subscribed, true) {
+        let origin = Origin::Received {
+            first_hand: first_hand && reliable,
+        };
+        match self.note(
+            now,
+            &key,
+            msg,
+            from.filter(|_| reliable),
+            subscribed,
+            origin,
+        ) {
             Some(in_order) => Some(in_order),
             None if subscribed => self.order(now, &key, from, msg, reliable),
             None => Some(true),
@@ -432,9 +478,7 @@ impl Membership {
     /// Caches `msg`, records it in its stream (latest, announcement, the connection it came
     /// from) and, on a subscribed topic, takes it in order when it is simply the next one: all
     /// with one lookup, the hot path. `Some(true)` when taken in order (or when the stream table
-    /// has no room); `None` when [`order`](Self::order) must decide. `received`: the message
-    /// came from the network (its small payloads are copied, see [`COPY_BELOW`]); this node's
-    /// own publications are kept as they are.
+    /// has no room); `None` when [`order`](Self::order) must decide.
     fn note(
         &mut self,
         now: Instant,
@@ -442,7 +486,7 @@ impl Membership {
         msg: &Message,
         from: Option<ConnId>,
         subscribed: bool,
-        received: bool,
+        origin: Origin,
     ) -> Option<bool> {
         if !self.bcast.streams.contains_key(key) && !self.stream_room(now, key) {
             return Some(true);
@@ -452,7 +496,7 @@ impl Membership {
         let seq = msg.sequence;
         let mut charged = None;
         if !stream.cached.contains(seq) {
-            let copy = if received {
+            let copy = if origin != Origin::Own {
                 cacheable(msg, &stream.topic)
             } else {
                 Message {
@@ -469,6 +513,9 @@ impl Membership {
         }
         if from.is_some() {
             stream.last_from = from;
+        }
+        if origin == (Origin::Received { first_hand: true }) {
+            stream.first_hand_at = Some(now);
         }
         let unforwarded = msg.hop_limit == 0;
         match &mut stream.dirty {
@@ -509,6 +556,13 @@ impl Membership {
         msg: &Message,
         reliable: bool,
     ) -> Option<bool> {
+        let publisher_conn = self.conn_of(key.publisher);
+        let first_hand = from.is_some() && from == publisher_conn;
+        let fed = self
+            .bcast
+            .streams
+            .get(key)
+            .is_some_and(|s| self.fed_directly(now, key, s));
         let stream = self.bcast.streams.get_mut(key).expect("present");
         let seq = msg.sequence;
         stream.begin(seq);
@@ -544,6 +598,17 @@ impl Membership {
             stream.handed = seq;
             return Some(true);
         }
+        if let (true, false, true, Some(conn)) = (reliable, first_hand, fed, from) {
+            // A relay's copy ahead of the order while the publisher itself feeds this node: the
+            // direct path (reliable, in order) will bring it, only later. Holding such copies
+            // would fill the hold-back buffer with what needs no repair (the direct path may
+            // lag by more than it holds), so it is not taken (the publisher's copy will be: see
+            // `still_needed`), counted as a duplicate, and the relay's link is pruned for the
+            // stream, as its duplicates would prune it anyway once the direct path caught up.
+            self.counters.messages_duplicate += 1;
+            self.prune(conn, msg);
+            return None;
+        }
         let bytes = if reliable { charge(msg) } else { 0 };
         if !reliable {
             stream.handed = stream.handed.max(seq);
@@ -560,6 +625,11 @@ impl Membership {
             stream.add_candidate(conn);
         }
         stream.gap_since.get_or_insert(now);
+        if reliable && from.is_some() && from == publisher_conn {
+            // The publisher's own connection skipped the gap (it is reliable and in order):
+            // what is missing will not come by it.
+            stream.direct_gap = true;
+        }
         stream.ask_at.get_or_insert(now + self.config.repair_delay);
         self.bcast.held_len += 1;
         self.bcast.held_bytes += bytes;
@@ -574,12 +644,12 @@ impl Membership {
     }
 
     /// Hands out the held messages that are next in order; settles the gap state.
-    /// `arrived`: a message of the stream just arrived (else a gap was given up).
+    /// `arrived`: the next message of the stream just arrived, the order moved on by it (else
+    /// a gap was given up).
     fn release(&mut self, now: Instant, key: &StreamId, arrived: bool) {
         let Some(stream) = self.bcast.streams.get_mut(key) else {
             return;
         };
-        let before = stream.next;
         while let Some(entry) = stream.held.first_entry() {
             if *entry.key() > stream.next {
                 break;
@@ -602,9 +672,21 @@ impl Membership {
             }
             stream.ask_at = None;
             stream.asks = 0;
-        } else if stream.gap_since.is_none() || (arrived && stream.next != before) {
+            stream.direct_gap = false;
+        } else if arrived {
             // A gap that makes progress (its first messages arrived) is timed afresh: only a
-            // gap that stays put for `gap_timeout` is given up.
+            // gap that stays put for `gap_timeout` is given up. Nor is it asked for while it
+            // fills: the path it comes by lags (a deep queue on the way), and asking would only
+            // add copies to the load that makes it lag.
+            stream.gap_since = Some(now);
+            let wait = if stream.asks == 0 {
+                self.config.repair_delay
+            } else {
+                self.config.repair_retry
+            };
+            stream.ask_at = Some(now + wait);
+            self.bcast.gaps.insert(key.clone());
+        } else if stream.gap_since.is_none() {
             stream.gap_since = Some(now);
             stream.ask_at.get_or_insert(now + self.config.repair_delay);
             self.bcast.gaps.insert(key.clone());
@@ -623,6 +705,7 @@ impl Membership {
         // The next gap, if any, counts from when the messages after it arrived.
         stream.gap_since = stream.held.values().next().map(|h| h.at);
         stream.asks = 0;
+        stream.direct_gap = false;
         stream.missed.push((first, last));
         stream.trim_missed();
         let count = (last - first).saturating_add(1);
@@ -684,7 +767,22 @@ impl Membership {
         } else {
             conn
         };
-        if self.bcast.lazy.contains(&(conn, key.clone())) {
+        self.prune(conn, msg);
+    }
+
+    /// A copy of `msg` came on `conn` that this node refused as implausible (far ahead of what
+    /// it has, second-hand): that link is pruned for the stream, even during a repair (an
+    /// answer to a request is never ahead of what was announced).
+    pub(super) fn implausible_on(&mut self, conn: ConnId, msg: &Message) {
+        if self.config.broadcast == Broadcast::Tree && msg.hop_limit > 0 {
+            self.prune(conn, msg);
+        }
+    }
+
+    /// Prunes `conn` for `msg`'s stream, if it carries the topic and is not pruned already.
+    fn prune(&mut self, conn: ConnId, msg: &Message) {
+        let key = StreamId::of(msg);
+        if self.bcast.pruned.contains(&(conn, key.clone())) {
             return;
         }
         self.rebuild_routes();
@@ -700,6 +798,7 @@ impl Membership {
             ..key
         };
         self.bcast.lazy.insert((conn, key.clone()));
+        self.bcast.pruned.insert((conn, key.clone()));
         self.bcast.generation += 1;
         self.counters.prunes_sent += 1;
         self.send(conn, Frame::Prune(Prune { streams: vec![key] }));
@@ -742,6 +841,7 @@ impl Membership {
     pub(super) fn broadcast_conn_closed(&mut self, conn: ConnId) {
         let before = self.bcast.lazy.len();
         self.bcast.lazy.retain(|(c, _)| *c != conn);
+        self.bcast.pruned.retain(|(c, _)| *c != conn);
         if self.bcast.lazy.len() != before {
             self.bcast.generation += 1;
         }
@@ -852,7 +952,7 @@ impl Membership {
         let mut bytes = 0usize;
         let mut frames = Vec::new();
         for range in &want.ranges {
-            // A graft: the asker wants this topic pushed from now on.
+            // A graft: the asker wants this stream pushed from now on.
             if self.bcast.lazy.remove(&(conn, range.stream.clone())) {
                 self.bcast.generation += 1;
                 self.counters.grafts_received += 1;
@@ -914,6 +1014,21 @@ impl Membership {
         if !self.bcast.streams.is_empty() || !self.bcast.dirty.is_empty() {
             self.arm_broadcast(now);
         }
+    }
+
+    /// Whether the publisher itself is pushing `key` to this node right now: linked directly,
+    /// eagerly, a message of it came first-hand within `repair_delay`, and that connection has
+    /// skipped nothing. It is reliable and in order, so a gap that announcements from faster
+    /// paths reveal meanwhile is a queue on the way that will drain, not a loss: asking relays
+    /// for it would only add copies to the load that makes the direct path lag.
+    fn fed_directly(&self, now: Instant, key: &StreamId, stream: &Stream) -> bool {
+        !stream.direct_gap
+            && stream
+                .first_hand_at
+                .is_some_and(|t| t + self.config.repair_delay > now)
+            && self
+                .conn_of(key.publisher)
+                .is_some_and(|conn| self.bcast.is_eager(conn, key))
     }
 
     /// The connection on which `publisher` is connected, if any.
@@ -1008,7 +1123,7 @@ impl Membership {
             let Some(stream) = self.bcast.streams.get(&key) else {
                 continue;
             };
-            if stream.ask_at.is_none_or(|t| t > now) {
+            if stream.ask_at.is_none_or(|t| t > now) || self.fed_directly(now, &key, stream) {
                 continue;
             }
             let missing = stream.missing(MAX_RANGES_PER_FRAME);
@@ -1032,9 +1147,9 @@ impl Membership {
                         last,
                     });
                 }
-                // Grafting: the link that has what this node missed pushes eagerly again.
-                if self.bcast.lazy.remove(&(conn, key.clone())) {
-                    self.bcast.generation += 1;
+                // Grafting: the link that has what this node missed pushes eagerly again (the
+                // `Want` tells it); its duplicates may prune it anew.
+                if self.bcast.pruned.remove(&(conn, key.clone())) {
                     self.counters.grafts_sent += 1;
                 }
             }

@@ -1024,6 +1024,7 @@ impl Membership {
         msg: &Message,
         reliable: bool,
     ) -> Route<'_> {
+        self.now = now;
         let mut sender = None;
         if let Some(c) = from.and_then(|f| self.conns.get_mut(&f)) {
             if reliable {
@@ -1058,6 +1059,19 @@ impl Membership {
                 by,
             )
         };
+        let seen = if seen != Seen::New
+            && verdict.is_none()
+            && reliable
+            && msg.publisher != self.me
+            && self.still_needed(msg, first_hand)
+        {
+            // The stream's own order knows better than the window: a message it still waits
+            // for is new, however far the window moved (a path lagging the others by more than
+            // the window, or a jump the window has not followed yet).
+            Seen::New
+        } else {
+            seen
+        };
         if self.dedup.evictions != evictions {
             self.event(Event::Dropped {
                 kind: DropKind::DedupStream,
@@ -1069,6 +1083,10 @@ impl Membership {
             self.counters.messages_rejected += 1;
             if let (true, Some(conn), Some(peer)) = (reliable, from, sender) {
                 self.count_violation(peer, conn, Violation::ImplausibleSequence);
+                // Refused copies are no use on this link either: an honest neighbour far ahead
+                // (this node's own path lags) announces instead, and its announcements, believed
+                // within reason, drive repair if this node really missed messages.
+                self.implausible_on(conn, msg);
             }
             return Route::refused();
         }
@@ -1087,7 +1105,7 @@ impl Membership {
             return Route::refused();
         }
         let deliver = self.wants(&msg.topic);
-        let Some(in_order) = self.accept(now, from, msg, reliable, deliver) else {
+        let Some(in_order) = self.accept(now, from, msg, (reliable, first_hand), deliver) else {
             return Route::refused();
         };
         self.counters.messages_new += 1;
