@@ -1545,6 +1545,15 @@ impl Driver {
         self.counters
             .padding_refused
             .store(m.padding_refused, relaxed);
+        let c = &self.counters;
+        c.messages_late.store(m.messages_late, relaxed);
+        c.repairs_requested.store(m.repairs_requested, relaxed);
+        c.messages_served.store(m.messages_served, relaxed);
+        c.grafts.store(m.grafts_sent, relaxed);
+        c.prunes.store(m.prunes_sent, relaxed);
+        c.held.store(self.membership.held_count() as u64, relaxed);
+        c.cached
+            .store(self.membership.cache_usage().0 as u64, relaxed);
         if self.peers_dirty {
             self.peers_dirty = false;
             self.peers_out

@@ -116,6 +116,21 @@ pub struct NodeStats {
     /// [`Node::transport_stats`] and [`Node::lan_stats`]): garbage, outsiders' beacons in a
     /// closed network, sealed datagrams that do not open or are replayed.
     pub datagrams_dropped: u64,
+    /// Reliable messages that came after their gap was reported missed (handed to unordered
+    /// streams, and to ordered ones if nothing after them was handed out yet).
+    pub messages_late: u64,
+    /// Ranges of missing messages this node asked its neighbours for (gap repair).
+    pub repairs_requested: u64,
+    /// Cached messages this node sent to neighbours that asked for them.
+    pub messages_served: u64,
+    /// Links this node turned from announcing to pushing a stream (grafts it sent).
+    pub grafts: u64,
+    /// Links this node turned from pushing to announcing a stream (prunes it sent).
+    pub prunes: u64,
+    /// Messages held back for ordered delivery now (a gauge).
+    pub held: u64,
+    /// Messages in the message cache now (a gauge).
+    pub cached: u64,
 }
 
 #[derive(Debug, Default)]
@@ -135,6 +150,13 @@ pub(crate) struct Counters {
     pub(crate) frames_rejected: AtomicU64,
     pub(crate) messages_missed: AtomicU64,
     pub(crate) cache_skipped: AtomicU64,
+    pub(crate) messages_late: AtomicU64,
+    pub(crate) repairs_requested: AtomicU64,
+    pub(crate) messages_served: AtomicU64,
+    pub(crate) grafts: AtomicU64,
+    pub(crate) prunes: AtomicU64,
+    pub(crate) held: AtomicU64,
+    pub(crate) cached: AtomicU64,
 }
 
 impl Counters {
@@ -162,6 +184,13 @@ impl Counters {
             cache_skipped: get(&self.cache_skipped),
             handshake_failures: 0,
             datagrams_dropped: 0,
+            messages_late: get(&self.messages_late),
+            repairs_requested: get(&self.repairs_requested),
+            messages_served: get(&self.messages_served),
+            grafts: get(&self.grafts),
+            prunes: get(&self.prunes),
+            held: get(&self.held),
+            cached: get(&self.cached),
         }
     }
 }
