@@ -50,6 +50,9 @@ const TLS_SETUP_TARGET_MS: f64 = 3.0;
 const TLS_IDLE_TARGET_BYTES: f64 = 64.0 * 1024.0;
 /// How long any one step may wait for the other side before the benchmark gives up.
 const STEP_LIMIT: Duration = Duration::from_secs(120);
+/// How long the subscribers of the fan-out measurement may take for all their messages (a
+/// second or so when all is well).
+const FAN_OUT_LIMIT: Duration = Duration::from_secs(30);
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -287,13 +290,19 @@ async fn fan_out(variant: Variant, subscribers: usize, n: u64) -> Result<f64> {
     tokio::time::timeout(STEP_LIMIT, wait)
         .await
         .context("the fan-out nodes did not pair")??;
+    let counts: Vec<_> = (0..subscribers)
+        .map(|_| std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)))
+        .collect();
     let readers: Vec<_> = nodes
         .iter()
-        .map(|node| {
+        .zip(&counts)
+        .map(|(node, count)| {
             let mut stream = node.stream_with(StreamOptions::new().capacity(16 * 1024));
+            let count = count.clone();
             tokio::spawn(async move {
                 for _ in 0..n {
                     std::hint::black_box(stream.recv().await.context("the stream ended")?);
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Ok::<_, anyhow::Error>(())
             })
@@ -302,9 +311,17 @@ async fn fan_out(variant: Variant, subscribers: usize, n: u64) -> Result<f64> {
     let start = Instant::now();
     publish_many(&publisher, Bytes::from(vec![0x5au8; 64]), n).await?;
     for reader in readers {
-        tokio::time::timeout(STEP_LIMIT, reader)
-            .await
-            .context("a fan-out subscriber did not receive every message")???;
+        let Ok(joined) = tokio::time::timeout(FAN_OUT_LIMIT, reader).await else {
+            // What each node saw, to tell a stall from a loss.
+            let mut report = String::new();
+            for (i, node) in nodes.iter().enumerate() {
+                let got = counts[i].load(std::sync::atomic::Ordering::Relaxed);
+                report += &format!("\n  subscriber {i}: {got} of {n}; {:?}", node.stats());
+            }
+            report += &format!("\n  publisher: {:?}", publisher.stats());
+            anyhow::bail!("a fan-out subscriber did not receive every message in time:{report}");
+        };
+        joined??;
     }
     let rate = (n * subscribers as u64) as f64 / start.elapsed().as_secs_f64();
     for node in nodes.iter().chain([&publisher]) {
