@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chaski_wire::{
     Frame, Have, Message, NodeId, Prune, StreamHead, StreamId, StreamRange, Topic, Want,
 };
@@ -29,6 +29,10 @@ pub const MAX_SERVED_BYTES: usize = 16 << 20;
 /// Payloads shorter than this are copied into the cache rather than kept as slices of the
 /// receive buffer, so that a small cached message never keeps a large buffer alive.
 const COPY_BELOW: usize = 4096;
+/// The copies are cut from chunks of this size (one allocation per chunk, not per message).
+/// The cache evicts in insertion order, so a chunk is freed soon after its last message goes:
+/// at most about one chunk beyond what the cache charges.
+const ARENA_CHUNK: usize = 64 << 10;
 /// Peers remembered per stream as having its missing messages.
 const MAX_CANDIDATES: usize = 4;
 /// Missed ranges remembered per stream, for messages that come late after all.
@@ -265,6 +269,8 @@ pub(super) struct Broadcaster {
     next_summary: Option<Instant>,
     /// Grows whenever the eager links of a topic change.
     generation: u64,
+    /// Where small cached payloads are copied to.
+    arena: Arena,
 }
 
 impl Broadcaster {
@@ -299,16 +305,37 @@ fn charge(m: &Message) -> usize {
         + OVERHEAD
 }
 
+/// `key` with `topic` (the stream's detached copy of its topic) in place of its own.
+fn owned_key(key: &StreamId, topic: &Topic) -> StreamId {
+    StreamId {
+        publisher: key.publisher,
+        incarnation: key.incarnation,
+        topic: topic.clone(),
+    }
+}
+
+/// Where the cache's copies of small payloads are cut from (see [`ARENA_CHUNK`]).
+#[derive(Debug, Default)]
+struct Arena(BytesMut);
+
+impl Arena {
+    /// `b`, copied if it is small (see [`COPY_BELOW`]), else shared.
+    fn own(&mut self, b: &Bytes) -> Bytes {
+        if b.is_empty() || b.len() >= COPY_BELOW {
+            return b.clone();
+        }
+        if self.0.capacity() - self.0.len() < b.len() {
+            self.0 = BytesMut::with_capacity(ARENA_CHUNK);
+        }
+        self.0.extend_from_slice(b);
+        self.0.split().freeze()
+    }
+}
+
 /// A copy of `m` for the cache that owns small payloads and headers instead of pinning the
 /// receive buffer, with the stream's own (detached) topic.
-fn cacheable(m: &Message, topic: &Topic) -> Message {
-    let own = |b: &Bytes| {
-        if b.len() < COPY_BELOW {
-            Bytes::copy_from_slice(b)
-        } else {
-            b.clone()
-        }
-    };
+fn cacheable(m: &Message, topic: &Topic, arena: &mut Arena) -> Message {
+    let mut own = |b: &Bytes| arena.own(b);
     Message {
         topic: topic.clone(),
         payload: own(&m.payload),
@@ -488,16 +515,20 @@ impl Membership {
         subscribed: bool,
         origin: Origin,
     ) -> Option<bool> {
-        if !self.bcast.streams.contains_key(key) && !self.stream_room(now, key) {
-            return Some(true);
-        }
-        let b = &mut self.bcast;
-        let stream = b.streams.get_mut(key).expect("made room");
+        let stream = match self.bcast.streams.get_mut(key) {
+            Some(stream) => stream,
+            None => {
+                if !self.stream_room(now, key) {
+                    return Some(true);
+                }
+                self.bcast.streams.get_mut(key).expect("made room")
+            }
+        };
         let seq = msg.sequence;
         let mut charged = None;
         if !stream.cached.contains(seq) {
             let copy = if origin != Origin::Own {
-                cacheable(msg, &stream.topic)
+                cacheable(msg, &stream.topic, &mut self.bcast.arena)
             } else {
                 Message {
                     topic: stream.topic.clone(),
@@ -525,7 +556,7 @@ impl Membership {
             }
             none => {
                 *none = Some((seq, unforwarded));
-                b.dirty.push(key.clone());
+                self.bcast.dirty.push(owned_key(key, &stream.topic));
             }
         }
         let mut taken = None;
@@ -538,8 +569,12 @@ impl Membership {
             }
         }
         if let Some(bytes) = charged {
-            b.cache_bytes += bytes;
-            b.cache_order.push_back((now, key.clone(), seq, bytes));
+            self.bcast.cache_bytes += bytes;
+            // The stream's detached topic: a received message's key is a slice of its read
+            // buffer, which the entry would keep alive for as long as the message is cached.
+            self.bcast
+                .cache_order
+                .push_back((now, owned_key(key, &stream.topic), seq, bytes));
             self.trim_cache(now);
         }
         self.arm_broadcast(now);
