@@ -244,17 +244,74 @@ impl Stream {
     }
 }
 
+/// Per stream, a few of its connections (those in one mode): looked up by the stream alone, with
+/// no key to build per connection on the forwarding path. Bounded: only streams of the stream
+/// table get entries (see `on_prune`), each with at most one entry per connection.
+#[derive(Debug, Default)]
+struct Links(FastMap<StreamId, Vec<ConnId>>);
+
+impl Links {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn contains(&self, conn: ConnId, stream: &StreamId) -> bool {
+        self.0.get(stream).is_some_and(|c| c.contains(&conn))
+    }
+
+    /// Whether it was not there yet.
+    fn insert(&mut self, conn: ConnId, stream: StreamId) -> bool {
+        let conns = self.0.entry(stream).or_default();
+        if conns.contains(&conn) {
+            return false;
+        }
+        conns.push(conn);
+        true
+    }
+
+    /// Whether it was there.
+    fn remove(&mut self, conn: ConnId, stream: &StreamId) -> bool {
+        let Some(conns) = self.0.get_mut(stream) else {
+            return false;
+        };
+        let Some(at) = conns.iter().position(|&c| c == conn) else {
+            return false;
+        };
+        conns.swap_remove(at);
+        if conns.is_empty() {
+            self.0.remove(stream);
+        }
+        true
+    }
+
+    /// Forgets `conn` everywhere; whether it was anywhere.
+    fn remove_conn(&mut self, conn: ConnId) -> bool {
+        let mut changed = false;
+        self.0.retain(|_, conns| {
+            let before = conns.len();
+            conns.retain(|&c| c != conn);
+            changed |= conns.len() != before;
+            !conns.is_empty()
+        });
+        changed
+    }
+
+    fn forget(&mut self, stream: &StreamId) {
+        self.0.remove(stream);
+    }
+}
+
 /// Broadcast state of one node.
 #[derive(Debug, Default)]
 pub(super) struct Broadcaster {
     /// (connection, stream) pairs this node announces to instead of pushing: pruned by either
     /// end, until the peer grafts. Each stream has a tree of its own, so that two publishers on
     /// a topic do not prune each other's paths.
-    lazy: FastSet<(ConnId, StreamId)>,
+    lazy: Links,
     /// (connection, stream) pairs this node asked not to push to it (a prune it sent), until it
     /// grafts them. Apart from `lazy`: a stream's tree is directed, from its publisher out, so
     /// that a node grafting its upstream peer does not start pushing back up to it.
-    pruned: FastSet<(ConnId, StreamId)>,
+    pruned: Links,
     streams: FastMap<StreamId, Stream>,
     /// The cache in insertion order: (when, stream, sequence, bytes charged).
     cache_order: VecDeque<(Instant, StreamId, u64, usize)>,
@@ -281,7 +338,7 @@ impl Broadcaster {
 
     /// Whether `conn` pushes `stream` eagerly.
     pub(super) fn is_eager(&self, conn: ConnId, stream: &StreamId) -> bool {
-        self.lazy.is_empty() || !self.lazy.contains(&(conn, stream.clone()))
+        self.lazy.is_empty() || !self.lazy.contains(conn, stream)
     }
 }
 
@@ -435,6 +492,10 @@ impl Membership {
 
     fn forget_stream(&mut self, key: &StreamId) {
         if let Some(s) = self.bcast.streams.remove(key) {
+            // Its links are eager again if it comes back: the safe default.
+            self.bcast.lazy.forget(key);
+            self.bcast.pruned.forget(key);
+            self.bcast.generation += 1;
             self.bcast.cache_bytes -= s.cached.values().map(charge).sum::<usize>();
             self.bcast.gaps.remove(key);
             self.counters.streams_forgotten += 1;
@@ -817,7 +878,7 @@ impl Membership {
     /// Prunes `conn` for `msg`'s stream, if it carries the topic and is not pruned already.
     fn prune(&mut self, conn: ConnId, msg: &Message) {
         let key = StreamId::of(msg);
-        if self.bcast.pruned.contains(&(conn, key.clone())) {
+        if self.bcast.pruned.contains(conn, &key) {
             return;
         }
         self.rebuild_routes();
@@ -832,8 +893,8 @@ impl Membership {
             topic: key.topic.detached(),
             ..key
         };
-        self.bcast.lazy.insert((conn, key.clone()));
-        self.bcast.pruned.insert((conn, key.clone()));
+        self.bcast.lazy.insert(conn, key.clone());
+        self.bcast.pruned.insert(conn, key.clone());
         self.bcast.generation += 1;
         self.counters.prunes_sent += 1;
         self.send(conn, Frame::Prune(Prune { streams: vec![key] }));
@@ -862,11 +923,23 @@ impl Membership {
             return;
         }
         for key in prune.streams {
+            // Only a stream this node has (it forwarded the copies the peer found redundant),
+            // or one of its own on a topic it sends that peer: the table stays as bounded as
+            // the stream table, whatever a peer names.
+            let own = key.publisher == self.me
+                && key.incarnation == self.config.incarnation
+                && self
+                    .route_index
+                    .get(&key.topic)
+                    .is_some_and(|c| c.contains(&conn));
+            if !own && !self.bcast.streams.contains_key(&key) {
+                continue;
+            }
             let key = StreamId {
                 topic: key.topic.detached(),
                 ..key
             };
-            if self.bcast.lazy.insert((conn, key)) {
+            if self.bcast.lazy.insert(conn, key) {
                 self.bcast.generation += 1;
             }
         }
@@ -874,12 +947,8 @@ impl Membership {
 
     /// A connection is gone: forget its links' modes.
     pub(super) fn broadcast_conn_closed(&mut self, conn: ConnId) {
-        let before = self.bcast.lazy.len();
-        self.bcast.lazy.retain(|(c, _)| *c != conn);
-        self.bcast.pruned.retain(|(c, _)| *c != conn);
-        if self.bcast.lazy.len() != before {
-            self.bcast.generation += 1;
-        }
+        self.bcast.lazy.remove_conn(conn);
+        self.bcast.pruned.remove_conn(conn);
         self.bcast.generation += 1;
     }
 
@@ -988,7 +1057,7 @@ impl Membership {
         let mut frames = Vec::new();
         for range in &want.ranges {
             // A graft: the asker wants this stream pushed from now on.
-            if self.bcast.lazy.remove(&(conn, range.stream.clone())) {
+            if self.bcast.lazy.remove(conn, &range.stream) {
                 self.bcast.generation += 1;
                 self.counters.grafts_received += 1;
             }
@@ -1091,7 +1160,7 @@ impl Membership {
             let publisher_conn = self.conn_of(key.publisher);
             for &conn in conns {
                 if Some(conn) == publisher_conn
-                    || !(everywhere || self.bcast.lazy.contains(&(conn, key.clone())))
+                    || !(everywhere || self.bcast.lazy.contains(conn, &key))
                 {
                     continue;
                 }
@@ -1184,7 +1253,7 @@ impl Membership {
                 }
                 // Grafting: the link that has what this node missed pushes eagerly again (the
                 // `Want` tells it); its duplicates may prune it anew.
-                if self.bcast.pruned.remove(&(conn, key.clone())) {
+                if self.bcast.pruned.remove(conn, &key) {
                     self.counters.grafts_sent += 1;
                 }
             }
