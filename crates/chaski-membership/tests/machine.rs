@@ -1186,3 +1186,36 @@ fn a_graft_asks_the_upstream_peer_to_push_without_pushing_back_to_it() {
     assert!(m.route(ms(2_000), Some(ConnId(3)), &again).duplicate);
     assert_eq!(prunes_to(&drain(&mut m), ConnId(3)), 1);
 }
+
+#[test]
+fn a_prune_naming_a_stream_this_node_does_not_have_is_ignored() {
+    let mut m = machine(1, &["a"], |b| b);
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
+    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
+    drain(&mut m);
+    let stream = |publisher: u128| chaski_wire::StreamId {
+        publisher: NodeId::from_u128(publisher),
+        incarnation: 0,
+        topic: t("a"),
+    };
+    // A thousand streams nobody published: nothing is kept for them.
+    let streams: Vec<_> = (100..1100).map(stream).collect();
+    m.handle_frame(
+        ms(1),
+        ConnId(2),
+        Frame::Prune(chaski_wire::Prune { streams }),
+    );
+    assert!(m.is_eager(ConnId(2), &stream(100)));
+    // The first message of one of them is forwarded to 2 as to any eager link.
+    let r = m.route(ms(2), Some(ConnId(3)), &forwarded(&message(100, 1, "a", 5)));
+    assert_eq!(r.forward, &[ConnId(2)]);
+    // Once this node has the stream, a prune is taken.
+    m.handle_frame(
+        ms(3),
+        ConnId(2),
+        Frame::Prune(chaski_wire::Prune {
+            streams: vec![stream(100)],
+        }),
+    );
+    assert!(!m.is_eager(ConnId(2), &stream(100)));
+}
