@@ -299,6 +299,10 @@ impl Links {
     fn forget(&mut self, stream: &StreamId) {
         self.0.remove(stream);
     }
+
+    fn of(&self, stream: &StreamId) -> &[ConnId] {
+        self.0.get(stream).map_or(&[], |c| c.as_slice())
+    }
 }
 
 /// Broadcast state of one node.
@@ -339,6 +343,11 @@ impl Broadcaster {
     /// Whether `conn` pushes `stream` eagerly.
     pub(super) fn is_eager(&self, conn: ConnId, stream: &StreamId) -> bool {
         self.lazy.is_empty() || !self.lazy.contains(conn, stream)
+    }
+
+    /// The connections that only announce `stream` (one lookup for all of them).
+    pub(super) fn lazy_conns(&self, stream: &StreamId) -> &[ConnId] {
+        self.lazy.of(stream)
     }
 }
 

@@ -1115,10 +1115,9 @@ impl Membership {
             if let Some(conns) = self.route_index.get(&msg.topic) {
                 let bcast = &self.bcast;
                 let key = (!bcast.all_eager()).then(|| StreamId::of(msg));
+                let lazy = key.as_ref().map_or(&[][..], |k| bcast.lazy_conns(k));
                 self.scratch.extend(conns.iter().copied().filter(|&c| {
-                    Some(c) != from
-                        && Some(c) != publisher_conn
-                        && key.as_ref().is_none_or(|k| bcast.is_eager(c, k))
+                    Some(c) != from && Some(c) != publisher_conn && !lazy.contains(&c)
                 }));
             }
         }
