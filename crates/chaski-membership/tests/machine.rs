@@ -661,10 +661,7 @@ fn a_message_claiming_another_publisher_first_hand_is_a_violation() {
 
 #[test]
 fn a_forged_far_ahead_sequence_is_refused_and_does_not_silence_the_publisher() {
-    let mut m = machine(1, &["a"], |b| b);
-    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
-    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
-    drain(&mut m);
+    let mut m = with_two_neighbours(|b| b);
     // Publisher 9 is heard second-hand through 2.
     for seq in 1..=3 {
         let r = m.route(ms(1), Some(ConnId(2)), &forwarded(&message(9, seq, "a", 5)));
@@ -708,10 +705,7 @@ fn a_forged_far_ahead_sequence_is_refused_and_does_not_silence_the_publisher() {
 
 #[test]
 fn after_missing_messages_a_jump_forwarded_by_two_neighbours_is_followed() {
-    let mut m = machine(1, &["a"], |b| b);
-    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
-    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
-    drain(&mut m);
+    let mut m = with_two_neighbours(|b| b);
     assert!(
         m.route(ms(1), Some(ConnId(2)), &forwarded(&message(9, 1, "a", 5)))
             .deliver
@@ -1030,6 +1024,17 @@ fn a_message_that_comes_after_its_gap_was_reported_goes_to_unordered_consumers_o
     assert!(r.deliver && r.in_order);
 }
 
+/// Node 1 on topic "a", linked to nodes 2 and 3 (connections 2 and 3), both on "a".
+fn with_two_neighbours(
+    tweak: impl FnOnce(chaski_membership::ConfigBuilder) -> chaski_membership::ConfigBuilder,
+) -> Membership {
+    let mut m = machine(1, &["a"], tweak);
+    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
+    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
+    drain(&mut m);
+    m
+}
+
 fn missed_ranges(actions: &[Action]) -> Vec<(u64, u64)> {
     actions
         .iter()
@@ -1064,10 +1069,7 @@ fn have(publisher: u128, topic: &str, first: u64, last: u64) -> Frame {
 #[test]
 fn a_gap_that_a_lagging_path_fills_in_order_is_never_given_up() {
     let gap_timeout = Duration::from_millis(500);
-    let mut m = machine(1, &["a"], |b| b.gap_timeout(gap_timeout));
-    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
-    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
-    drain(&mut m);
+    let mut m = with_two_neighbours(|b| b.gap_timeout(gap_timeout));
     assert!(
         m.route(ms(1), Some(ConnId(2)), &message(2, 1, "a", 5))
             .in_order
@@ -1090,10 +1092,7 @@ fn a_gap_that_a_lagging_path_fills_in_order_is_never_given_up() {
 
 #[test]
 fn a_relay_copy_ahead_of_a_publisher_feeding_directly_is_left_to_the_publisher() {
-    let mut m = machine(1, &["a"], |b| b);
-    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
-    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
-    drain(&mut m);
+    let mut m = with_two_neighbours(|b| b);
     for seq in 1..=2 {
         assert!(
             m.route(ms(1), Some(ConnId(2)), &message(2, seq, "a", 5))
@@ -1117,10 +1116,7 @@ fn a_relay_copy_ahead_of_a_publisher_feeding_directly_is_left_to_the_publisher()
 
 #[test]
 fn copies_refused_as_implausible_prune_their_link() {
-    let mut m = machine(1, &["a"], |b| b);
-    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
-    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
-    drain(&mut m);
+    let mut m = with_two_neighbours(|b| b);
     // Publisher 9, heard through 2.
     assert!(
         m.route(ms(1), Some(ConnId(2)), &forwarded(&message(9, 1, "a", 5)))
@@ -1145,10 +1141,7 @@ fn copies_refused_as_implausible_prune_their_link() {
 
 #[test]
 fn a_graft_asks_the_upstream_peer_to_push_without_pushing_back_to_it() {
-    let mut m = machine(1, &["a"], |b| b);
-    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
-    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
-    drain(&mut m);
+    let mut m = with_two_neighbours(|b| b);
     let stream = chaski_wire::StreamId {
         publisher: NodeId::from_u128(9),
         incarnation: 0,
@@ -1189,10 +1182,7 @@ fn a_graft_asks_the_upstream_peer_to_push_without_pushing_back_to_it() {
 
 #[test]
 fn a_prune_naming_a_stream_this_node_does_not_have_is_ignored() {
-    let mut m = machine(1, &["a"], |b| b);
-    m.handle_connected(ms(0), ConnId(2), &hello(2, 2, &["a"]), false, None);
-    m.handle_connected(ms(0), ConnId(3), &hello(3, 3, &["a"]), false, None);
-    drain(&mut m);
+    let mut m = with_two_neighbours(|b| b);
     let stream = |publisher: u128| chaski_wire::StreamId {
         publisher: NodeId::from_u128(publisher),
         incarnation: 0,
