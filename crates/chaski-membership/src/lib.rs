@@ -166,7 +166,10 @@
 //! * *Order.* A subscriber hands out each stream in sequence order: a message ahead of a gap is
 //!   held until the gap is filled, or until `gap_timeout` (1 s, timed afresh while the gap makes
 //!   progress) passes, when the gap is reported [`Event::Missed`] with its exact range and the
-//!   stream moves on. A stream starts where this node first hears of it.
+//!   stream moves on. A stream starts where this node first hears of it; first heard of by a
+//!   message that is not its first, the order settles for `repair_delay` first (messages held,
+//!   unordered consumers served at once), so that the message before it, still on its way by
+//!   another path, is not left behind.
 //!
 //! **Why the eager links end as a tree.** A duplicate arrives only over a cycle of eager links,
 //! and each duplicate turns one link of that cycle lazy; no message ever makes a lazy link eager

@@ -1209,3 +1209,40 @@ fn a_prune_naming_a_stream_this_node_does_not_have_is_ignored() {
     );
     assert!(!m.is_eager(ConnId(2), &stream(100)));
 }
+
+fn delivered_in_order(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver(msg) => Some(msg.sequence),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stream_first_heard_after_its_start_settles_before_its_order_begins() {
+    let mut m = with_two_neighbours(|b| b);
+    // Just linked to publisher 2, this node hears its message 2 first-hand before relay 3's
+    // copy of message 1: both reach ordered consumers, in order.
+    let r = m.route(ms(1), Some(ConnId(2)), &message(2, 2, "a", 5));
+    assert!(r.deliver && !r.in_order, "held while the order settles");
+    let r = m.route(ms(10), Some(ConnId(3)), &forwarded(&message(2, 1, "a", 5)));
+    assert!(r.deliver && !r.in_order);
+    let actions = run_until(&mut m, ms(200));
+    assert_eq!(delivered_in_order(&actions), [1, 2]);
+    assert_eq!(missed_ranges(&actions), []);
+    let r = m.route(ms(201), Some(ConnId(2)), &message(2, 3, "a", 5));
+    assert!(r.deliver && r.in_order);
+    // A stream joined late (nothing earlier comes): it starts where it was first heard.
+    let r = m.route(
+        ms(300),
+        Some(ConnId(2)),
+        &forwarded(&message(7, 500, "a", 5)),
+    );
+    assert!(r.deliver && !r.in_order);
+    let actions = run_until(&mut m, ms(2_000));
+    assert_eq!(delivered_in_order(&actions), [500]);
+    assert_eq!(missed_ranges(&actions), []);
+    assert_eq!(m.counters().messages_missed, 0);
+}

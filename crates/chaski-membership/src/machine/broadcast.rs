@@ -136,6 +136,9 @@ struct Stream {
     first_hand_at: Option<Instant>,
     /// The publisher's connection skipped part of the open gap (it will not fill it).
     direct_gap: bool,
+    /// First heard of by a message that was not its first: until then, the order may still
+    /// start lower (its messages are held meanwhile).
+    settling: Option<Instant>,
 }
 
 impl Stream {
@@ -159,6 +162,7 @@ impl Stream {
             repairing_until: now,
             first_hand_at: None,
             direct_gap: false,
+            settling: None,
         }
     }
 
@@ -631,8 +635,21 @@ impl Membership {
         }
         let mut taken = None;
         if subscribed {
+            if stream.next == 0 && seq > 1 && origin != Origin::Own {
+                // First heard of by a message that is not its first: earlier ones may still
+                // be on their way by other paths (a node that just linked to the publisher
+                // hears its next message before a relay's copy of the one before). The order
+                // settles for `repair_delay` before it starts (see `order`).
+                stream.next = seq;
+                stream.start = seq;
+                stream.settling = Some(now + self.config.repair_delay);
+            }
             stream.begin(seq);
-            if seq == stream.next && stream.held.is_empty() && stream.gap_since.is_none() {
+            if seq == stream.next
+                && stream.held.is_empty()
+                && stream.gap_since.is_none()
+                && stream.settling.is_none()
+            {
                 stream.next = seq.saturating_add(1);
                 stream.handed = seq;
                 taken = Some(true);
@@ -671,6 +688,37 @@ impl Membership {
         let stream = self.bcast.streams.get_mut(key).expect("present");
         let seq = msg.sequence;
         stream.begin(seq);
+        if let Some(until) = stream.settling {
+            if now >= until {
+                stream.settling = None;
+                self.release(now, key, true);
+                return self.order(now, key, from, msg, reliable);
+            }
+            // Settling: everything is held, and the order starts at the lowest sequence heard.
+            if seq < stream.next {
+                stream.next = seq;
+                stream.start = seq;
+            }
+            if stream.held.contains_key(&seq) {
+                self.counters.messages_duplicate += 1;
+                return None;
+            }
+            let bytes = if reliable { charge(msg) } else { 0 };
+            stream.held.insert(
+                seq,
+                Held {
+                    message: reliable.then(|| msg.clone()),
+                    at: now,
+                    bytes,
+                },
+            );
+            stream.gap_since.get_or_insert(now);
+            self.bcast.held_len += 1;
+            self.bcast.held_bytes += bytes;
+            self.bcast.gaps.insert(key.clone());
+            self.arm_broadcast(now);
+            return Some(!reliable);
+        }
         if seq < stream.next {
             if seq < stream.start || stream.take_missed(seq) {
                 // Reported missed already, yet it came (or it is older than where the stream
@@ -1223,6 +1271,12 @@ impl Membership {
         let keys: Vec<StreamId> = self.bcast.gaps.iter().cloned().collect();
         let mut asks: BTreeMap<ConnId, Vec<StreamRange>> = BTreeMap::new();
         for key in keys {
+            if let Some(stream) = self.bcast.streams.get_mut(&key) {
+                if stream.settling.is_some_and(|t| t <= now) {
+                    stream.settling = None;
+                    self.release(now, &key, true);
+                }
+            }
             // Gaps held for `gap_timeout` are missed.
             while let Some(since) = self.bcast.streams.get(&key).and_then(|s| {
                 s.head_gap()?;
