@@ -680,11 +680,6 @@ impl Membership {
     ) -> Option<bool> {
         let publisher_conn = self.conn_of(key.publisher);
         let first_hand = from.is_some() && from == publisher_conn;
-        let fed = self
-            .bcast
-            .streams
-            .get(key)
-            .is_some_and(|s| self.fed_directly(now, key, s));
         let stream = self.bcast.streams.get_mut(key).expect("present");
         let seq = msg.sequence;
         stream.begin(seq);
@@ -703,21 +698,7 @@ impl Membership {
                 self.counters.messages_duplicate += 1;
                 return None;
             }
-            let bytes = if reliable { charge(msg) } else { 0 };
-            stream.held.insert(
-                seq,
-                Held {
-                    message: reliable.then(|| msg.clone()),
-                    at: now,
-                    bytes,
-                },
-            );
-            stream.gap_since.get_or_insert(now);
-            self.bcast.held_len += 1;
-            self.bcast.held_bytes += bytes;
-            self.bcast.gaps.insert(key.clone());
-            self.arm_broadcast(now);
-            return Some(!reliable);
+            return self.hold(now, key, msg, reliable);
         }
         if seq < stream.next {
             if seq < stream.start || stream.take_missed(seq) {
@@ -751,7 +732,16 @@ impl Membership {
             stream.handed = seq;
             return Some(true);
         }
-        if let (true, false, true, Some(conn)) = (reliable, first_hand, fed, from) {
+        if !reliable {
+            stream.handed = stream.handed.max(seq);
+        }
+        if let (true, false, Some(conn)) = (reliable, first_hand, from)
+            && self
+                .bcast
+                .streams
+                .get(key)
+                .is_some_and(|s| self.fed_directly(now, key, s))
+        {
             // A relay's copy ahead of the order while the publisher itself feeds this node: the
             // direct path (reliable, in order) will bring it, only later. Holding such copies
             // would fill the hold-back buffer with what needs no repair (the direct path may
@@ -762,28 +752,40 @@ impl Membership {
             self.prune(conn, msg);
             return None;
         }
-        let bytes = if reliable { charge(msg) } else { 0 };
-        if !reliable {
-            stream.handed = stream.handed.max(seq);
+        let stream = self.bcast.streams.get_mut(key).expect("present");
+        if let Some(conn) = from {
+            stream.add_candidate(conn);
         }
+        if reliable && first_hand {
+            // The publisher's own connection skipped the gap (it is reliable and in order):
+            // what is missing will not come by it.
+            stream.direct_gap = true;
+        }
+        stream.ask_at.get_or_insert(now + self.config.repair_delay);
+        self.hold(now, key, msg, reliable)
+    }
+
+    /// Holds `msg` back in its stream's order (a best-effort one only as a marker: it is
+    /// handed out at once), within the hold-back limits: beyond them, the gap held longest is
+    /// given up. Returns [`order`](Self::order)'s answer for it.
+    fn hold(
+        &mut self,
+        now: Instant,
+        key: &StreamId,
+        msg: &Message,
+        reliable: bool,
+    ) -> Option<bool> {
+        let bytes = if reliable { charge(msg) } else { 0 };
+        let stream = self.bcast.streams.get_mut(key).expect("present");
         stream.held.insert(
-            seq,
+            msg.sequence,
             Held {
                 message: reliable.then(|| msg.clone()),
                 at: now,
                 bytes,
             },
         );
-        if let Some(conn) = from {
-            stream.add_candidate(conn);
-        }
         stream.gap_since.get_or_insert(now);
-        if reliable && from.is_some() && from == publisher_conn {
-            // The publisher's own connection skipped the gap (it is reliable and in order):
-            // what is missing will not come by it.
-            stream.direct_gap = true;
-        }
-        stream.ask_at.get_or_insert(now + self.config.repair_delay);
         self.bcast.held_len += 1;
         self.bcast.held_bytes += bytes;
         self.bcast.gaps.insert(key.clone());
@@ -792,7 +794,6 @@ impl Membership {
         {
             self.give_up_oldest(now);
         }
-        // A best-effort message is handed out at once, held only as a marker.
         Some(!reliable)
     }
 
