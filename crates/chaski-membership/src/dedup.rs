@@ -37,11 +37,11 @@
 //! message falls behind the window). Such a peer could as well drop what it forwards;
 //! authenticated identities (and per-message signatures) are what stop it.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use chaski_wire::{NodeId, Topic};
 
-use crate::time::Instant;
+use crate::{key::FilterRef, time::Instant};
 
 /// How many sequences below the highest one the filter remembers per stream.
 pub const WINDOW: u64 = 8192;
@@ -288,7 +288,7 @@ pub(crate) enum Seen {
 pub(crate) struct DuplicateFilter {
     /// Keyed by (publisher, incarnation, topic). Seeded fast hashing (foldhash): looked up once
     /// per message.
-    streams: HashMap<(NodeId, u64, Topic), Stream, foldhash::fast::RandomState>,
+    streams: hashbrown::HashMap<(NodeId, u64, Topic), Stream, foldhash::fast::RandomState>,
     capacity: usize,
     clock: u64,
     /// Streams evicted to make room.
@@ -298,7 +298,7 @@ pub(crate) struct DuplicateFilter {
 impl DuplicateFilter {
     pub(crate) fn new(capacity: usize) -> DuplicateFilter {
         DuplicateFilter {
-            streams: HashMap::default(),
+            streams: hashbrown::HashMap::default(),
             capacity,
             clock: 0,
             evictions: 0,
@@ -319,10 +319,10 @@ impl DuplicateFilter {
         from: From,
     ) -> Seen {
         self.clock += 1;
-        // A topic is a shared slice: the lookup key costs a reference count, no copy.
+        // Looked up by a borrowed key: no reference count on the topic's receive buffer.
         if let Some(s) = self
             .streams
-            .get_mut(&(publisher, incarnation, topic.clone()))
+            .get_mut(&FilterRef(publisher, incarnation, topic))
         {
             s.last_used = self.clock;
             return s.check(now, sequence, from);

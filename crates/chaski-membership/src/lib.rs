@@ -267,6 +267,7 @@ mod config;
 pub mod dedup;
 mod event;
 pub mod interest;
+mod key;
 pub mod limits;
 mod machine;
 mod rng;

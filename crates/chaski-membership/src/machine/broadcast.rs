@@ -1,7 +1,7 @@
 //! Broadcast on a topic's links: Plumtree's eager and lazy push, the message cache, gap repair
 //! and ordered delivery (see "How a message reaches every subscriber" in the crate docs).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use chaski_wire::{
@@ -12,10 +12,12 @@ use super::{Membership, Timer};
 use crate::{
     Action, ConnId, DropKind, Event, Instant,
     config::Broadcast,
+    key::StreamRef,
     limits::{MAX_HEADS_PER_FRAME, MAX_RANGES_PER_FRAME},
 };
 
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// Looked up by borrowed keys ([`StreamRef`]) on the hot path.
+type FastMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// Streams (publisher, incarnation and topic) tracked for the cache, announcements and ordered
@@ -40,11 +42,45 @@ const MISSED_KEPT: usize = 16;
 /// Bytes a cached or held message is charged beyond its payload and headers.
 const OVERHEAD: usize = 128;
 
+/// One cached message, without what its stream names (topic, publisher, incarnation): the
+/// stream has them once for all its messages.
+#[derive(Debug)]
+struct Cached {
+    sequence: u64,
+    payload: Bytes,
+    timestamp_micros: u64,
+    hop_limit: u32,
+    hops: u32,
+    headers: Box<[chaski_wire::Header]>,
+}
+
+impl Cached {
+    /// The message again, as `stream` published it.
+    fn message(&self, stream: &StreamId) -> Message {
+        Message {
+            topic: stream.topic.clone(),
+            payload: self.payload.clone(),
+            publisher: stream.publisher,
+            sequence: self.sequence,
+            incarnation: stream.incarnation,
+            timestamp_micros: self.timestamp_micros,
+            hop_limit: self.hop_limit,
+            hops: self.hops,
+            headers: self.headers.to_vec(),
+        }
+    }
+
+    /// Bytes charged for keeping it (as [`charge`] for the message).
+    fn charge(&self) -> usize {
+        charge_parts(&self.payload, &self.headers)
+    }
+}
+
 /// One stream's cached messages, in sequence order. Messages come mostly in order and leave
 /// oldest first: a deque (appended and popped at its ends, searched by bisection) moves no
 /// message, where a B-tree shifts a node's worth of them at every eviction.
 #[derive(Debug, Default)]
-struct Cache(VecDeque<Message>);
+struct Cache(VecDeque<Cached>);
 
 impl Cache {
     fn position(&self, seq: u64) -> Result<usize, usize> {
@@ -60,7 +96,7 @@ impl Cache {
     }
 
     /// Inserts `m` (not already present) in order.
-    fn insert(&mut self, m: Message) {
+    fn insert(&mut self, m: Cached) {
         match self.0.back() {
             Some(last) if last.sequence >= m.sequence => {
                 let at = self.position(m.sequence).unwrap_or_else(|at| at);
@@ -70,20 +106,18 @@ impl Cache {
         }
     }
 
-    fn remove(&mut self, seq: u64) -> Option<Message> {
-        match self.0.front() {
-            Some(first) if first.sequence == seq => self.0.pop_front(),
-            _ => self.position(seq).ok().and_then(|at| self.0.remove(at)),
-        }
+    /// Takes out the oldest message (the lowest sequence).
+    fn pop_oldest(&mut self) -> Option<Cached> {
+        self.0.pop_front()
     }
 
     /// The messages of `first..=last`, in order.
-    fn range(&self, first: u64, last: u64) -> impl Iterator<Item = &Message> {
+    fn range(&self, first: u64, last: u64) -> impl Iterator<Item = &Cached> {
         let from = self.position(first).unwrap_or_else(|at| at);
         self.0.range(from..).take_while(move |m| m.sequence <= last)
     }
 
-    fn values(&self) -> impl Iterator<Item = &Message> {
+    fn values(&self) -> impl Iterator<Item = &Cached> {
         self.0.iter()
     }
 }
@@ -97,10 +131,65 @@ struct Held {
     bytes: usize,
 }
 
+/// A stream's place in the table of slots: the cache's order names a stream by it, without a
+/// copy of its id. A slot is reused once its stream is forgotten; `generation` tells the new
+/// stream from the old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    index: u32,
+    generation: u32,
+}
+
+/// The streams' slots: at most one per stream of the table ([`MAX_STREAMS`]), reused.
+#[derive(Debug, Default)]
+struct Slots {
+    /// By index: the generation, and the stream that holds the slot now.
+    slots: Vec<(u32, Option<StreamId>)>,
+    free: Vec<u32>,
+}
+
+impl Slots {
+    fn take(&mut self, key: StreamId) -> Slot {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push((0, None));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.1 = Some(key);
+        Slot {
+            index,
+            generation: slot.0,
+        }
+    }
+
+    fn release(&mut self, slot: Slot) {
+        if let Some(s) = self.slots.get_mut(slot.index as usize)
+            && s.0 == slot.generation
+        {
+            s.0 = s.0.wrapping_add(1);
+            s.1 = None;
+            self.free.push(slot.index);
+        }
+    }
+
+    /// The stream that holds `slot`, unless it was forgotten since.
+    fn get(&self, slot: Slot) -> Option<&StreamId> {
+        match self.slots.get(slot.index as usize) {
+            Some((generation, key)) if *generation == slot.generation => key.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Stream {
     /// The stream's topic, detached from any receive buffer (shared by the cached copies).
     topic: Topic,
+    /// Its slot, by which the cache's order names it.
+    slot: Slot,
     /// Not announced yet since the last flush: the first sequence new since, and whether a
     /// message came that was not forwarded (then every link hears of it).
     dirty: Option<(u64, bool)>,
@@ -142,9 +231,10 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(now: Instant, topic: Topic) -> Stream {
+    fn new(now: Instant, topic: Topic, slot: Slot) -> Stream {
         Stream {
             topic,
+            slot,
             dirty: None,
             cached: Cache::default(),
             latest: 0,
@@ -304,8 +394,8 @@ impl Links {
         self.0.remove(stream);
     }
 
-    fn of(&self, stream: &StreamId) -> &[ConnId] {
-        self.0.get(stream).map_or(&[], |c| c.as_slice())
+    fn of(&self, stream: StreamRef<'_>) -> &[ConnId] {
+        self.0.get(&stream).map_or(&[], |c| c.as_slice())
     }
 }
 
@@ -321,8 +411,9 @@ pub(super) struct Broadcaster {
     /// that a node grafting its upstream peer does not start pushing back up to it.
     pruned: Links,
     streams: FastMap<StreamId, Stream>,
-    /// The cache in insertion order: (when, stream, sequence, bytes charged).
-    cache_order: VecDeque<(Instant, StreamId, u64, usize)>,
+    slots: Slots,
+    /// The cache in insertion order: when, and which stream (its oldest message leaves first).
+    cache_order: VecDeque<(Instant, Slot)>,
     cache_bytes: usize,
     held_len: usize,
     held_bytes: usize,
@@ -350,7 +441,7 @@ impl Broadcaster {
     }
 
     /// The connections that only announce `stream` (one lookup for all of them).
-    pub(super) fn lazy_conns(&self, stream: &StreamId) -> &[ConnId] {
+    pub(super) fn lazy_conns(&self, stream: StreamRef<'_>) -> &[ConnId] {
         self.lazy.of(stream)
     }
 }
@@ -367,8 +458,12 @@ enum Origin {
 
 /// Bytes charged for keeping `m`.
 fn charge(m: &Message) -> usize {
-    m.payload.len()
-        + m.headers
+    charge_parts(&m.payload, &m.headers)
+}
+
+fn charge_parts(payload: &Bytes, headers: &[chaski_wire::Header]) -> usize {
+    payload.len()
+        + headers
             .iter()
             .map(|h| h.key.len() + h.value.len())
             .sum::<usize>()
@@ -402,27 +497,29 @@ impl Arena {
     }
 }
 
-/// A copy of `m` for the cache that owns small payloads and headers instead of pinning the
-/// receive buffer, with the stream's own (detached) topic.
-fn cacheable(m: &Message, topic: &Topic, arena: &mut Arena) -> Message {
-    let mut own = |b: &Bytes| arena.own(b);
-    Message {
-        topic: topic.clone(),
-        payload: own(&m.payload),
-        publisher: m.publisher,
+/// The cache's copy of `m`: a received one owns its small payloads and headers (cut from
+/// `arena`) instead of pinning the receive buffer; an own publication is kept as it is.
+fn cacheable(m: &Message, arena: Option<&mut Arena>) -> Cached {
+    let (payload, headers) = match arena {
+        Some(arena) => (
+            arena.own(&m.payload),
+            m.headers
+                .iter()
+                .map(|h| chaski_wire::Header {
+                    key: h.key.clone(),
+                    value: arena.own(&h.value),
+                })
+                .collect(),
+        ),
+        None => (m.payload.clone(), m.headers.as_slice().into()),
+    };
+    Cached {
         sequence: m.sequence,
-        incarnation: m.incarnation,
+        payload,
         timestamp_micros: m.timestamp_micros,
         hop_limit: m.hop_limit,
         hops: m.hops,
-        headers: m
-            .headers
-            .iter()
-            .map(|h| chaski_wire::Header {
-                key: h.key.clone(),
-                value: own(&h.value),
-            })
-            .collect(),
+        headers,
     }
 }
 
@@ -456,8 +553,7 @@ impl Membership {
     /// announcement goes out at the next `announce_interval`).
     pub fn published(&mut self, now: Instant, msg: &Message) {
         self.now = now;
-        let key = StreamId::of(msg);
-        self.note(now, &key, msg, None, false, Origin::Own);
+        self.note(now, StreamRef::of(msg), msg, None, false, Origin::Own);
     }
 
     /// Whether `msg` (reliable, refused by the duplicate filter) is one its stream's order still
@@ -467,18 +563,21 @@ impl Membership {
     /// more than the window must not have its copies, never seen before, dropped as old.
     pub(super) fn still_needed(&self, msg: &Message, first_hand: bool) -> bool {
         let seq = msg.sequence;
-        self.bcast.streams.get(&StreamId::of(msg)).is_some_and(|s| {
-            s.next != 0
-                && seq >= s.next
-                && (first_hand || seq <= s.latest)
-                && !s.held.contains_key(&seq)
-        })
+        self.bcast
+            .streams
+            .get(&StreamRef::of(msg))
+            .is_some_and(|s| {
+                s.next != 0
+                    && seq >= s.next
+                    && (first_hand || seq <= s.latest)
+                    && !s.held.contains_key(&seq)
+            })
     }
 
     /// Makes sure `key` has a stream entry, evicting if needed. False if the table is full of
     /// streams that hold messages back.
-    fn stream_room(&mut self, now: Instant, key: &StreamId) -> bool {
-        if self.bcast.streams.contains_key(key) {
+    fn stream_room(&mut self, now: Instant, key: StreamRef<'_>) -> bool {
+        if self.bcast.streams.contains_key(&key) {
             return true;
         }
         if self.bcast.streams.len() >= MAX_STREAMS {
@@ -495,11 +594,11 @@ impl Membership {
             self.forget_stream(&victim);
         }
         let topic = key.topic.detached();
-        let key = StreamId {
-            topic: topic.clone(),
-            ..key.clone()
-        };
-        self.bcast.streams.insert(key, Stream::new(now, topic));
+        let key = key.with_topic(topic.clone());
+        let slot = self.bcast.slots.take(key.clone());
+        self.bcast
+            .streams
+            .insert(key, Stream::new(now, topic, slot));
         true
     }
 
@@ -509,7 +608,8 @@ impl Membership {
             self.bcast.lazy.forget(key);
             self.bcast.pruned.forget(key);
             self.bcast.generation += 1;
-            self.bcast.cache_bytes -= s.cached.values().map(charge).sum::<usize>();
+            self.bcast.cache_bytes -= s.cached.values().map(Cached::charge).sum::<usize>();
+            self.bcast.slots.release(s.slot);
             self.bcast.gaps.remove(key);
             self.counters.streams_forgotten += 1;
             self.event(Event::Dropped {
@@ -525,21 +625,24 @@ impl Membership {
             self.config.cache_bytes,
             self.config.cache_age,
         );
-        while let Some((at, _, _, _)) = self.bcast.cache_order.front() {
+        while let Some((at, _)) = self.bcast.cache_order.front() {
             let over = self.bcast.cache_order.len() > max_len
                 || self.bcast.cache_bytes > max_bytes
                 || *at + max_age <= now;
             if !over {
                 break;
             }
-            let (_, key, seq, _) = self.bcast.cache_order.pop_front().expect("front");
-            if let Some(m) = self
-                .bcast
-                .streams
-                .get_mut(&key)
-                .and_then(|s| s.cached.remove(seq))
+            let (_, slot) = self.bcast.cache_order.pop_front().expect("front");
+            // Each entry of the order stands for one message of its stream: the oldest goes
+            // (the one inserted then, unless a repair filled in an older one since).
+            let bcast = &mut self.bcast;
+            if let Some(m) = bcast
+                .slots
+                .get(slot)
+                .and_then(|key| bcast.streams.get_mut(key))
+                .and_then(|s| s.cached.pop_oldest())
             {
-                self.bcast.cache_bytes -= charge(&m);
+                bcast.cache_bytes -= m.charge();
                 self.counters.cache_evictions += 1;
             }
         }
@@ -558,20 +661,20 @@ impl Membership {
         (reliable, first_hand): (bool, bool),
         subscribed: bool,
     ) -> Option<bool> {
-        let key = StreamId::of(msg);
         let origin = Origin::Received {
             first_hand: first_hand && reliable,
         };
         match self.note(
             now,
-            &key,
+            StreamRef::of(msg),
             msg,
             from.filter(|_| reliable),
             subscribed,
             origin,
         ) {
             Some(in_order) => Some(in_order),
-            None if subscribed => self.order(now, &key, from, msg, reliable),
+            // Off the hot path: an owned key.
+            None if subscribed => self.order(now, &StreamId::of(msg), from, msg, reliable),
             None => Some(true),
         }
     }
@@ -583,33 +686,27 @@ impl Membership {
     fn note(
         &mut self,
         now: Instant,
-        key: &StreamId,
+        key: StreamRef<'_>,
         msg: &Message,
         from: Option<ConnId>,
         subscribed: bool,
         origin: Origin,
     ) -> Option<bool> {
-        let stream = match self.bcast.streams.get_mut(key) {
+        let stream = match self.bcast.streams.get_mut(&key) {
             Some(stream) => stream,
             None => {
                 if !self.stream_room(now, key) {
                     return Some(true);
                 }
-                self.bcast.streams.get_mut(key).expect("made room")
+                self.bcast.streams.get_mut(&key).expect("made room")
             }
         };
         let seq = msg.sequence;
         let mut charged = None;
         if !stream.cached.contains(seq) {
-            let copy = if origin != Origin::Own {
-                cacheable(msg, &stream.topic, &mut self.bcast.arena)
-            } else {
-                Message {
-                    topic: stream.topic.clone(),
-                    ..msg.clone()
-                }
-            };
-            charged = Some(charge(&copy));
+            let arena = (origin != Origin::Own).then_some(&mut self.bcast.arena);
+            let copy = cacheable(msg, arena);
+            charged = Some(copy.charge());
             stream.cached.insert(copy);
         }
         if seq > stream.latest {
@@ -630,7 +727,7 @@ impl Membership {
             }
             none => {
                 *none = Some((seq, unforwarded));
-                self.bcast.dirty.push(owned_key(key, &stream.topic));
+                self.bcast.dirty.push(key.with_topic(stream.topic.clone()));
             }
         }
         let mut taken = None;
@@ -657,11 +754,7 @@ impl Membership {
         }
         if let Some(bytes) = charged {
             self.bcast.cache_bytes += bytes;
-            // The stream's detached topic: a received message's key is a slice of its read
-            // buffer, which the entry would keep alive for as long as the message is cached.
-            self.bcast
-                .cache_order
-                .push_back((now, owned_key(key, &stream.topic), seq, bytes));
+            self.bcast.cache_order.push_back((now, stream.slot));
             self.trim_cache(now);
         }
         self.arm_broadcast(now);
@@ -1066,7 +1159,7 @@ impl Membership {
             if key.publisher == self.me || head.last == 0 || !self.wants(&key.topic) {
                 continue;
             }
-            if !self.bcast.streams.contains_key(&key) && !self.stream_room(now, &key) {
+            if !self.stream_room(now, StreamRef::to(&key)) {
                 continue;
             }
             let stream = self.bcast.streams.get_mut(&key).expect("present");
@@ -1122,14 +1215,15 @@ impl Membership {
             let Some(stream) = self.bcast.streams.get(&range.stream) else {
                 continue;
             };
+            let key = owned_key(&range.stream, &stream.topic);
             for m in stream.cached.range(range.first, range.last) {
                 if sent >= MAX_SERVED || bytes >= budget {
                     self.counters.repairs_throttled += 1;
                     break;
                 }
                 sent += 1;
-                bytes += charge(m);
-                let mut copy = m.clone();
+                bytes += m.charge();
+                let mut copy = m.message(&key);
                 // As Plumtree's graft answers: the asker takes the copy as it would a pushed
                 // one, and pushes it on along its own eager links, to the part of the tree that
                 // missed it too.
@@ -1382,7 +1476,7 @@ mod tests {
         let mut cache = Cache::default();
         for s in [1, 2, 5, 3, 9, 4] {
             assert!(!cache.contains(s));
-            cache.insert(message(s));
+            cache.insert(cacheable(&message(s), None));
             assert!(cache.contains(s));
         }
         let seqs = |c: &Cache| c.values().map(|m| m.sequence).collect::<Vec<_>>();
@@ -1390,9 +1484,50 @@ mod tests {
         let range: Vec<u64> = cache.range(3, 8).map(|m| m.sequence).collect();
         assert_eq!(range, [3, 4, 5]);
         assert_eq!(cache.range(10, 20).count(), 0);
-        assert_eq!(cache.remove(1).map(|m| m.sequence), Some(1));
-        assert_eq!(cache.remove(4).map(|m| m.sequence), Some(4));
-        assert!(cache.remove(7).is_none());
-        assert_eq!(seqs(&cache), [2, 3, 5, 9]);
+        assert_eq!(cache.pop_oldest().map(|m| m.sequence), Some(1));
+        assert_eq!(seqs(&cache), [2, 3, 4, 5, 9]);
+    }
+
+    #[test]
+    fn a_cached_message_is_given_back_whole_with_its_streams_names() {
+        let mut arena = Arena::default();
+        let original = Message {
+            payload: Bytes::from_static(b"payload"),
+            timestamp_micros: 77,
+            hop_limit: 5,
+            hops: 2,
+            headers: vec![chaski_wire::Header {
+                key: "k".into(),
+                value: Bytes::from_static(b"v"),
+            }],
+            incarnation: 3,
+            ..message(12)
+        };
+        for arena in [Some(&mut arena), None] {
+            let cached = cacheable(&original, arena);
+            assert_eq!(cached.charge(), charge(&original));
+            assert_eq!(cached.message(&StreamId::of(&original)), original);
+        }
+    }
+
+    #[test]
+    fn a_slot_reused_by_another_stream_no_longer_names_the_old_one() {
+        let mut slots = Slots::default();
+        let a = StreamId::of(&message(1));
+        let b = StreamId {
+            incarnation: 9,
+            ..a.clone()
+        };
+        let first = slots.take(a.clone());
+        assert_eq!(slots.get(first), Some(&a));
+        slots.release(first);
+        assert_eq!(slots.get(first), None);
+        let second = slots.take(b.clone());
+        assert_eq!(second.index, first.index, "the slot is reused");
+        assert_eq!(slots.get(first), None, "an old entry names nothing");
+        assert_eq!(slots.get(second), Some(&b));
+        // Releasing by a stale handle frees nothing.
+        slots.release(first);
+        assert_eq!(slots.get(second), Some(&b));
     }
 }

@@ -1114,8 +1114,11 @@ impl Membership {
             let publisher_conn = self.known.get(&msg.publisher).and_then(|k| k.conn);
             if let Some(conns) = self.route_index.get(&msg.topic) {
                 let bcast = &self.bcast;
-                let key = (!bcast.all_eager()).then(|| StreamId::of(msg));
-                let lazy = key.as_ref().map_or(&[][..], |k| bcast.lazy_conns(k));
+                let lazy = if bcast.all_eager() {
+                    &[][..]
+                } else {
+                    bcast.lazy_conns(crate::key::StreamRef::of(msg))
+                };
                 self.scratch.extend(conns.iter().copied().filter(|&c| {
                     Some(c) != from && Some(c) != publisher_conn && !lazy.contains(&c)
                 }));
