@@ -936,12 +936,13 @@ impl Driver {
     /// Hands a message to every stream of `to` that wants it (and counts it, when it arrives).
     fn deliver(&mut self, message: Message, delivery: Delivery, to: Consumers) {
         let streams = self.registry.load_arc();
-        let topic = message.topic.clone();
-        let wanted = |s: &Arc<Shared>| s.wants(&topic) && to.includes(s.ordered());
+        // The topic is borrowed, not cloned: a clone is a reference count on the receive
+        // buffer, which the reading task on the other core touches too.
+        let wanted = |s: &Arc<Shared>, topic: &Topic| s.wants(topic) && to.includes(s.ordered());
         if to != Consumers::Ordered && streams.iter().any(|s| s.wants(&message.topic)) {
             Counters::add(&self.counters.received, 1);
         }
-        let Some(first) = streams.iter().position(wanted) else {
+        let Some(first) = streams.iter().position(|s| wanted(s, &message.topic)) else {
             return;
         };
         let name = self.names.get(&message.publisher).cloned();
@@ -949,7 +950,10 @@ impl Driver {
         let mut stream = &streams[first];
         let mut closed = false;
         // Every stream but the last gets a copy; the last takes the message itself.
-        for next in streams[first + 1..].iter().filter(|s| wanted(s)) {
+        for next in streams[first + 1..]
+            .iter()
+            .filter(|s| wanted(s, &received.topic))
+        {
             closed |= self.offer(stream, received.clone());
             stream = next;
         }
@@ -1135,7 +1139,14 @@ impl Driver {
             let own = self
                 .own
                 .entry(topic.clone())
-                .or_insert_with(|| Arc::new(crate::own::Own::new(self.own_notify.clone())))
+                .or_insert_with(|| {
+                    Arc::new(crate::own::Own::new(
+                        self.own_notify.clone(),
+                        self.id,
+                        self.incarnation,
+                        &topic,
+                    ))
+                })
                 .clone();
             // `publish` also advances the membership's own counter, which nothing uses: the
             // handles number the node's messages.

@@ -495,7 +495,7 @@ impl Node {
             return None;
         }
         if route.links {
-            route.own.push(message.clone());
+            route.own.push(&message);
         }
         Some(message)
     }

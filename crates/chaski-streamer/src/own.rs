@@ -5,6 +5,9 @@
 //! and gap repair) and announces it on the links that only hear announcements. Each topic of the
 //! snapshot has a bounded lock-free queue: a handle pushes a copy (reference counts, no payload
 //! copy), the driver takes them every `announce_interval` and as soon as a queue is half full.
+//! A copy holds only what differs from one publication to the next (no topic, publisher or
+//! incarnation: the queue has them), so that a handle touches no reference count of the topic,
+//! which its writer and the driver share.
 //!
 //! Limit: [`CAPACITY`] messages per topic between two drains. When full, the oldest copy is
 //! dropped (counted in `NodeStats::cache_skipped`): that message is not in this node's cache,
@@ -15,16 +18,27 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use chaski_wire::Message;
+use chaski_wire::{Header, Message, NodeId, Topic};
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::Notify;
 
 /// Copies kept per topic between two drains.
 pub(crate) const CAPACITY: usize = 1024;
 
+/// What one publication adds to what its queue knows.
+struct Copy {
+    sequence: u64,
+    payload: bytes::Bytes,
+    timestamp_micros: u64,
+    hop_limit: u32,
+    headers: Vec<Header>,
+}
+
 /// One topic's queue of publications for the driver.
 pub(crate) struct Own {
-    queue: ArrayQueue<Message>,
+    /// The node's id and incarnation, and the topic (a copy of the driver's own).
+    stream: (NodeId, u64, Topic),
+    queue: ArrayQueue<Copy>,
     /// Wakes the driver (shared by every topic).
     driver: Arc<Notify>,
     /// Copies dropped because the queue was full.
@@ -32,18 +46,31 @@ pub(crate) struct Own {
 }
 
 impl Own {
-    pub(crate) fn new(driver: Arc<Notify>) -> Own {
+    pub(crate) fn new(
+        driver: Arc<Notify>,
+        publisher: NodeId,
+        incarnation: u64,
+        topic: &Topic,
+    ) -> Own {
         Own {
+            stream: (publisher, incarnation, topic.detached()),
             queue: ArrayQueue::new(CAPACITY),
             driver,
             skipped: AtomicU64::new(0),
         }
     }
 
-    /// Hands a copy of a publication to the driver.
-    pub(crate) fn push(&self, message: Message) {
+    /// Hands a copy of a publication (of this queue's topic) to the driver.
+    pub(crate) fn push(&self, message: &Message) {
         let sequence = message.sequence;
-        if self.queue.force_push(message).is_some() {
+        let copy = Copy {
+            sequence,
+            payload: message.payload.clone(),
+            timestamp_micros: message.timestamp_micros,
+            hop_limit: message.hop_limit,
+            headers: message.headers.clone(),
+        };
+        if self.queue.force_push(copy).is_some() {
             self.skipped.fetch_add(1, Ordering::Relaxed);
         }
         // Looked at every 64th message only: the length reads both ends of the queue, which
@@ -53,9 +80,21 @@ impl Own {
         }
     }
 
-    /// The next copy, oldest first.
+    /// The next publication, oldest first.
     pub(crate) fn pop(&self) -> Option<Message> {
-        self.queue.pop()
+        let copy = self.queue.pop()?;
+        let (publisher, incarnation, topic) = &self.stream;
+        Some(Message {
+            topic: topic.clone(),
+            payload: copy.payload,
+            publisher: *publisher,
+            sequence: copy.sequence,
+            incarnation: *incarnation,
+            timestamp_micros: copy.timestamp_micros,
+            hop_limit: copy.hop_limit,
+            hops: 0,
+            headers: copy.headers,
+        })
     }
 
     /// Copies dropped so far, reset.
@@ -87,9 +126,14 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_drops_the_oldest_counts_it_and_wakes_the_driver_at_half() {
         let notify = Arc::new(Notify::new());
-        let own = Own::new(notify.clone());
+        let own = Own::new(
+            notify.clone(),
+            NodeId::from_u128(1),
+            0,
+            &Topic::from_static("t"),
+        );
         for s in 1..=(CAPACITY as u64 + 3) {
-            own.push(message(s));
+            own.push(&message(s));
         }
         // Woken at half full (looked at every 64th message): the permit is stored.
         tokio::time::timeout(std::time::Duration::from_secs(5), notify.notified())
@@ -97,7 +141,7 @@ mod tests {
             .expect("notified");
         assert_eq!(own.take_skipped(), 3);
         assert_eq!(own.take_skipped(), 0);
-        assert_eq!(own.pop().map(|m| m.sequence), Some(4));
+        assert_eq!(own.pop(), Some(message(4)), "given back whole");
         let mut n = 1;
         while own.pop().is_some() {
             n += 1;

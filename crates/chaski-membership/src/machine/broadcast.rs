@@ -1,12 +1,16 @@
 //! Broadcast on a topic's links: Plumtree's eager and lazy push, the message cache, gap repair
 //! and ordered delivery (see "How a message reaches every subscriber" in the crate docs).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::{
+    collections::{BTreeMap, HashSet, VecDeque},
+    hash::Hash,
+};
 
 use bytes::{Bytes, BytesMut};
 use chaski_wire::{
     Frame, Have, Message, NodeId, Prune, StreamHead, StreamId, StreamRange, Topic, Want,
 };
+use hashbrown::Equivalent;
 
 use super::{Membership, Timer};
 use crate::{
@@ -42,12 +46,54 @@ const MISSED_KEPT: usize = 16;
 /// Bytes a cached or held message is charged beyond its payload and headers.
 const OVERHEAD: usize = 128;
 
+/// Payloads up to this size are kept inside their cache entry: no allocation, no reference
+/// count to take and release (a message of the common small sizes costs one copy).
+const INLINE: usize = 64;
+
+/// A cached payload: inline when small, else its own bytes (cut from the arena, or shared when
+/// large: see [`Arena::own`]).
+#[derive(Debug)]
+enum Payload {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Bytes(Bytes),
+}
+
+impl Payload {
+    fn new(b: &Bytes, arena: &mut Arena) -> Payload {
+        if b.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..b.len()].copy_from_slice(b);
+            Payload::Inline {
+                len: b.len() as u8,
+                bytes,
+            }
+        } else {
+            Payload::Bytes(arena.own(b))
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Payload::Bytes(b) => b,
+        }
+    }
+
+    /// The payload as a message carries it (a copy of an inline one: served copies are few).
+    fn to_bytes(&self) -> Bytes {
+        match self {
+            Payload::Inline { .. } => Bytes::copy_from_slice(self.as_slice()),
+            Payload::Bytes(b) => b.clone(),
+        }
+    }
+}
+
 /// One cached message, without what its stream names (topic, publisher, incarnation): the
 /// stream has them once for all its messages.
 #[derive(Debug)]
 struct Cached {
     sequence: u64,
-    payload: Bytes,
+    payload: Payload,
     timestamp_micros: u64,
     hop_limit: u32,
     hops: u32,
@@ -59,7 +105,7 @@ impl Cached {
     fn message(&self, stream: &StreamId) -> Message {
         Message {
             topic: stream.topic.clone(),
-            payload: self.payload.clone(),
+            payload: self.payload.to_bytes(),
             publisher: stream.publisher,
             sequence: self.sequence,
             incarnation: stream.incarnation,
@@ -72,7 +118,7 @@ impl Cached {
 
     /// Bytes charged for keeping it (as [`charge`] for the message).
     fn charge(&self) -> usize {
-        charge_parts(&self.payload, &self.headers)
+        charge_parts(self.payload.as_slice(), &self.headers)
     }
 }
 
@@ -140,16 +186,61 @@ struct Slot {
     generation: u32,
 }
 
-/// The streams' slots: at most one per stream of the table ([`MAX_STREAMS`]), reused.
+/// The stream table: each stream in a slot (by which the cache's order names it), found by id
+/// through an index. The stream looked up last is found again without hashing: most messages
+/// are of the same stream as the one before them. At most [`MAX_STREAMS`] streams; slots are
+/// reused.
 #[derive(Debug, Default)]
-struct Slots {
+struct Streams {
+    index: FastMap<StreamId, u32>,
     /// By index: the generation, and the stream that holds the slot now.
-    slots: Vec<(u32, Option<StreamId>)>,
+    slots: Vec<(u32, Option<(StreamId, Stream)>)>,
     free: Vec<u32>,
+    /// The slot looked up last (perhaps free since).
+    last: u32,
 }
 
-impl Slots {
-    fn take(&mut self, key: StreamId) -> Slot {
+impl Streams {
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn find<Q: Hash + Equivalent<StreamId> + ?Sized>(&self, key: &Q) -> Option<u32> {
+        match self.slots.get(self.last as usize) {
+            Some((_, Some((id, _)))) if key.equivalent(id) => Some(self.last),
+            _ => self.index.get(key).copied(),
+        }
+    }
+
+    fn contains_key<Q: Hash + Equivalent<StreamId> + ?Sized>(&self, key: &Q) -> bool {
+        self.find(key).is_some()
+    }
+
+    fn get<Q: Hash + Equivalent<StreamId> + ?Sized>(&self, key: &Q) -> Option<&Stream> {
+        let i = self.find(key)?;
+        self.slots[i as usize].1.as_ref().map(|(_, s)| s)
+    }
+
+    fn get_mut<Q: Hash + Equivalent<StreamId> + ?Sized>(&mut self, key: &Q) -> Option<&mut Stream> {
+        let i = self.find(key)?;
+        self.last = i;
+        self.slots[i as usize].1.as_mut().map(|(_, s)| s)
+    }
+
+    /// The stream in `slot`, unless it was forgotten since.
+    fn by_slot_mut(&mut self, slot: Slot) -> Option<&mut Stream> {
+        match self.slots.get_mut(slot.index as usize) {
+            Some((generation, Some((_, s)))) if *generation == slot.generation => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Adds the stream `key` (not in the table yet), made for its slot.
+    fn insert(&mut self, key: StreamId, make: impl FnOnce(Slot) -> Stream) {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -157,30 +248,28 @@ impl Slots {
                 (self.slots.len() - 1) as u32
             }
         };
-        let slot = &mut self.slots[index as usize];
-        slot.1 = Some(key);
-        Slot {
+        let (generation, entry) = &mut self.slots[index as usize];
+        let stream = make(Slot {
             index,
-            generation: slot.0,
-        }
+            generation: *generation,
+        });
+        *entry = Some((key.clone(), stream));
+        self.index.insert(key, index);
+        self.last = index;
     }
 
-    fn release(&mut self, slot: Slot) {
-        if let Some(s) = self.slots.get_mut(slot.index as usize)
-            && s.0 == slot.generation
-        {
-            s.0 = s.0.wrapping_add(1);
-            s.1 = None;
-            self.free.push(slot.index);
-        }
+    fn remove<Q: Hash + Equivalent<StreamId> + ?Sized>(&mut self, key: &Q) -> Option<Stream> {
+        let index = self.index.remove(key)?;
+        let (generation, entry) = &mut self.slots[index as usize];
+        *generation = generation.wrapping_add(1);
+        self.free.push(index);
+        entry.take().map(|(_, s)| s)
     }
 
-    /// The stream that holds `slot`, unless it was forgotten since.
-    fn get(&self, slot: Slot) -> Option<&StreamId> {
-        match self.slots.get(slot.index as usize) {
-            Some((generation, key)) if *generation == slot.generation => key.as_ref(),
-            _ => None,
-        }
+    fn iter(&self) -> impl Iterator<Item = (&StreamId, &Stream)> {
+        self.slots
+            .iter()
+            .filter_map(|(_, e)| e.as_ref().map(|(k, s)| (k, s)))
     }
 }
 
@@ -410,8 +499,7 @@ pub(super) struct Broadcaster {
     /// grafts them. Apart from `lazy`: a stream's tree is directed, from its publisher out, so
     /// that a node grafting its upstream peer does not start pushing back up to it.
     pruned: Links,
-    streams: FastMap<StreamId, Stream>,
-    slots: Slots,
+    streams: Streams,
     /// The cache in insertion order: when, and which stream (its oldest message leaves first).
     cache_order: VecDeque<(Instant, Slot)>,
     cache_bytes: usize,
@@ -449,10 +537,9 @@ impl Broadcaster {
 /// Where a message [`note`](Membership::note)d comes from.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Origin {
-    /// This node's own publication: kept as it is.
+    /// This node's own publication.
     Own,
-    /// From the network: its small payloads are copied (see [`COPY_BELOW`]); `first_hand`:
-    /// from its publisher's own connection, reliably.
+    /// From the network; `first_hand`: from its publisher's own connection, reliably.
     Received { first_hand: bool },
 }
 
@@ -461,13 +548,25 @@ fn charge(m: &Message) -> usize {
     charge_parts(&m.payload, &m.headers)
 }
 
-fn charge_parts(payload: &Bytes, headers: &[chaski_wire::Header]) -> usize {
+fn charge_parts(payload: &[u8], headers: &[chaski_wire::Header]) -> usize {
     payload.len()
         + headers
             .iter()
             .map(|h| h.key.len() + h.value.len())
             .sum::<usize>()
         + OVERHEAD
+}
+
+/// Whether a cache of `len` messages and `bytes` whose oldest entry came at `oldest` is beyond
+/// the limits of `config`.
+fn cache_over(
+    config: &crate::config::Config,
+    len: usize,
+    bytes: usize,
+    oldest: Instant,
+    now: Instant,
+) -> bool {
+    len > config.cache_messages || bytes > config.cache_bytes || oldest + config.cache_age <= now
 }
 
 /// `key` with `topic` (the stream's detached copy of its topic) in place of its own.
@@ -497,29 +596,27 @@ impl Arena {
     }
 }
 
-/// The cache's copy of `m`: a received one owns its small payloads and headers (cut from
-/// `arena`) instead of pinning the receive buffer; an own publication is kept as it is.
-fn cacheable(m: &Message, arena: Option<&mut Arena>) -> Cached {
-    let (payload, headers) = match arena {
-        Some(arena) => (
-            arena.own(&m.payload),
+/// The cache's copy of `m`, which owns its small payloads and headers (cut from `arena`)
+/// instead of pinning the buffer they are slices of: a receive buffer, or for an own
+/// publication the application's, whose reference count its writer shares.
+fn cacheable(m: &Message, arena: &mut Arena) -> Cached {
+    Cached {
+        sequence: m.sequence,
+        payload: Payload::new(&m.payload, arena),
+        headers: if m.headers.is_empty() {
+            Box::default()
+        } else {
             m.headers
                 .iter()
                 .map(|h| chaski_wire::Header {
                     key: h.key.clone(),
                     value: arena.own(&h.value),
                 })
-                .collect(),
-        ),
-        None => (m.payload.clone(), m.headers.as_slice().into()),
-    };
-    Cached {
-        sequence: m.sequence,
-        payload,
+                .collect()
+        },
         timestamp_micros: m.timestamp_micros,
         hop_limit: m.hop_limit,
         hops: m.hops,
-        headers,
     }
 }
 
@@ -595,10 +692,9 @@ impl Membership {
         }
         let topic = key.topic.detached();
         let key = key.with_topic(topic.clone());
-        let slot = self.bcast.slots.take(key.clone());
         self.bcast
             .streams
-            .insert(key, Stream::new(now, topic, slot));
+            .insert(key, |slot| Stream::new(now, topic, slot));
         true
     }
 
@@ -609,7 +705,6 @@ impl Membership {
             self.bcast.pruned.forget(key);
             self.bcast.generation += 1;
             self.bcast.cache_bytes -= s.cached.values().map(Cached::charge).sum::<usize>();
-            self.bcast.slots.release(s.slot);
             self.bcast.gaps.remove(key);
             self.counters.streams_forgotten += 1;
             self.event(Event::Dropped {
@@ -620,16 +715,15 @@ impl Membership {
 
     /// Drops the oldest cached messages beyond the limits of count, bytes and age.
     fn trim_cache(&mut self, now: Instant) {
-        let (max_len, max_bytes, max_age) = (
-            self.config.cache_messages,
-            self.config.cache_bytes,
-            self.config.cache_age,
-        );
-        while let Some((at, _)) = self.bcast.cache_order.front() {
-            let over = self.bcast.cache_order.len() > max_len
-                || self.bcast.cache_bytes > max_bytes
-                || *at + max_age <= now;
-            if !over {
+        while let Some(&(at, _)) = self.bcast.cache_order.front() {
+            let bcast = &self.bcast;
+            if !cache_over(
+                &self.config,
+                bcast.cache_order.len(),
+                bcast.cache_bytes,
+                at,
+                now,
+            ) {
                 break;
             }
             let (_, slot) = self.bcast.cache_order.pop_front().expect("front");
@@ -637,9 +731,8 @@ impl Membership {
             // (the one inserted then, unless a repair filled in an older one since).
             let bcast = &mut self.bcast;
             if let Some(m) = bcast
-                .slots
-                .get(slot)
-                .and_then(|key| bcast.streams.get_mut(key))
+                .streams
+                .by_slot_mut(slot)
                 .and_then(|s| s.cached.pop_oldest())
             {
                 bcast.cache_bytes -= m.charge();
@@ -704,8 +797,7 @@ impl Membership {
         let seq = msg.sequence;
         let mut charged = None;
         if !stream.cached.contains(seq) {
-            let arena = (origin != Origin::Own).then_some(&mut self.bcast.arena);
-            let copy = cacheable(msg, arena);
+            let copy = cacheable(msg, &mut self.bcast.arena);
             charged = Some(copy.charge());
             stream.cached.insert(copy);
         }
@@ -753,8 +845,21 @@ impl Membership {
             }
         }
         if let Some(bytes) = charged {
-            self.bcast.cache_bytes += bytes;
-            self.bcast.cache_order.push_back((now, stream.slot));
+            let (order, cached) = (&mut self.bcast.cache_order, &mut self.bcast.cache_bytes);
+            *cached += bytes;
+            order.push_back((now, stream.slot));
+            // The common case, the oldest entries this stream's own (one stream, or the
+            // busiest): evicted here, without looking their stream up (as `trim_cache`).
+            while let Some(&(at, slot)) = order.front() {
+                if slot != stream.slot || !cache_over(&self.config, order.len(), *cached, at, now) {
+                    break;
+                }
+                order.pop_front();
+                if let Some(m) = stream.cached.pop_oldest() {
+                    *cached -= m.charge();
+                    self.counters.cache_evictions += 1;
+                }
+            }
             self.trim_cache(now);
         }
         self.arm_broadcast(now);
@@ -1334,7 +1439,7 @@ impl Membership {
         let quiet = self.config.summary_interval;
         let horizon = self.config.cache_age;
         let mut out: BTreeMap<ConnId, Vec<StreamHead>> = BTreeMap::new();
-        for (key, stream) in &self.bcast.streams {
+        for (key, stream) in self.bcast.streams.iter() {
             if stream.latest == 0
                 || stream.active_at + quiet > now
                 || stream.active_at + horizon <= now
@@ -1476,7 +1581,7 @@ mod tests {
         let mut cache = Cache::default();
         for s in [1, 2, 5, 3, 9, 4] {
             assert!(!cache.contains(s));
-            cache.insert(cacheable(&message(s), None));
+            cache.insert(cacheable(&message(s), &mut Arena::default()));
             assert!(cache.contains(s));
         }
         let seqs = |c: &Cache| c.values().map(|m| m.sequence).collect::<Vec<_>>();
@@ -1492,7 +1597,6 @@ mod tests {
     fn a_cached_message_is_given_back_whole_with_its_streams_names() {
         let mut arena = Arena::default();
         let original = Message {
-            payload: Bytes::from_static(b"payload"),
             timestamp_micros: 77,
             hop_limit: 5,
             hops: 2,
@@ -1503,31 +1607,55 @@ mod tests {
             incarnation: 3,
             ..message(12)
         };
-        for arena in [Some(&mut arena), None] {
-            let cached = cacheable(&original, arena);
-            assert_eq!(cached.charge(), charge(&original));
-            assert_eq!(cached.message(&StreamId::of(&original)), original);
+        // Inline, cut from the arena, shared.
+        for len in [7, INLINE, INLINE + 1, COPY_BELOW + 1] {
+            let original = Message {
+                payload: Bytes::from(vec![0xa5; len]),
+                ..original.clone()
+            };
+            let cached = cacheable(&original, &mut arena);
+            assert_eq!(cached.charge(), charge(&original), "{len} B");
+            assert_eq!(
+                cached.message(&StreamId::of(&original)),
+                original,
+                "{len} B"
+            );
         }
     }
 
     #[test]
     fn a_slot_reused_by_another_stream_no_longer_names_the_old_one() {
-        let mut slots = Slots::default();
+        let now = Instant::ZERO;
+        let mut streams = Streams::default();
         let a = StreamId::of(&message(1));
         let b = StreamId {
             incarnation: 9,
             ..a.clone()
         };
-        let first = slots.take(a.clone());
-        assert_eq!(slots.get(first), Some(&a));
-        slots.release(first);
-        assert_eq!(slots.get(first), None);
-        let second = slots.take(b.clone());
+        let topic = a.topic.clone();
+        streams.insert(a.clone(), |slot| Stream::new(now, topic.clone(), slot));
+        let first = streams.get(&a).expect("a").slot;
+        assert!(streams.by_slot_mut(first).is_some());
+        assert!(streams.remove(&a).is_some());
+        assert!(streams.by_slot_mut(first).is_none());
+        assert!(
+            !streams.contains_key(&a),
+            "not found by the last lookup either"
+        );
+        streams.insert(b.clone(), |slot| Stream::new(now, topic.clone(), slot));
+        let second = streams.get(&b).expect("b").slot;
         assert_eq!(second.index, first.index, "the slot is reused");
-        assert_eq!(slots.get(first), None, "an old entry names nothing");
-        assert_eq!(slots.get(second), Some(&b));
-        // Releasing by a stale handle frees nothing.
-        slots.release(first);
-        assert_eq!(slots.get(second), Some(&b));
+        assert!(
+            streams.by_slot_mut(first).is_none(),
+            "an old entry names nothing"
+        );
+        assert!(streams.by_slot_mut(second).is_some());
+        assert!(streams.get(&a).is_none());
+        assert_eq!(streams.len(), 1);
+        // Found by the index as well as by the last lookup.
+        streams.insert(a.clone(), |slot| Stream::new(now, topic.clone(), slot));
+        assert!(streams.get_mut(&StreamRef::to(&b)).is_some());
+        assert!(streams.get_mut(&StreamRef::to(&a)).is_some());
+        assert_eq!(streams.iter().count(), 2);
     }
 }
