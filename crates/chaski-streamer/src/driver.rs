@@ -221,6 +221,8 @@ struct Driver {
     own_notify: Arc<tokio::sync::Notify>,
     /// When the queues are drained next.
     own_due: Instant,
+    /// Where small payloads of own publications are cut from (see `Own::pop`).
+    own_scratch: bytes::BytesMut,
     /// The membership's routes generation the snapshot was built from.
     routes_generation: u64,
     unrouted: HashMap<Topic, (u64, Instant)>,
@@ -438,6 +440,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         own: FastMap::default(),
         own_notify: Arc::new(tokio::sync::Notify::new()),
         own_due: now,
+        own_scratch: bytes::BytesMut::new(),
         routes_generation: 0,
         unrouted: HashMap::new(),
         reports_due: None,
@@ -869,7 +872,7 @@ impl Driver {
         let mut skipped = 0;
         for own in self.own.values() {
             skipped += own.take_skipped();
-            while let Some(message) = own.pop() {
+            while let Some(message) = own.pop(&mut self.own_scratch) {
                 self.membership.published(now, &message);
             }
         }
@@ -1174,7 +1177,7 @@ impl Driver {
             if routes.topics.contains_key(topic) {
                 return true;
             }
-            while let Some(message) = own.pop() {
+            while let Some(message) = own.pop(&mut self.own_scratch) {
                 self.membership.published(now, &message);
             }
             false

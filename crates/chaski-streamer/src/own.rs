@@ -18,17 +18,31 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
+use bytes::BytesMut;
 use chaski_wire::{Header, Message, NodeId, Topic};
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::Notify;
 
+/// The chunks small payloads are cut from on their way out of the queue.
+const SCRATCH_CHUNK: usize = 64 << 10;
+
 /// Copies kept per topic between two drains.
 pub(crate) const CAPACITY: usize = 1024;
+
+/// Payloads up to this size are copied into the queue: the handle takes no reference count on
+/// the application's buffer (which its connection's writer releases at the same time).
+const INLINE: usize = 64;
+
+/// A payload in the queue.
+enum Payload {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(bytes::Bytes),
+}
 
 /// What one publication adds to what its queue knows.
 struct Copy {
     sequence: u64,
-    payload: bytes::Bytes,
+    payload: Payload,
     timestamp_micros: u64,
     hop_limit: u32,
     headers: Vec<Header>,
@@ -65,7 +79,16 @@ impl Own {
         let sequence = message.sequence;
         let copy = Copy {
             sequence,
-            payload: message.payload.clone(),
+            payload: if message.payload.len() <= INLINE {
+                let mut bytes = [0; INLINE];
+                bytes[..message.payload.len()].copy_from_slice(&message.payload);
+                Payload::Inline {
+                    len: message.payload.len() as u8,
+                    bytes,
+                }
+            } else {
+                Payload::Shared(message.payload.clone())
+            },
             timestamp_micros: message.timestamp_micros,
             hop_limit: message.hop_limit,
             headers: message.headers.clone(),
@@ -80,13 +103,24 @@ impl Own {
         }
     }
 
-    /// The next publication, oldest first.
-    pub(crate) fn pop(&self) -> Option<Message> {
+    /// The next publication, oldest first; small payloads are cut from `scratch` (the
+    /// driver's: one allocation per chunk of them).
+    pub(crate) fn pop(&self, scratch: &mut BytesMut) -> Option<Message> {
         let copy = self.queue.pop()?;
+        let payload = match copy.payload {
+            Payload::Inline { len, bytes } => {
+                if scratch.capacity() - scratch.len() < INLINE {
+                    *scratch = BytesMut::with_capacity(SCRATCH_CHUNK);
+                }
+                scratch.extend_from_slice(&bytes[..usize::from(len)]);
+                scratch.split().freeze()
+            }
+            Payload::Shared(bytes) => bytes,
+        };
         let (publisher, incarnation, topic) = &self.stream;
         Some(Message {
             topic: topic.clone(),
-            payload: copy.payload,
+            payload,
             publisher: *publisher,
             sequence: copy.sequence,
             incarnation: *incarnation,
@@ -132,6 +166,7 @@ mod tests {
             0,
             &Topic::from_static("t"),
         );
+        let mut scratch = BytesMut::new();
         for s in 1..=(CAPACITY as u64 + 3) {
             own.push(&message(s));
         }
@@ -141,9 +176,9 @@ mod tests {
             .expect("notified");
         assert_eq!(own.take_skipped(), 3);
         assert_eq!(own.take_skipped(), 0);
-        assert_eq!(own.pop(), Some(message(4)), "given back whole");
+        assert_eq!(own.pop(&mut scratch), Some(message(4)), "given back whole");
         let mut n = 1;
-        while own.pop().is_some() {
+        while own.pop(&mut scratch).is_some() {
             n += 1;
         }
         assert_eq!(n, CAPACITY);

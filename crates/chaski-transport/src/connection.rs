@@ -329,6 +329,14 @@ impl WriteSide {
     }
 }
 
+/// What [`Connection::queue_now`] did with an item.
+enum Queued {
+    /// Queued (or written), or refused for good.
+    Done(Result<(), SendError>),
+    /// The queue is full, or the item counts against the byte bound: wait.
+    Wait(Outgoing),
+}
+
 /// Counts a frame as in flight until it is queued (or dropped with its error).
 struct InFlight<'a>(&'a AtomicUsize, bool);
 
@@ -453,9 +461,16 @@ impl Connection {
     /// A `Goodbye` frame closes the connection like [`Connection::close`]. Fails with
     /// [`SendError::Encode`] when the frame exceeds the maximum frame length, and with
     /// [`SendError::Closed`] when the connection is closed.
-    pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
-        let item = self.prepare(frame)?;
-        self.queue(item).await
+    pub fn send(&self, frame: Frame) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+        // The common case, room in the queue, is done before the future is made: the frame is
+        // moved once into the queue rather than through the states of two futures.
+        let first = self.prepare(frame).map(|item| self.queue_now(item));
+        async move {
+            match first? {
+                Queued::Done(result) => result,
+                Queued::Wait(item) => self.queue(item).await,
+            }
+        }
     }
 
     /// Queues `frame` if the send queue has room, or fails at once with [`SendError::Full`].
@@ -539,6 +554,26 @@ impl Connection {
         }
         in_flight.queued();
         Ok(())
+    }
+
+    /// Queues `item` if that needs no waiting: a direct write, or room in the queue for an item
+    /// the byte bound does not count; else gives it back, for [`queue`](Self::queue).
+    fn queue_now(&self, item: Outgoing) -> Queued {
+        if let Some(result) = self.try_direct(&item) {
+            return Queued::Done(result);
+        }
+        if item.size() != 0 {
+            return Queued::Wait(item);
+        }
+        let in_flight = InFlight::new(&self.shared.write.inflight);
+        match self.tx.try_send(item) {
+            Ok(()) => {
+                in_flight.queued();
+                Queued::Done(Ok(()))
+            }
+            Err(mpsc::error::TrySendError::Full(item)) => Queued::Wait(item),
+            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Done(Err(SendError::Closed)),
+        }
     }
 
     fn try_queue(&self, item: Outgoing) -> Result<(), SendError> {
