@@ -41,6 +41,8 @@ use std::time::Duration;
 
 use chaski_wire::{NodeId, Topic};
 
+use hashbrown::Equivalent;
+
 use crate::{key::FilterRef, time::Instant};
 
 /// How many sequences below the highest one the filter remembers per stream.
@@ -283,12 +285,19 @@ pub(crate) enum Seen {
     Implausible,
 }
 
+type Key = (NodeId, u64, Topic);
+
 /// The bounded duplicate filter keyed by (publisher, topic, sequence).
 #[derive(Debug)]
 pub(crate) struct DuplicateFilter {
-    /// Keyed by (publisher, incarnation, topic). Seeded fast hashing (foldhash): looked up once
-    /// per message.
-    streams: hashbrown::HashMap<(NodeId, u64, Topic), Stream, foldhash::fast::RandomState>,
+    /// The streams, keyed by (publisher, incarnation, topic).
+    streams: Vec<(Key, Stream)>,
+    /// Where each stream is in `streams`. Seeded fast hashing (foldhash), by a borrowed key:
+    /// no reference count on the topic's receive buffer.
+    index: hashbrown::HashMap<Key, usize, foldhash::fast::RandomState>,
+    /// The stream checked last: most messages are of the same stream as the one before them,
+    /// found again without hashing.
+    last: usize,
     capacity: usize,
     clock: u64,
     /// Streams evicted to make room.
@@ -298,7 +307,9 @@ pub(crate) struct DuplicateFilter {
 impl DuplicateFilter {
     pub(crate) fn new(capacity: usize) -> DuplicateFilter {
         DuplicateFilter {
-            streams: hashbrown::HashMap::default(),
+            streams: Vec::new(),
+            index: hashbrown::HashMap::default(),
+            last: 0,
             capacity,
             clock: 0,
             evictions: 0,
@@ -319,31 +330,38 @@ impl DuplicateFilter {
         from: From,
     ) -> Seen {
         self.clock += 1;
-        // Looked up by a borrowed key: no reference count on the topic's receive buffer.
-        if let Some(s) = self
-            .streams
-            .get_mut(&FilterRef(publisher, incarnation, topic))
-        {
+        let key = FilterRef(publisher, incarnation, topic);
+        let found = match self.streams.get(self.last) {
+            Some((k, _)) if key.equivalent(k) => Some(self.last),
+            _ => self.index.get(&key).copied(),
+        };
+        if let Some(i) = found {
+            self.last = i;
+            let s = &mut self.streams[i].1;
             s.last_used = self.clock;
             return s.check(now, sequence, from);
         }
         if self.streams.len() >= self.capacity {
             // Evict the stream heard from least recently. O(n), but only when a new stream
             // arrives at a full table.
-            if let Some(oldest) = self
-                .streams
-                .iter()
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(key, _)| key.clone())
+            if let Some(oldest) =
+                (0..self.streams.len()).min_by_key(|&i| self.streams[i].1.last_used)
             {
-                self.streams.remove(&oldest);
+                let (gone, _) = self.streams.swap_remove(oldest);
+                self.index.remove(&gone);
+                if let Some((moved, _)) = self.streams.get(oldest)
+                    && let Some(at) = self.index.get_mut(moved)
+                {
+                    *at = oldest;
+                }
                 self.evictions += 1;
             }
         }
-        self.streams.insert(
-            (publisher, incarnation, topic.detached()),
-            Stream::new(sequence, now, self.clock),
-        );
+        let key = (publisher, incarnation, topic.detached());
+        self.last = self.streams.len();
+        self.index.insert(key.clone(), self.last);
+        self.streams
+            .push((key, Stream::new(sequence, now, self.clock)));
         Seen::New
     }
 }
@@ -510,6 +528,29 @@ mod tests {
         assert_eq!(one.check(T0, 6, From::Publisher), Seen::New, "re-based");
         assert_eq!(one.check(T0, 7, relay(2)), Seen::New);
         assert_eq!(one.check(T0, 7, relay(2)), Seen::Duplicate);
+    }
+
+    #[test]
+    fn a_stream_moved_by_an_eviction_keeps_its_window() {
+        let mut f = DuplicateFilter::new(3);
+        let t = Topic::from_static("t");
+        let p = |n| (NodeId::from_u128(n), 0);
+        for n in 1..=3 {
+            assert_eq!(f.check(T0, p(n), &t, 10, relay(9)), Seen::New);
+        }
+        // 2 and 3 are heard again; 1 is the least recent, the last in the table moves to its
+        // place when it goes.
+        assert_eq!(f.check(T0, p(2), &t, 10, relay(9)), Seen::Duplicate);
+        assert_eq!(f.check(T0, p(3), &t, 10, relay(9)), Seen::Duplicate);
+        assert_eq!(f.check(T0, p(4), &t, 10, relay(9)), Seen::New);
+        assert_eq!(f.len(), 3);
+        assert_eq!(f.evictions, 1);
+        for n in [2, 3, 4] {
+            assert_eq!(f.check(T0, p(n), &t, 10, relay(9)), Seen::Duplicate, "{n}");
+            assert_eq!(f.check(T0, p(n), &t, 11, relay(9)), Seen::New, "{n}");
+        }
+        // Forgotten: its next message starts it again.
+        assert_eq!(f.check(T0, p(1), &t, 10, relay(9)), Seen::New);
     }
 
     #[test]
