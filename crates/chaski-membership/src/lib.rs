@@ -225,7 +225,7 @@
 //! | peer exchange bytes | what fits a 1 MiB control frame, less 64 KiB | cut (counted in `exchanges_cut`) |
 //! | unconfirmed sequence jumps | 4 per stream, one per peer | the oldest claim replaced |
 //! | action queue | what one call produced | the driver drains it after every call |
-//! | message cache | `cache_messages` (65,536), `cache_bytes` (64 MiB: payloads and headers plus 128 bytes each; small payloads copied, never pinning a receive buffer), `cache_age` (30 s) | the oldest message goes (counted) |
+//! | message cache | `cache_messages` (65,536), `cache_bytes` (64 MiB: payloads and headers plus 128 bytes each; payloads up to 64 B kept inside their entry, others up to 4 KiB copied: never pinning a receive buffer), `cache_age` (30 s) | the oldest message goes (counted; of the stream whose entry is oldest) |
 //! | held-back messages | `hold_messages` (16,384), `hold_bytes` (32 MiB), all streams | the oldest gap is reported missed at once (counted) |
 //! | broadcast streams | [`MAX_STREAMS`] (16,384) | the one active least recently that holds nothing back is forgotten (counted, [`DropKind::Stream`]) |
 //! | lazy links | links x streams (within the two above) | forgotten with the connection |

@@ -938,7 +938,8 @@ impl Driver {
 
     /// Hands a message to every stream of `to` that wants it (and counts it, when it arrives).
     fn deliver(&mut self, message: Message, delivery: Delivery, to: Consumers) {
-        let streams = self.registry.load_arc();
+        // A guard, not a reference count on the list (which handles and consumers share).
+        let streams = self.registry.load();
         // The topic is borrowed, not cloned: a clone is a reference count on the receive
         // buffer, which the reading task on the other core touches too.
         let wanted = |s: &Arc<Shared>, topic: &Topic| s.wants(topic) && to.includes(s.ordered());
@@ -957,31 +958,31 @@ impl Driver {
             .iter()
             .filter(|s| wanted(s, &received.topic))
         {
-            closed |= self.offer(stream, received.clone());
+            closed |= Self::offer(&mut self.blocked_deliveries, stream, received.clone());
             stream = next;
         }
-        closed |= self.offer(stream, received);
+        closed |= Self::offer(&mut self.blocked_deliveries, stream, received);
+        drop(streams);
         if closed {
             self.registry.prune();
         }
     }
 
     /// Offers to a stream; returns whether the stream turned out closed.
-    fn offer(&mut self, stream: &Arc<Shared>, message: Received) -> bool {
+    fn offer(
+        blocked: &mut VecDeque<(Arc<Shared>, Received)>,
+        stream: &Arc<Shared>,
+        message: Received,
+    ) -> bool {
         // Keep per-stream order: once a message waits for a stream, later ones wait behind it.
-        if !self.blocked_deliveries.is_empty()
-            && self
-                .blocked_deliveries
-                .iter()
-                .any(|(s, _)| Arc::ptr_eq(s, stream))
-        {
-            self.blocked_deliveries.push_back((stream.clone(), message));
+        if !blocked.is_empty() && blocked.iter().any(|(s, _)| Arc::ptr_eq(s, stream)) {
+            blocked.push_back((stream.clone(), message));
             return false;
         }
         match stream.offer(message) {
             Offer::Queued | Offer::Dropped => false,
             Offer::Full(message) => {
-                self.blocked_deliveries.push_back((stream.clone(), message));
+                blocked.push_back((stream.clone(), message));
                 false
             }
             Offer::Closed => true,
