@@ -220,7 +220,8 @@ struct Driver {
     /// Woken by a handle when a topic's queue is half full.
     own_notify: Arc<tokio::sync::Notify>,
     /// When the queues are drained next.
-    own_due: Instant,
+    /// When to take the own publications waiting (none waiting: `None`).
+    own_due: Option<Instant>,
     /// Where small payloads of own publications are cut from (see `Own::pop`).
     own_scratch: bytes::BytesMut,
     /// The membership's routes generation the snapshot was built from.
@@ -439,7 +440,7 @@ pub(crate) async fn start(builder: NodeBuilder) -> Result<Node, Error> {
         datagrams_dropped: 0,
         own: FastMap::default(),
         own_notify: Arc::new(tokio::sync::Notify::new()),
-        own_due: now,
+        own_due: None,
         own_scratch: bytes::BytesMut::new(),
         routes_generation: 0,
         unrouted: HashMap::new(),
@@ -526,7 +527,7 @@ impl Driver {
             }
             self.run_actions();
             self.publish_peers();
-            if self.own_due <= Instant::now() {
+            if self.own_due.is_some_and(|due| due <= Instant::now()) {
                 self.drain_own();
             }
             if self.routes_dirty
@@ -539,7 +540,7 @@ impl Driver {
             let timer = [
                 self.membership.poll_timeout().map(|at| self.deadline(at)),
                 self.reports_due,
-                (!self.own.is_empty()).then_some(self.own_due),
+                self.own_due,
             ]
             .into_iter()
             .flatten()
@@ -599,7 +600,7 @@ impl Driver {
                     }
                 }
                 Some(_) = self.closing.join_next(), if !self.closing.is_empty() => {}
-                () = self.own_notify.notified() => self.drain_own(),
+                () = self.own_notify.notified() => self.own_waiting(),
                 () = async {
                     match timer {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -867,17 +868,33 @@ impl Driver {
     /// Hands this node's own publications, sent by the handles, to the membership: it caches
     /// them and announces them on the links that only hear announcements.
     fn drain_own(&mut self) {
-        self.own_due = Instant::now() + OWN_DRAIN;
+        self.own_due = None;
         let now = self.now();
         let mut skipped = 0;
+        let mut more = false;
         for own in self.own.values() {
             skipped += own.take_skipped();
             while let Some(message) = own.pop(&mut self.own_scratch) {
                 self.membership.published(now, &message);
             }
+            more |= own.drained();
+        }
+        if more {
+            self.own_due = Some(Instant::now() + OWN_DRAIN);
         }
         Counters::add(&self.counters.cache_skipped, skipped);
         self.run_actions();
+    }
+
+    /// A handle told of own publications waiting: taken at once if a queue is half full, else
+    /// within [`OWN_DRAIN`] (a batch).
+    fn own_waiting(&mut self) {
+        if self.own.values().any(|own| own.half_full()) {
+            self.drain_own();
+        } else {
+            self.own_due
+                .get_or_insert_with(|| Instant::now() + OWN_DRAIN);
+        }
     }
 
     /// Queues `message` on each of `targets` (encoded once); a full queue drops it for that peer

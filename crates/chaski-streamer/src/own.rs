@@ -3,8 +3,10 @@
 //! The handles send a publication straight to the connections of the routing snapshot, without
 //! the driver. The driver still needs a copy of each: the membership caches it (to serve grafts
 //! and gap repair) and announces it on the links that only hear announcements. Each topic of the
-//! snapshot has a bounded lock-free queue: a handle pushes a copy (reference counts, no payload
-//! copy), the driver takes them every `announce_interval` and as soon as a queue is half full.
+//! snapshot has a bounded lock-free queue: a handle pushes a copy (small payloads copied, else a
+//! reference count); the first copy after a drain tells the driver, which takes them a short
+//! while later (`OWN_DRAIN`, a batch), and at once when a queue is half full. A node that
+//! publishes nothing is not woken.
 //! A copy holds only what differs from one publication to the next (no topic, publisher or
 //! incarnation: the queue has them), so that a handle touches no reference count of the topic,
 //! which its writer and the driver share.
@@ -15,7 +17,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use bytes::BytesMut;
@@ -57,6 +59,8 @@ pub(crate) struct Own {
     driver: Arc<Notify>,
     /// Copies dropped because the queue was full.
     skipped: AtomicU64,
+    /// The driver was told of copies waiting (since its last drain).
+    told: AtomicBool,
 }
 
 impl Own {
@@ -71,6 +75,7 @@ impl Own {
             queue: ArrayQueue::new(CAPACITY),
             driver,
             skipped: AtomicU64::new(0),
+            told: AtomicBool::new(false),
         }
     }
 
@@ -96,11 +101,32 @@ impl Own {
         if self.queue.force_push(copy).is_some() {
             self.skipped.fetch_add(1, Ordering::Relaxed);
         }
-        // Looked at every 64th message only: the length reads both ends of the queue, which
-        // the driver is popping.
-        if sequence % 64 == 0 && self.queue.len() >= CAPACITY / 2 {
+        // The first copy since the driver's drain tells it (a read of a flag that changes once
+        // per drain, not a write per message).
+        if !self.told.load(Ordering::Acquire) && !self.told.swap(true, Ordering::AcqRel) {
             self.driver.notify_one();
         }
+        // Looked at every 64th message only: the length reads both ends of the queue, which
+        // the driver is popping.
+        if sequence % 64 == 0 && self.half_full() {
+            self.driver.notify_one();
+        }
+    }
+
+    /// Whether the driver should take the copies now rather than batch them.
+    pub(crate) fn half_full(&self) -> bool {
+        self.queue.len() >= CAPACITY / 2
+    }
+
+    /// The driver took every copy: the next one tells it again. Returns whether copies came
+    /// meanwhile (their handles did not tell: the driver must take them too).
+    pub(crate) fn drained(&self) -> bool {
+        self.told.store(false, Ordering::Release);
+        if self.queue.is_empty() {
+            return false;
+        }
+        self.told.store(true, Ordering::Release);
+        true
     }
 
     /// The next publication, oldest first; small payloads are cut from `scratch` (the
@@ -157,8 +183,16 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_full_queue_drops_the_oldest_counts_it_and_wakes_the_driver_at_half() {
+    /// Whether the driver has a wake-up waiting (a stored permit), taken if so.
+    fn woken(notify: &Notify) -> bool {
+        use std::future::Future as _;
+        let notified = std::pin::pin!(notify.notified());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        notified.poll(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn the_first_copy_after_a_drain_tells_the_driver_and_the_others_do_not() {
         let notify = Arc::new(Notify::new());
         let own = Own::new(
             notify.clone(),
@@ -167,13 +201,40 @@ mod tests {
             &Topic::from_static("t"),
         );
         let mut scratch = BytesMut::new();
-        for s in 1..=(CAPACITY as u64 + 3) {
+        assert!(!woken(&notify), "nothing published, nothing to wake for");
+        own.push(&message(1));
+        assert!(woken(&notify));
+        own.push(&message(2));
+        assert!(!woken(&notify), "told once per drain");
+        while own.pop(&mut scratch).is_some() {}
+        assert!(!own.drained(), "nothing came meanwhile");
+        own.push(&message(3));
+        assert!(woken(&notify), "the first copy after the drain tells again");
+        // A copy that comes while the driver drains, before it says it drained: the driver
+        // sees it in `drained` (the handle did not tell).
+        own.push(&message(4));
+        assert!(own.drained());
+        assert!(!woken(&notify));
+        assert_eq!(own.pop(&mut scratch).map(|m| m.sequence), Some(3));
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_counts_it_and_wakes_the_driver_at_half() {
+        let notify = Arc::new(Notify::new());
+        let own = Own::new(
+            notify.clone(),
+            NodeId::from_u128(1),
+            0,
+            &Topic::from_static("t"),
+        );
+        let mut scratch = BytesMut::new();
+        own.push(&message(1));
+        assert!(woken(&notify), "the first copy tells the driver");
+        for s in 2..=(CAPACITY as u64 + 3) {
             own.push(&message(s));
         }
-        // Woken at half full (looked at every 64th message): the permit is stored.
-        tokio::time::timeout(std::time::Duration::from_secs(5), notify.notified())
-            .await
-            .expect("notified");
+        // Woken again at half full (looked at every 64th message): the permit is stored.
+        assert!(woken(&notify));
         assert_eq!(own.take_skipped(), 3);
         assert_eq!(own.take_skipped(), 0);
         assert_eq!(own.pop(&mut scratch), Some(message(4)), "given back whole");
