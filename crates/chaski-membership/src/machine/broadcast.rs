@@ -557,6 +557,27 @@ fn charge_parts(payload: &[u8], headers: &[chaski_wire::Header]) -> usize {
         + OVERHEAD
 }
 
+/// Whether a cache of `len` messages and `bytes` whose oldest entry came at `oldest` is beyond
+/// the limits of `config`.
+fn cache_over(
+    config: &crate::config::Config,
+    len: usize,
+    bytes: usize,
+    oldest: Instant,
+    now: Instant,
+) -> bool {
+    len > config.cache_messages || bytes > config.cache_bytes || oldest + config.cache_age <= now
+}
+
+/// `key` with `topic` (the stream's detached copy of its topic) in place of its own.
+fn owned_key(key: &StreamId, topic: &Topic) -> StreamId {
+    StreamId {
+        publisher: key.publisher,
+        incarnation: key.incarnation,
+        topic: topic.clone(),
+    }
+}
+
 /// Where the cache's copies of small payloads are cut from (see [`ARENA_CHUNK`]).
 #[derive(Debug, Default)]
 struct Arena(BytesMut);
@@ -695,10 +716,14 @@ impl Membership {
     /// Drops the oldest cached messages beyond the limits of count, bytes and age.
     fn trim_cache(&mut self, now: Instant) {
         while let Some(&(at, _)) = self.bcast.cache_order.front() {
-            let over = self.bcast.cache_order.len() > self.config.cache_messages
-                || self.bcast.cache_bytes > self.config.cache_bytes
-                || at + self.config.cache_age <= now;
-            if !over {
+            let bcast = &self.bcast;
+            if !cache_over(
+                &self.config,
+                bcast.cache_order.len(),
+                bcast.cache_bytes,
+                at,
+                now,
+            ) {
                 break;
             }
             let (_, slot) = self.bcast.cache_order.pop_front().expect("front");
@@ -820,8 +845,21 @@ impl Membership {
             }
         }
         if let Some(bytes) = charged {
-            self.bcast.cache_bytes += bytes;
-            self.bcast.cache_order.push_back((now, stream.slot));
+            let (order, cached) = (&mut self.bcast.cache_order, &mut self.bcast.cache_bytes);
+            *cached += bytes;
+            order.push_back((now, stream.slot));
+            // The common case, the oldest entries this stream's own (one stream, or the
+            // busiest): evicted here, without looking their stream up (as `trim_cache`).
+            while let Some(&(at, slot)) = order.front() {
+                if slot != stream.slot || !cache_over(&self.config, order.len(), *cached, at, now) {
+                    break;
+                }
+                order.pop_front();
+                if let Some(m) = stream.cached.pop_oldest() {
+                    *cached -= m.charge();
+                    self.counters.cache_evictions += 1;
+                }
+            }
             self.trim_cache(now);
         }
         self.arm_broadcast(now);
@@ -1282,8 +1320,7 @@ impl Membership {
             let Some(stream) = self.bcast.streams.get(&range.stream) else {
                 continue;
             };
-            // The stream's detached topic, not the asker's slice of its frame.
-            let key = StreamRef::to(&range.stream).with_topic(stream.topic.clone());
+            let key = owned_key(&range.stream, &stream.topic);
             for m in stream.cached.range(range.first, range.last) {
                 if sent >= MAX_SERVED || bytes >= budget {
                     self.counters.repairs_throttled += 1;
