@@ -167,9 +167,15 @@
 //!   held until the gap is filled, or until `gap_timeout` (1 s, timed afresh while the gap makes
 //!   progress) passes, when the gap is reported [`Event::Missed`] with its exact range and the
 //!   stream moves on. A stream starts where this node first hears of it; first heard of by a
-//!   message that is not its first, the order settles for `repair_delay` first (messages held,
-//!   unordered consumers served at once), so that the message before it, still on its way by
-//!   another path, is not left behind.
+//!   message (or an announcement) that is not its first, the order settles first (messages
+//!   held, unordered consumers served at once), so that earlier messages still on their way by
+//!   another path are not left behind. It starts at the lowest sequence shown meanwhile, by a
+//!   message or an announcement, once every link of the topic that was there when the stream
+//!   was first heard of has shown it (a message, an announcement or a prune of it: each link is
+//!   in order, so what it shows first is the lowest it brings) and `repair_delay` passed; at the
+//!   latest after `gap_timeout`, or at once when the hold-back buffer is full. A late joiner
+//!   thus gets no history, and a node that linked to a joining publisher after its first
+//!   message gets that message from the relay that had it, however slow the relay.
 //!
 //! **Why the eager links end as a tree.** A duplicate arrives only over a cycle of eager links,
 //! and each duplicate turns one link of that cycle lazy; no message ever makes a lazy link eager

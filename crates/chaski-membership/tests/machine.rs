@@ -1224,25 +1224,77 @@ fn delivered_in_order(actions: &[Action]) -> Vec<u64> {
 fn a_stream_first_heard_after_its_start_settles_before_its_order_begins() {
     let mut m = with_two_neighbours(|b| b);
     // Just linked to publisher 2, this node hears its message 2 first-hand before relay 3's
-    // copy of message 1: both reach ordered consumers, in order.
+    // copy of message 1, which comes long after `repair_delay` (a loaded relay): both reach
+    // ordered consumers, in order, for relay 3's link was there before the stream began.
     let r = m.route(ms(1), Some(ConnId(2)), &message(2, 2, "a", 5));
     assert!(r.deliver && !r.in_order, "held while the order settles");
-    let r = m.route(ms(10), Some(ConnId(3)), &forwarded(&message(2, 1, "a", 5)));
+    let early = run_until(&mut m, ms(400));
+    assert_eq!(delivered_in_order(&early), [], "still waiting for relay 3");
+    let r = m.route(ms(400), Some(ConnId(3)), &forwarded(&message(2, 1, "a", 5)));
     assert!(r.deliver && !r.in_order);
-    let actions = run_until(&mut m, ms(200));
+    let actions = run_until(&mut m, ms(500));
     assert_eq!(delivered_in_order(&actions), [1, 2]);
     assert_eq!(missed_ranges(&actions), []);
-    let r = m.route(ms(201), Some(ConnId(2)), &message(2, 3, "a", 5));
+    let r = m.route(ms(501), Some(ConnId(2)), &message(2, 3, "a", 5));
     assert!(r.deliver && r.in_order);
-    // A stream joined late (nothing earlier comes): it starts where it was first heard.
+    // A stream joined late (nothing earlier comes): it starts where it was first heard, once
+    // the other link showed it (here by its next message) and `repair_delay` passed.
     let r = m.route(
-        ms(300),
+        ms(600),
         Some(ConnId(2)),
         &forwarded(&message(7, 500, "a", 5)),
     );
     assert!(r.deliver && !r.in_order);
-    let actions = run_until(&mut m, ms(2_000));
-    assert_eq!(delivered_in_order(&actions), [500]);
+    let r = m.route(
+        ms(601),
+        Some(ConnId(3)),
+        &forwarded(&message(7, 501, "a", 5)),
+    );
+    assert!(r.deliver && !r.in_order);
+    let actions = run_until(&mut m, ms(700));
+    assert_eq!(delivered_in_order(&actions), [500, 501]);
+    // A link that never shows the stream delays its start by `gap_timeout` at most.
+    let r = m.route(
+        ms(800),
+        Some(ConnId(2)),
+        &forwarded(&message(8, 40, "a", 5)),
+    );
+    assert!(r.deliver && !r.in_order);
+    let waiting = run_until(&mut m, ms(1_700));
+    assert_eq!(delivered_in_order(&waiting), []);
+    let actions = run_until(&mut m, ms(1_830));
+    assert_eq!(delivered_in_order(&actions), [40]);
     assert_eq!(missed_ranges(&actions), []);
     assert_eq!(m.counters().messages_missed, 0);
+}
+
+#[test]
+fn a_stream_announced_by_its_publisher_on_a_new_link_waits_for_the_older_links() {
+    let mut m = with_two_neighbours(|b| b);
+    // Publisher 2, newly linked, says it sent message 1 already (as on every new link); relay
+    // 3, linked before, announces message 1 while its copy is on its way; message 2 comes
+    // first-hand; the relay's copy of 1 long after.
+    m.handle_frame(ms(1), ConnId(2), have(2, "a", 2, 1));
+    let r = m.route(ms(2), Some(ConnId(2)), &message(2, 2, "a", 5));
+    assert!(r.deliver && !r.in_order);
+    m.handle_frame(ms(3), ConnId(3), have(2, "a", 1, 1));
+    let r = m.route(ms(300), Some(ConnId(3)), &forwarded(&message(2, 1, "a", 5)));
+    assert!(r.deliver && !r.in_order);
+    let actions = run_until(&mut m, ms(500));
+    assert_eq!(delivered_in_order(&actions), [1, 2]);
+    assert_eq!(missed_ranges(&actions), []);
+    // Had the relay's copy not come, the announcement names what is missing: asked for once
+    // the order settled, then reported missed if nobody has it.
+    m.handle_frame(ms(600), ConnId(2), have(9, "a", 5, 4));
+    let r = m.route(ms(601), Some(ConnId(2)), &forwarded(&message(9, 5, "a", 5)));
+    assert!(r.deliver && !r.in_order);
+    m.handle_frame(ms(602), ConnId(3), have(9, "a", 3, 4));
+    let actions = run_until(&mut m, ms(3_000));
+    let wants = sends(&actions, ConnId(3))
+        .into_iter()
+        .filter(|f| matches!(f, Frame::Want(_)))
+        .count();
+    assert!(wants > 0, "the relay was asked for 3..=4: {actions:?}");
+    assert_eq!(delivered_in_order(&actions), [5]);
+    assert_eq!(missed_ranges(&actions), [(3, 4)]);
 }

@@ -314,9 +314,23 @@ struct Stream {
     first_hand_at: Option<Instant>,
     /// The publisher's connection skipped part of the open gap (it will not fill it).
     direct_gap: bool,
-    /// First heard of by a message that was not its first: until then, the order may still
-    /// start lower (its messages are held meanwhile).
-    settling: Option<Instant>,
+    /// First heard of by a message (or an announcement) that was not its first: the order may
+    /// still start lower, and its messages are held meanwhile.
+    settling: Option<Settling>,
+}
+
+/// A stream's order settling before it starts (see [`Stream::settled`]).
+#[derive(Debug)]
+struct Settling {
+    /// Not over before then (`repair_delay` after the stream was first heard of).
+    earliest: Instant,
+    /// Over then at the latest (`gap_timeout` after), whatever is still awaited.
+    latest: Instant,
+    /// The links of the topic that were there when the stream was first heard of and have not
+    /// shown it since (a message, an announcement or a prune of it). Each sends in order, so
+    /// what it shows first is the lowest it will bring: once every one has, nothing lower is on
+    /// its way. At most one entry per connection.
+    waiting: Vec<ConnId>,
 }
 
 impl Stream {
@@ -377,6 +391,20 @@ impl Stream {
             out.push((from, self.latest));
         }
         out
+    }
+
+    /// Whether the order may start (it is not settling, or its settling is over).
+    fn settled(&self, now: Instant) -> bool {
+        self.settling
+            .as_ref()
+            .is_none_or(|s| now >= s.latest || (s.waiting.is_empty() && now >= s.earliest))
+    }
+
+    /// `conn` showed the stream: a settling order no longer waits for it.
+    fn shown_by(&mut self, conn: ConnId) {
+        if let Some(s) = &mut self.settling {
+            s.waiting.retain(|&c| c != conn);
+        }
     }
 
     /// Starts the order at `seq` if it has not started yet.
@@ -570,6 +598,27 @@ fn cache_over(
 }
 
 /// `key` with `topic` (the stream's detached copy of its topic) in place of its own.
+/// The settling of a stream first heard of from `from` (see [`Settling`]): it waits for the
+/// topic's other links.
+fn settling(
+    now: Instant,
+    config: &crate::config::Config,
+    links: Option<&Vec<ConnId>>,
+    from: Option<ConnId>,
+) -> Settling {
+    let waiting = links
+        .into_iter()
+        .flatten()
+        .copied()
+        .filter(|&c| Some(c) != from)
+        .collect();
+    Settling {
+        earliest: now + config.repair_delay,
+        latest: now + config.gap_timeout,
+        waiting,
+    }
+}
+
 fn owned_key(key: &StreamId, topic: &Topic) -> StreamId {
     StreamId {
         publisher: key.publisher,
@@ -791,6 +840,8 @@ impl Membership {
                 if !self.stream_room(now, key) {
                     return Some(true);
                 }
+                // Up to date for a settling order's links (below).
+                self.rebuild_routes();
                 self.bcast.streams.get_mut(&key).expect("made room")
             }
         };
@@ -805,8 +856,9 @@ impl Membership {
             stream.latest = seq;
             stream.active_at = now;
         }
-        if from.is_some() {
+        if let Some(conn) = from {
             stream.last_from = from;
+            stream.shown_by(conn);
         }
         if origin == (Origin::Received { first_hand: true }) {
             stream.first_hand_at = Some(now);
@@ -828,10 +880,15 @@ impl Membership {
                 // First heard of by a message that is not its first: earlier ones may still
                 // be on their way by other paths (a node that just linked to the publisher
                 // hears its next message before a relay's copy of the one before). The order
-                // settles for `repair_delay` before it starts (see `order`).
+                // settles before it starts (see `order`).
                 stream.next = seq;
                 stream.start = seq;
-                stream.settling = Some(now + self.config.repair_delay);
+                stream.settling = Some(settling(
+                    now,
+                    &self.config,
+                    self.route_index.get(&stream.topic),
+                    from,
+                ));
             }
             stream.begin(seq);
             if seq == stream.next
@@ -881,13 +938,9 @@ impl Membership {
         let stream = self.bcast.streams.get_mut(key).expect("present");
         let seq = msg.sequence;
         stream.begin(seq);
-        if let Some(until) = stream.settling {
-            if now >= until {
-                stream.settling = None;
-                self.release(now, key, true);
-                return self.order(now, key, from, msg, reliable);
-            }
-            // Settling: everything is held, and the order starts at the lowest sequence heard.
+        if stream.settling.is_some() {
+            // Settling: everything is held, and the order starts at the lowest sequence heard;
+            // then, if this message was the last one awaited, it starts.
             if seq < stream.next {
                 stream.next = seq;
                 stream.start = seq;
@@ -896,7 +949,13 @@ impl Membership {
                 self.counters.messages_duplicate += 1;
                 return None;
             }
-            return self.hold(now, key, msg, reliable);
+            let taken = self.hold(now, key, msg, reliable);
+            let stream = self.bcast.streams.get_mut(key).expect("present");
+            if stream.settling.is_some() && stream.settled(now) {
+                stream.settling = None;
+                self.release(now, key, true);
+            }
+            return taken;
         }
         if seq < stream.next {
             if seq < stream.start || stream.take_missed(seq) {
@@ -990,7 +1049,12 @@ impl Membership {
         if self.bcast.held_len > self.config.hold_messages
             || self.bcast.held_bytes > self.config.hold_bytes
         {
-            self.give_up_oldest(now);
+            if stream.settling.take().is_some() {
+                // No room to wait longer: the order starts at the lowest sequence heard.
+                self.release(now, key, true);
+            } else {
+                self.give_up_oldest(now);
+            }
         }
         Some(!reliable)
     }
@@ -1188,8 +1252,10 @@ impl Membership {
                     .route_index
                     .get(&key.topic)
                     .is_some_and(|c| c.contains(&conn));
-            if !own && !self.bcast.streams.contains_key(&key) {
-                continue;
+            match self.bcast.streams.get_mut(&key) {
+                Some(stream) => stream.shown_by(conn),
+                None if own => {}
+                None => continue,
             }
             let key = StreamId {
                 topic: key.topic.detached(),
@@ -1203,6 +1269,12 @@ impl Membership {
 
     /// A connection is gone: forget its links' modes.
     pub(super) fn broadcast_conn_closed(&mut self, conn: ConnId) {
+        // Settling streams wait no longer for it (each is held, so among the gaps).
+        for key in &self.bcast.gaps {
+            if let Some(stream) = self.bcast.streams.get_mut(key) {
+                stream.shown_by(conn);
+            }
+        }
         self.bcast.lazy.remove_conn(conn);
         self.bcast.pruned.remove_conn(conn);
         self.bcast.generation += 1;
@@ -1267,18 +1339,36 @@ impl Membership {
             if !self.stream_room(now, StreamRef::to(&key)) {
                 continue;
             }
+            self.rebuild_routes();
             let stream = self.bcast.streams.get_mut(&key).expect("present");
+            stream.shown_by(conn);
+            // Believed within reason: at most `MAX_AHEAD` messages before the head, unless the
+            // publisher itself says so.
+            let mut first = head.first;
+            if peer != Some(key.publisher) {
+                first = first.max(head.last.saturating_sub(crate::dedup::MAX_AHEAD));
+            }
+            let first = first.clamp(1, head.last.saturating_add(1));
             if stream.next == 0 {
                 // First heard of by an announcement: the stream starts at the first message
-                // announced as new (after the head, for a summary).
-                // Believed within reason: at most `MAX_AHEAD` messages before the head, unless
-                // the publisher itself says so.
-                let mut first = head.first;
-                if peer != Some(key.publisher) {
-                    first = first.max(head.last.saturating_sub(crate::dedup::MAX_AHEAD));
+                // announced as new (after the head, for a summary), once it settled if that
+                // is not its first (earlier ones may still come by links that had them).
+                stream.begin(first);
+                if first > 1 {
+                    stream.settling = Some(settling(
+                        now,
+                        &self.config,
+                        self.route_index.get(&key.topic),
+                        Some(conn),
+                    ));
+                    self.bcast.gaps.insert(key.clone());
                 }
-                stream.begin(first.clamp(1, head.last.saturating_add(1)));
+            } else if stream.settling.is_some() && first < stream.next {
+                // Settling: the order starts at the lowest message shown, announced too.
+                stream.next = first;
+                stream.start = first;
             }
+            let stream = self.bcast.streams.get_mut(&key).expect("present");
             if head.last > stream.latest {
                 stream.latest = head.last;
                 stream.active_at = now;
@@ -1472,7 +1562,7 @@ impl Membership {
         let mut asks: BTreeMap<ConnId, Vec<StreamRange>> = BTreeMap::new();
         for key in keys {
             if let Some(stream) = self.bcast.streams.get_mut(&key) {
-                if stream.settling.is_some_and(|t| t <= now) {
+                if stream.settling.is_some() && stream.settled(now) {
                     stream.settling = None;
                     self.release(now, &key, true);
                 }
