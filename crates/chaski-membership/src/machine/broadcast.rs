@@ -585,19 +585,6 @@ fn charge_parts(payload: &[u8], headers: &[chaski_wire::Header]) -> usize {
         + OVERHEAD
 }
 
-/// Whether a cache of `len` messages and `bytes` whose oldest entry came at `oldest` is beyond
-/// the limits of `config`.
-fn cache_over(
-    config: &crate::config::Config,
-    len: usize,
-    bytes: usize,
-    oldest: Instant,
-    now: Instant,
-) -> bool {
-    len > config.cache_messages || bytes > config.cache_bytes || oldest + config.cache_age <= now
-}
-
-/// `key` with `topic` (the stream's detached copy of its topic) in place of its own.
 /// The settling of a stream first heard of from `from` (see [`Settling`]): it waits for the
 /// topic's other links.
 fn settling(
@@ -616,14 +603,6 @@ fn settling(
         earliest: now + config.repair_delay,
         latest: now + config.gap_timeout,
         waiting,
-    }
-}
-
-fn owned_key(key: &StreamId, topic: &Topic) -> StreamId {
-    StreamId {
-        publisher: key.publisher,
-        incarnation: key.incarnation,
-        topic: topic.clone(),
     }
 }
 
@@ -765,14 +744,10 @@ impl Membership {
     /// Drops the oldest cached messages beyond the limits of count, bytes and age.
     fn trim_cache(&mut self, now: Instant) {
         while let Some(&(at, _)) = self.bcast.cache_order.front() {
-            let bcast = &self.bcast;
-            if !cache_over(
-                &self.config,
-                bcast.cache_order.len(),
-                bcast.cache_bytes,
-                at,
-                now,
-            ) {
+            let over = self.bcast.cache_order.len() > self.config.cache_messages
+                || self.bcast.cache_bytes > self.config.cache_bytes
+                || at + self.config.cache_age <= now;
+            if !over {
                 break;
             }
             let (_, slot) = self.bcast.cache_order.pop_front().expect("front");
@@ -902,21 +877,8 @@ impl Membership {
             }
         }
         if let Some(bytes) = charged {
-            let (order, cached) = (&mut self.bcast.cache_order, &mut self.bcast.cache_bytes);
-            *cached += bytes;
-            order.push_back((now, stream.slot));
-            // The common case, the oldest entries this stream's own (one stream, or the
-            // busiest): evicted here, without looking their stream up (as `trim_cache`).
-            while let Some(&(at, slot)) = order.front() {
-                if slot != stream.slot || !cache_over(&self.config, order.len(), *cached, at, now) {
-                    break;
-                }
-                order.pop_front();
-                if let Some(m) = stream.cached.pop_oldest() {
-                    *cached -= m.charge();
-                    self.counters.cache_evictions += 1;
-                }
-            }
+            self.bcast.cache_bytes += bytes;
+            self.bcast.cache_order.push_back((now, stream.slot));
             self.trim_cache(now);
         }
         self.arm_broadcast(now);
@@ -1410,7 +1372,8 @@ impl Membership {
             let Some(stream) = self.bcast.streams.get(&range.stream) else {
                 continue;
             };
-            let key = owned_key(&range.stream, &stream.topic);
+            // The stream's detached topic, not the asker's slice of its frame.
+            let key = StreamRef::to(&range.stream).with_topic(stream.topic.clone());
             for m in stream.cached.range(range.first, range.last) {
                 if sent >= MAX_SERVED || bytes >= budget {
                     self.counters.repairs_throttled += 1;
