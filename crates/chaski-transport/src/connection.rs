@@ -468,7 +468,7 @@ impl Connection {
         async move {
             match first? {
                 Queued::Done(result) => result,
-                Queued::Wait(item) => self.queue(item).await,
+                Queued::Wait(item) => self.queue_waiting(item).await,
             }
         }
     }
@@ -535,9 +535,15 @@ impl Connection {
     }
 
     async fn queue(&self, item: Outgoing) -> Result<(), SendError> {
-        if let Some(result) = self.try_direct(&item) {
-            return result;
+        match self.queue_now(item) {
+            Queued::Done(result) => result,
+            Queued::Wait(item) => self.queue_waiting(item).await,
         }
+    }
+
+    /// The rest of [`queue`](Self::queue) for an item [`queue_now`](Self::queue_now) gave
+    /// back: waits for room in bytes (an item the byte bound counts) and in the queue.
+    async fn queue_waiting(&self, item: Outgoing) -> Result<(), SendError> {
         let size = item.size();
         if size != 0 {
             self.wait_for_bytes(size).await?;
@@ -557,7 +563,8 @@ impl Connection {
     }
 
     /// Queues `item` if that needs no waiting: a direct write, or room in the queue for an item
-    /// the byte bound does not count; else gives it back, for [`queue`](Self::queue).
+    /// the byte bound does not count; else gives it back, for
+    /// [`queue_waiting`](Self::queue_waiting).
     fn queue_now(&self, item: Outgoing) -> Queued {
         if let Some(result) = self.try_direct(&item) {
             return Queued::Done(result);
