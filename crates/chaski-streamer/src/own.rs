@@ -183,6 +183,18 @@ mod tests {
         }
     }
 
+    /// A topic's queue, the driver's wake-up it notifies, and a driver's scratch buffer.
+    fn queue() -> (Arc<Notify>, Own, BytesMut) {
+        let notify = Arc::new(Notify::new());
+        let own = Own::new(
+            notify.clone(),
+            NodeId::from_u128(1),
+            0,
+            &Topic::from_static("t"),
+        );
+        (notify, own, BytesMut::new())
+    }
+
     /// Whether the driver has a wake-up waiting (a stored permit), taken if so.
     fn woken(notify: &Notify) -> bool {
         use std::future::Future as _;
@@ -193,14 +205,7 @@ mod tests {
 
     #[test]
     fn the_first_copy_after_a_drain_tells_the_driver_and_the_others_do_not() {
-        let notify = Arc::new(Notify::new());
-        let own = Own::new(
-            notify.clone(),
-            NodeId::from_u128(1),
-            0,
-            &Topic::from_static("t"),
-        );
-        let mut scratch = BytesMut::new();
+        let (notify, own, mut scratch) = queue();
         assert!(!woken(&notify), "nothing published, nothing to wake for");
         own.push(&message(1));
         assert!(woken(&notify));
@@ -220,14 +225,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_the_oldest_counts_it_and_wakes_the_driver_at_half() {
-        let notify = Arc::new(Notify::new());
-        let own = Own::new(
-            notify.clone(),
-            NodeId::from_u128(1),
-            0,
-            &Topic::from_static("t"),
-        );
-        let mut scratch = BytesMut::new();
+        let (notify, own, mut scratch) = queue();
         own.push(&message(1));
         assert!(woken(&notify), "the first copy tells the driver");
         for s in 2..=(CAPACITY as u64 + 3) {
