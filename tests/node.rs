@@ -500,6 +500,35 @@ async fn own_publications_reach_own_streams_and_reuse_the_nodes_topic() -> Resul
     .await
 }
 
+/// A node's own `Block` stream that is full holds its publisher up until the consumer makes
+/// room: nothing is dropped, everything arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_own_block_stream_holds_the_publisher_up() -> Result<()> {
+    bounded("own block stream", async {
+        const SENT: u64 = 200;
+        let a = start(builder("a", &["t"])).await?;
+        let mut stream = a.stream_with(StreamOptions::new().capacity(2).overflow(Overflow::Block));
+        let publisher = a.clone();
+        let publishing = tokio::spawn(async move {
+            for n in 0..SENT {
+                publisher.publish("t", n.to_string()).await?;
+            }
+            Ok::<_, Error>(())
+        });
+        let mut received: Vec<u64> = Vec::new();
+        for _ in 0..SENT {
+            received.push(std::str::from_utf8(&next(&mut stream).await?.payload)?.parse()?);
+            tokio::task::yield_now().await;
+        }
+        publishing.await??;
+        assert_eq!(received, (0..SENT).collect::<Vec<u64>>());
+        assert_eq!(stream.dropped(), 0);
+        a.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
 /// A key file of a test, removed when dropped (also when the test fails).
 struct KeyFile(std::path::PathBuf);
 

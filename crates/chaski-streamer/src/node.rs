@@ -4,6 +4,7 @@ use std::{
     collections::{HashMap, HashSet},
     fmt,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -303,6 +304,9 @@ pub(crate) struct TopicRoute {
     pub(crate) own: Arc<crate::own::Own>,
 }
 
+/// What a publication has left to wait for once the part that needs no waiting is done.
+type Rest<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+
 /// A publication validated by `Node::prepare`, with its route when the snapshot has one and it
 /// is sent reliably.
 struct Prepared<'r> {
@@ -529,48 +533,101 @@ impl Node {
     ///
     /// Any [`IntoTopic`] names the topic; a `&str` naming a topic the node already routes costs
     /// no allocation.
-    pub async fn publish(
+    pub fn publish(
         &self,
         topic: impl IntoTopic,
         payload: impl Into<Bytes>,
-    ) -> Result<(), Error> {
+    ) -> impl Future<Output = Result<(), Error>> {
+        // `publish_with`'s future itself, not one that awaits it: a publication is one future,
+        // moved once.
         self.publish_with(topic, payload, PublishOptions::default())
-            .await
     }
 
     /// Publishes with options: best-effort or reliable, headers.
-    pub async fn publish_with(
+    pub fn publish_with(
         &self,
         topic: impl IntoTopic,
         payload: impl Into<Bytes>,
         options: PublishOptions,
-    ) -> Result<(), Error> {
-        let mut routes = self.inner.routes.load_full();
-        let mut publication = self.prepare(&routes, topic, payload, options)?;
+    ) -> impl Future<Output = Result<(), Error>> {
+        // Everything that needs no waiting is done before the future is made, so that the future
+        // holds only the rare rest, boxed: a few words, not the kilobyte or two an `async fn`
+        // doing it all would hold and every caller's future would copy at each await.
+        let now = self.publish_now(topic, payload, options);
+        async move {
+            match now? {
+                None => Ok(()),
+                Some(rest) => rest.await,
+            }
+        }
+    }
+
+    /// The part of a publication that needs no waiting; what is left to wait for (the route of
+    /// a topic published for the first time, room in a full queue) comes back as a future.
+    fn publish_now(
+        &self,
+        topic: impl IntoTopic,
+        payload: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> Result<Option<Rest<'_>>, Error> {
+        let routes = self.inner.routes.load_full();
+        let publication = self.prepare(&routes, topic, payload, options)?;
         if publication.route.is_none() && publication.delivery == Delivery::Reliable {
             // A topic the driver has not routed yet: ask it to, then look again.
-            let topic = publication.topic.clone();
-            let routed = self
-                .request(|reply| Command::Route {
-                    topic: topic.clone(),
-                    reply,
-                })
-                .await?;
-            let (payload, headers) = (publication.payload, publication.headers);
-            routes = self.inner.routes.load_full();
-            if routes.closed {
-                return Err(Error::Shutdown);
-            }
-            publication = Prepared {
-                route: routes.topics.get(&topic).filter(|_| routed),
+            let Prepared {
                 topic,
                 payload,
-                delivery: Delivery::Reliable,
                 headers,
-            };
+                ..
+            } = publication;
+            return Ok(Some(Box::pin(
+                self.publish_routing(topic, payload, headers),
+            )));
         }
         let Some(route) = publication.route else {
             // Best-effort, or a topic the driver cannot route (its table is full).
+            let command = self.driver_publish(publication);
+            return match self.inner.commands.try_send(command) {
+                Ok(()) => Ok(None),
+                Err(mpsc::error::TrySendError::Full(command)) => Ok(Some(Box::pin(async move {
+                    self.inner
+                        .commands
+                        .send(command)
+                        .await
+                        .map_err(|_| Error::Shutdown)
+                }))),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Shutdown),
+            };
+        };
+        self.publish_routed(&routes, route, publication)
+    }
+
+    /// A publication on a topic the driver had not routed: waits for the route, then publishes.
+    async fn publish_routing(
+        &self,
+        topic: Topic,
+        payload: Bytes,
+        headers: Vec<Header>,
+    ) -> Result<(), Error> {
+        let routed = self
+            .request(|reply| Command::Route {
+                topic: topic.clone(),
+                reply,
+            })
+            .await?;
+        let routes = self.inner.routes.load_full();
+        if routes.closed {
+            return Err(Error::Shutdown);
+        }
+        let publication = Prepared {
+            route: routes.topics.get(&topic).filter(|_| routed),
+            topic,
+            payload,
+            delivery: Delivery::Reliable,
+            headers,
+        };
+        let Some(route) = publication.route else {
+            // The driver cannot route it (its table is full): it publishes it itself.
             let command = self.driver_publish(publication);
             return self
                 .inner
@@ -579,40 +636,70 @@ impl Node {
                 .await
                 .map_err(|_| Error::Shutdown);
         };
+        match self.publish_routed(&routes, route, publication)? {
+            None => Ok(()),
+            Some(rest) => rest.await,
+        }
+    }
+
+    /// A publication on a topic the snapshot routes: queued on each of the topic's connections
+    /// and offered to this node's streams that want it. A full queue or stream does not hold up
+    /// the others: its wait is part of the future returned.
+    fn publish_routed(
+        &self,
+        routes: &Routes,
+        route: &TopicRoute,
+        publication: Prepared<'_>,
+    ) -> Result<Option<Rest<'_>>, Error> {
         let local = self.local_streams(route, &publication.topic);
         let Some(message) = self.stamp(publication, routes.hop_limit) else {
-            return Ok(());
+            return Ok(None);
         };
         let local = local.map(|streams| (streams, message.clone()));
+        let mut sends = Vec::new();
         match route.conns.as_slice() {
             [] => {}
             // One peer: its writer encodes the message straight into its buffer.
-            [connection] => {
-                if let Err(chaski_transport::SendError::Encode(_)) =
-                    connection.send(Frame::Publish(message)).await
-                {
-                    return Err(self.too_large());
-                }
-            }
+            [connection] => match connection.send_now(Frame::Publish(message)) {
+                Ok(wait) => sends.extend(wait),
+                Err(chaski_transport::SendError::Encode(_)) => return Err(self.too_large()),
+                // A closed connection is the driver's business.
+                Err(_) => {}
+            },
             // Several: encode once, queue the same bytes on each.
             connections => {
                 let frame = EncodedFrame::from_message(&message, self.inner.max_frame_len)
                     .map_err(|_| self.too_large())?;
                 for connection in connections {
                     // A closed connection is the driver's business; the others still get it.
-                    let _ = connection.send_encoded(frame.clone()).await;
+                    if let Ok(wait) = connection.send_encoded_now(frame.clone()) {
+                        sends.extend(wait);
+                    }
                 }
             }
         }
+        let mut full = Vec::new();
         if let Some((streams, message)) = local {
             let received = self.received(message);
             for stream in streams.iter().filter(|s| s.wants(&received.topic)) {
                 if let Offer::Full(message) = stream.offer(received.clone()) {
-                    stream.wait_for_room(message).await;
+                    full.push((Arc::clone(stream), message));
                 }
             }
         }
-        Ok(())
+        if sends.is_empty() && full.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Box::pin(async move {
+            for send in sends {
+                // Only a close can fail it now; that is the driver's business.
+                let _ = send.await;
+            }
+            for (stream, message) in full {
+                stream.wait_for_room(message).await;
+            }
+            Ok(())
+        })))
     }
 
     /// One of this node's own publications as its streams see it (and counted as received).

@@ -333,8 +333,36 @@ impl WriteSide {
 enum Queued {
     /// Queued (or written), or refused for good.
     Done(Result<(), SendError>),
-    /// The queue is full, or the item counts against the byte bound: wait.
+    /// The queue is full, in frames or in bytes: wait.
     Wait(Outgoing),
+}
+
+/// A frame that [`Connection::send_now`] could not queue at once because the send queue was
+/// full: awaiting it waits for room and queues the frame (failing with [`SendError::Closed`]
+/// if the connection closes first); dropping it drops the frame.
+#[must_use = "the frame is queued only when this is awaited"]
+pub struct SendWait {
+    connection: Connection,
+    item: Outgoing,
+}
+
+impl fmt::Debug for SendWait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendWait")
+            .field("connection", &self.connection.shared.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntoFuture for SendWait {
+    type Output = Result<(), SendError>;
+    // Boxed: the wait is rare, and a future that held it inline would make every future that
+    // awaits a send several hundred bytes larger, copied each time such a future is moved.
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.connection.queue_waiting(self.item).await })
+    }
 }
 
 /// Counts a frame as in flight until it is queued (or dropped with its error).
@@ -464,13 +492,24 @@ impl Connection {
     pub fn send(&self, frame: Frame) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
         // The common case, room in the queue, is done before the future is made: the frame is
         // moved once into the queue rather than through the states of two futures.
-        let first = self.prepare(frame).map(|item| self.queue_now(item));
+        let now = self.send_now(frame);
         async move {
-            match first? {
-                Queued::Done(result) => result,
-                Queued::Wait(item) => self.queue_waiting(item).await,
+            match now? {
+                None => Ok(()),
+                Some(wait) => wait.await,
             }
         }
+    }
+
+    /// Queues `frame` if that needs no waiting, and returns `None`; when the send queue is full,
+    /// returns the frame as a [`SendWait`] that queues it once there is room when awaited (or
+    /// drops it if dropped). Fails like [`send`](Self::send).
+    ///
+    /// For callers that do the common case without making a future, such as a node publishing:
+    /// a future that held the wait would be moved, whole, at every await of its callers.
+    pub fn send_now(&self, frame: Frame) -> Result<Option<SendWait>, SendError> {
+        let item = self.prepare(frame)?;
+        self.started(self.queue_now(item))
     }
 
     /// Queues `frame` if the send queue has room, or fails at once with [`SendError::Full`].
@@ -481,9 +520,23 @@ impl Connection {
 
     /// Queues an already encoded frame, waiting while the send queue is full. Large frames are
     /// written straight from their bytes, without a copy.
-    pub async fn send_encoded(&self, frame: EncodedFrame) -> Result<(), SendError> {
+    pub fn send_encoded(
+        &self,
+        frame: EncodedFrame,
+    ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+        let now = self.send_encoded_now(frame);
+        async move {
+            match now? {
+                None => Ok(()),
+                Some(wait) => wait.await,
+            }
+        }
+    }
+
+    /// [`send_now`](Self::send_now) for an already encoded frame.
+    pub fn send_encoded_now(&self, frame: EncodedFrame) -> Result<Option<SendWait>, SendError> {
         self.check_encoded(&frame)?;
-        self.queue(Outgoing::Encoded(frame.0)).await
+        self.started(self.queue_now(Outgoing::Encoded(frame.0)))
     }
 
     /// Queues an already encoded frame if the send queue has room, or fails with
@@ -535,9 +588,21 @@ impl Connection {
     }
 
     async fn queue(&self, item: Outgoing) -> Result<(), SendError> {
-        match self.queue_now(item) {
-            Queued::Done(result) => result,
-            Queued::Wait(item) => self.queue_waiting(item).await,
+        match self.started(self.queue_now(item))? {
+            None => Ok(()),
+            Some(wait) => wait.await,
+        }
+    }
+
+    /// What [`queue_now`](Self::queue_now) left to do: nothing, or the wait for room. A refusal
+    /// is returned at once.
+    fn started(&self, queued: Queued) -> Result<Option<SendWait>, SendError> {
+        match queued {
+            Queued::Done(result) => result.map(|()| None),
+            Queued::Wait(item) => Ok(Some(SendWait {
+                connection: self.clone(),
+                item,
+            })),
         }
     }
 
@@ -562,45 +627,39 @@ impl Connection {
         Ok(())
     }
 
-    /// Queues `item` if that needs no waiting: a direct write, or room in the queue for an item
-    /// the byte bound does not count; else gives it back, for
+    /// Queues `item` if that needs no waiting: a direct write, or room in the queue (in frames
+    /// and, for an item the byte bound counts, in bytes); else gives it back, for
     /// [`queue_waiting`](Self::queue_waiting).
     fn queue_now(&self, item: Outgoing) -> Queued {
         if let Some(result) = self.try_direct(&item) {
             return Queued::Done(result);
         }
-        if item.size() != 0 {
+        let size = item.size();
+        if size != 0 && !self.bytes_fit(size) {
             return Queued::Wait(item);
         }
         let in_flight = InFlight::new(&self.shared.write.inflight);
-        match self.tx.try_send(item) {
-            Ok(()) => {
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                // Counted before the item is in the queue, so that the writer, which subtracts
+                // it when it takes the item, never sees less than it takes.
+                if size != 0 {
+                    self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
+                }
+                permit.send(item);
                 in_flight.queued();
                 Queued::Done(Ok(()))
             }
-            Err(mpsc::error::TrySendError::Full(item)) => Queued::Wait(item),
-            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Done(Err(SendError::Closed)),
+            Err(mpsc::error::TrySendError::Full(())) => Queued::Wait(item),
+            Err(mpsc::error::TrySendError::Closed(())) => Queued::Done(Err(SendError::Closed)),
         }
     }
 
     fn try_queue(&self, item: Outgoing) -> Result<(), SendError> {
-        if let Some(result) = self.try_direct(&item) {
-            return result;
+        match self.queue_now(item) {
+            Queued::Done(result) => result,
+            Queued::Wait(_) => Err(SendError::Full),
         }
-        let size = item.size();
-        if size != 0 && !self.bytes_fit(size) {
-            return Err(SendError::Full);
-        }
-        let in_flight = InFlight::new(&self.shared.write.inflight);
-        self.tx.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })?;
-        if size != 0 {
-            self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
-        }
-        in_flight.queued();
-        Ok(())
     }
 
     /// Waits until `size` more bytes fit in the send queue's byte bound.

@@ -134,7 +134,9 @@ pub mod tls;
 
 pub use crate::{
     config::{Config, ConfigBuilder, MAX_DATAGRAM_LEN_LIMIT, MAX_HELLO_LEN},
-    connection::{CloseReason, Connection, ConnectionId, Direction, EncodedFrame, Event, Side},
+    connection::{
+        CloseReason, Connection, ConnectionId, Direction, EncodedFrame, Event, SendWait, Side,
+    },
     datagram::{DatagramSocket, Received, Sealed},
     endpoint::{Endpoint, Events, StatsHandle},
     error::{ConfigError, DatagramError, Error, HandshakeError, LostCause, SendError},

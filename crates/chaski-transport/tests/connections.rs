@@ -218,6 +218,85 @@ async fn a_full_queue_fails_fast_or_waits() -> Result<()> {
     .await
 }
 
+/// `send_now` queues at once while there is room, and hands a frame that finds the queue full
+/// back as a wait: awaited, it queues the frame once the peer reads again; dropped, it drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_now_gives_back_what_a_full_queue_cannot_take() -> Result<()> {
+    bounded(async {
+        let config = Config::builder().send_queue(8).build()?;
+        let (client, _events) = endpoint("client", config).await?;
+        // A peer that reads only once told to, and reports the id of every ping it reads.
+        let listener = tokio::net::TcpListener::bind(localhost()).await?;
+        let addr = listener.local_addr()?;
+        let (go, start) = tokio::sync::oneshot::channel::<()>();
+        // Four pings at most are ever sent.
+        let (seen_tx, mut seen) = tokio::sync::mpsc::channel(4);
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await?;
+            let mut peer = RawPeer {
+                stream,
+                buf: BytesMut::new(),
+            };
+            peer.send(&Frame::Hello(hello("slow", NodeId::random())))
+                .await?;
+            let _ = peer.recv().await?;
+            let _ = start.await;
+            while let Some(frame) = peer.recv().await? {
+                if let Frame::Ping(ping) = frame {
+                    let _ = seen_tx.send(ping.id).await;
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+        let connection = client.connect(addr).await?;
+        let ping = |id| {
+            Frame::Ping(Ping {
+                id,
+                ..Ping::default()
+            })
+        };
+        assert!(
+            connection.send_now(ping(1))?.is_none(),
+            "room: queued at once"
+        );
+        // Fill the socket buffers and the queue with large frames the peer does not read.
+        let big =
+            EncodedFrame::from_message(&message(0, Bytes::from(vec![1u8; 64 << 10])), 1 << 20)?;
+        let mut filled = 0usize;
+        let first_wait = loop {
+            if let Some(wait) = connection.send_encoded_now(big.clone())? {
+                break wait;
+            }
+            filled += 1;
+            ensure!(filled < 10_000, "the connection never pushed back");
+            if filled % 8 == 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        drop(first_wait);
+        let dropped = connection
+            .send_now(ping(2))?
+            .context("a full queue gives the frame back")?;
+        drop(dropped);
+        let kept = connection
+            .send_now(ping(3))?
+            .context("a full queue gives the frame back")?;
+        let queued = tokio::spawn(kept.into_future());
+        go.send(())
+            .map_err(|()| anyhow::anyhow!("the peer is gone"))?;
+        queued.await??;
+        connection.send(ping(4)).await?;
+        let mut ids = Vec::new();
+        while ids.last() != Some(&4) {
+            ids.push(seen.recv().await.context("the peer stopped reading")?);
+        }
+        assert_eq!(ids, [1, 3, 4], "the dropped wait's frame is never sent");
+        server.abort();
+        Ok(())
+    })
+    .await
+}
+
 /// A peer that never reads can make the node hold at most `send_queue_bytes` for it, however
 /// many frames the queue's frame limit would take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
