@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use chaski_membership::PeerSnapshot;
 use chaski_transport::{Connection, EncodedFrame};
-use chaski_wire::{Frame, Header, Message, NodeId, Topic};
+use chaski_wire::{Header, Message, NodeId, Topic};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{
@@ -570,7 +570,8 @@ impl Node {
         payload: impl Into<Bytes>,
         options: PublishOptions,
     ) -> Result<Option<Rest<'_>>, Error> {
-        let routes = self.inner.routes.load_full();
+        // A guard, not a counted reference: nothing here outlives the call.
+        let routes = self.inner.routes.load();
         let publication = self.prepare(&routes, topic, payload, options)?;
         if publication.route.is_none() && publication.delivery == Delivery::Reliable {
             // A topic the driver has not routed yet: ask it to, then look again.
@@ -660,7 +661,7 @@ impl Node {
         match route.conns.as_slice() {
             [] => {}
             // One peer: its writer encodes the message straight into its buffer.
-            [connection] => match connection.send_now(Frame::Publish(message)) {
+            [connection] => match connection.send_message_now(message) {
                 Ok(wait) => sends.extend(wait),
                 Err(chaski_transport::SendError::Encode(_)) => return Err(self.too_large()),
                 // A closed connection is the driver's business.

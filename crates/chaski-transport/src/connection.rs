@@ -533,6 +533,13 @@ impl Connection {
         }
     }
 
+    /// [`send_now`](Self::send_now) for a published message (`Frame::Publish`), which the
+    /// writer encodes straight into its buffer.
+    pub fn send_message_now(&self, message: Message) -> Result<Option<SendWait>, SendError> {
+        check_message_len(&message, self.shared.max_frame_len)?;
+        self.started(self.queue_now(Outgoing::Message(message)))
+    }
+
     /// [`send_now`](Self::send_now) for an already encoded frame.
     pub fn send_encoded_now(&self, frame: EncodedFrame) -> Result<Option<SendWait>, SendError> {
         self.check_encoded(&frame)?;
