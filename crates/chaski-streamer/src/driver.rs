@@ -545,6 +545,8 @@ impl Driver {
             .into_iter()
             .flatten()
             .min();
+            // Every delivery of this turn is made: wake the streams that got one, before waiting.
+            self.wake_consumers();
             let blocked_network = !self.blocked_deliveries.is_empty();
             let blocked_commands = self.blocked_publish.is_some();
             tokio::select! {
@@ -996,13 +998,22 @@ impl Driver {
             blocked.push_back((stream.clone(), message));
             return false;
         }
-        match stream.offer(message) {
+        // Woken once per turn of the loop (`wake_consumers`), not once per message.
+        match stream.offer_unwoken(message) {
             Offer::Queued | Offer::Dropped => false,
             Offer::Full(message) => {
                 blocked.push_back((stream.clone(), message));
                 false
             }
             Offer::Closed => true,
+        }
+    }
+
+    /// Wakes the consumers of the streams that [`offer`](Self::offer) queued messages on since
+    /// the last call.
+    fn wake_consumers(&self) {
+        for stream in self.registry.load().iter() {
+            stream.wake_consumer();
         }
     }
 

@@ -178,6 +178,9 @@ pub(crate) struct Shared {
     finished: AtomicBool,
     dropped: AtomicU64,
     delivered: AtomicU64,
+    /// The driver queued messages with [`Shared::offer_unwoken`] and has not woken the consumer
+    /// since (only the driver reads and writes it).
+    unwoken: AtomicBool,
 }
 
 /// What became of a message offered to a stream.
@@ -224,8 +227,35 @@ impl Shared {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Offers a message, applying the overflow policy.
+    /// Offers a message, applying the overflow policy, and wakes the consumer.
     pub(crate) fn offer(&self, message: Received) -> Offer {
+        let outcome = self.queue_message(message);
+        self.consumer.wake();
+        outcome
+    }
+
+    /// [`offer`](Self::offer) without waking the consumer: the driver wakes it with
+    /// [`wake_consumer`](Self::wake_consumer) once per turn of its loop, before it waits, rather
+    /// than once per message (a read-modify-write on a line the consumer's core shares).
+    pub(crate) fn offer_unwoken(&self, message: Received) -> Offer {
+        let outcome = self.queue_message(message);
+        if !matches!(outcome, Offer::Closed) {
+            self.unwoken.store(true, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    /// Wakes the consumer if the driver offered messages since it last woke it. Only the driver
+    /// calls it (and [`offer_unwoken`](Self::offer_unwoken)): the flag has one writer.
+    pub(crate) fn wake_consumer(&self) {
+        if self.unwoken.load(Ordering::Relaxed) {
+            self.unwoken.store(false, Ordering::Relaxed);
+            self.consumer.wake();
+        }
+    }
+
+    /// Queues a message by the overflow policy, counted.
+    fn queue_message(&self, message: Received) -> Offer {
         if self.is_closed() {
             return Offer::Closed;
         }
@@ -255,7 +285,6 @@ impl Shared {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.consumer.wake();
         outcome
     }
 
@@ -321,6 +350,7 @@ impl MessageStream {
             closed: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            unwoken: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
         });
         (
@@ -554,6 +584,35 @@ mod tests {
         shared.finish();
         assert_eq!(s.recv().await.map(|m| m.sequence), Some(1));
         assert_eq!(s.recv().await, None);
+    }
+
+    /// The driver's offers wake a waiting consumer once, when the driver flushes, not per
+    /// message; the handles' offers wake it at once.
+    #[test]
+    fn offers_without_waking_wake_the_consumer_once_at_the_flush() {
+        struct Count(AtomicU64);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let count = Arc::new(Count(AtomicU64::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let wakes = || count.0.load(Ordering::Relaxed);
+        let (mut s, shared) = stream(Overflow::Block, 4);
+        assert!(s.poll_recv(&mut cx).is_pending());
+        shared.offer_unwoken(received(1));
+        shared.offer_unwoken(received(2));
+        assert_eq!(wakes(), 0, "not woken per message");
+        shared.wake_consumer();
+        shared.wake_consumer();
+        assert_eq!(wakes(), 1, "woken once, at the flush");
+        assert!(matches!(s.poll_recv(&mut cx), Poll::Ready(Some(m)) if m.sequence == 1));
+        assert!(matches!(s.poll_recv(&mut cx), Poll::Ready(Some(m)) if m.sequence == 2));
+        assert!(s.poll_recv(&mut cx).is_pending());
+        shared.offer(received(3));
+        assert_eq!(wakes(), 2, "a handle's offer wakes at once");
     }
 
     #[test]
