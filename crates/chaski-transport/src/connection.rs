@@ -492,13 +492,7 @@ impl Connection {
     pub fn send(&self, frame: Frame) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
         // The common case, room in the queue, is done before the future is made: the frame is
         // moved once into the queue rather than through the states of two futures.
-        let now = self.send_now(frame);
-        async move {
-            match now? {
-                None => Ok(()),
-                Some(wait) => wait.await,
-            }
-        }
+        finish(self.send_now(frame))
     }
 
     /// Queues `frame` if that needs no waiting, and returns `None`; when the send queue is full,
@@ -524,13 +518,7 @@ impl Connection {
         &self,
         frame: EncodedFrame,
     ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
-        let now = self.send_encoded_now(frame);
-        async move {
-            match now? {
-                None => Ok(()),
-                Some(wait) => wait.await,
-            }
-        }
+        finish(self.send_encoded_now(frame))
     }
 
     /// [`send_now`](Self::send_now) for a published message (`Frame::Publish`), which the
@@ -595,10 +583,7 @@ impl Connection {
     }
 
     async fn queue(&self, item: Outgoing) -> Result<(), SendError> {
-        match self.started(self.queue_now(item))? {
-            None => Ok(()),
-            Some(wait) => wait.await,
-        }
+        finish(self.started(self.queue_now(item))).await
     }
 
     /// What [`queue_now`](Self::queue_now) left to do: nothing, or the wait for room. A refusal
@@ -786,6 +771,15 @@ impl Connection {
                 Ok(Outgoing::Encoded(buf.freeze()))
             }
         }
+    }
+}
+
+/// The rest of a send once [`Connection::send_now`] (or a sibling) has done what needs no
+/// waiting: nothing, or the wait for room.
+async fn finish(now: Result<Option<SendWait>, SendError>) -> Result<(), SendError> {
+    match now? {
+        None => Ok(()),
+        Some(wait) => wait.await,
     }
 }
 
