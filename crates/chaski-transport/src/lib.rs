@@ -39,10 +39,13 @@
 //! A [`Connection`] is a cloneable sending handle with its id, direction, remote address, remote
 //! hello and [`stats`](Connection::stats). Its frames are written by a writer task from a bounded
 //! send queue ([`Config::send_queue`], default 4096 frames): [`Connection::send`] waits for room,
-//! [`Connection::try_send`] fails fast with [`SendError::Full`]. The writer takes everything queued
-//! at once, encodes it into one buffer and writes it in one call, so a burst is coalesced (the
-//! `write_calls` counter shows by how much); after a batch of several frames it yields once
-//! before sleeping, so that a stream of frames does not cost a wake-up every few frames.
+//! [`Connection::try_send`] fails fast with [`SendError::Full`], and [`Connection::send_now`]
+//! queues without making a future when there is room and otherwise hands the frame back as a
+//! [`SendWait`] to await (for callers whose own futures should stay small). The writer takes
+//! everything queued at once, encodes it into one buffer and writes it in one call, so a burst is
+//! coalesced (the `write_calls` counter shows by how much); after a batch of several frames it
+//! yields once before sleeping, so that a stream of frames does not cost a wake-up every few
+//! frames.
 //! Publish payloads of 4 KiB or more, and [`EncodedFrame`]s as large, are not copied but written
 //! with vectored writes straight from their `Bytes`. An [`EncodedFrame`] is encoded once and can be
 //! queued on any number of connections (fan-out).
