@@ -307,6 +307,14 @@ pub(crate) struct TopicRoute {
 /// What a publication has left to wait for once the part that needs no waiting is done.
 type Rest<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
 
+/// The rest of a publication once the part that needs no waiting is done: nothing, or its wait.
+async fn finish(now: Result<Option<Rest<'_>>, Error>) -> Result<(), Error> {
+    match now? {
+        None => Ok(()),
+        Some(rest) => rest.await,
+    }
+}
+
 /// A publication validated by `Node::prepare`, with its route when the snapshot has one and it
 /// is sent reliably.
 struct Prepared<'r> {
@@ -553,13 +561,7 @@ impl Node {
         // Everything that needs no waiting is done before the future is made, so that the future
         // holds only the rare rest, boxed: a few words, not the kilobyte or two an `async fn`
         // doing it all would hold and every caller's future would copy at each await.
-        let now = self.publish_now(topic, payload, options);
-        async move {
-            match now? {
-                None => Ok(()),
-                Some(rest) => rest.await,
-            }
-        }
+        finish(self.publish_now(topic, payload, options))
     }
 
     /// The part of a publication that needs no waiting; what is left to wait for (the route of
@@ -585,22 +587,28 @@ impl Node {
                 self.publish_routing(topic, payload, headers),
             )));
         }
-        let Some(route) = publication.route else {
+        match publication.route {
+            Some(route) => self.publish_routed(&routes, route, publication),
             // Best-effort, or a topic the driver cannot route (its table is full).
-            let command = self.driver_publish(publication);
-            return match self.inner.commands.try_send(command) {
-                Ok(()) => Ok(None),
-                Err(mpsc::error::TrySendError::Full(command)) => Ok(Some(Box::pin(async move {
-                    self.inner
-                        .commands
-                        .send(command)
-                        .await
-                        .map_err(|_| Error::Shutdown)
-                }))),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Shutdown),
-            };
-        };
-        self.publish_routed(&routes, route, publication)
+            None => self.publish_by_driver(publication),
+        }
+    }
+
+    /// A publication the driver sends (and numbers) itself: handed over as a command, waiting
+    /// for room in the command queue only when it is full.
+    fn publish_by_driver(&self, publication: Prepared<'_>) -> Result<Option<Rest<'_>>, Error> {
+        let command = self.driver_publish(publication);
+        match self.inner.commands.try_send(command) {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(command)) => Ok(Some(Box::pin(async move {
+                self.inner
+                    .commands
+                    .send(command)
+                    .await
+                    .map_err(|_| Error::Shutdown)
+            }))),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Shutdown),
+        }
     }
 
     /// A publication on a topic the driver had not routed: waits for the route, then publishes.
@@ -627,20 +635,12 @@ impl Node {
             delivery: Delivery::Reliable,
             headers,
         };
-        let Some(route) = publication.route else {
+        let now = match publication.route {
+            Some(route) => self.publish_routed(&routes, route, publication),
             // The driver cannot route it (its table is full): it publishes it itself.
-            let command = self.driver_publish(publication);
-            return self
-                .inner
-                .commands
-                .send(command)
-                .await
-                .map_err(|_| Error::Shutdown);
+            None => self.publish_by_driver(publication),
         };
-        match self.publish_routed(&routes, route, publication)? {
-            None => Ok(()),
-            Some(rest) => rest.await,
-        }
+        finish(now).await
     }
 
     /// A publication on a topic the snapshot routes: queued on each of the topic's connections
