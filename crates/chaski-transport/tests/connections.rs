@@ -161,19 +161,26 @@ async fn frames_up_to_the_maximum_pass_and_one_byte_more_is_rejected() -> Result
     .await
 }
 
+/// Accepts one connection on `listener` as a raw peer named `name`: its hello sent, the
+/// client's read.
+async fn accept_raw(listener: &tokio::net::TcpListener, name: &str) -> Result<RawPeer> {
+    let (stream, _) = listener.accept().await?;
+    let mut peer = RawPeer {
+        stream,
+        buf: BytesMut::new(),
+    };
+    peer.send(&Frame::Hello(hello(name, NodeId::random())))
+        .await?;
+    let _ = peer.recv().await?;
+    Ok(peer)
+}
+
 /// A server that completes the handshake and then never reads (until the task is aborted).
 async fn mute_server() -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(localhost()).await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await?;
-        let mut peer = RawPeer {
-            stream,
-            buf: BytesMut::new(),
-        };
-        peer.send(&Frame::Hello(hello("mute", NodeId::random())))
-            .await?;
-        let _ = peer.recv().await?;
+        let _peer = accept_raw(&listener, "mute").await?;
         std::future::pending::<()>().await;
         Ok(())
     });
@@ -232,14 +239,7 @@ async fn send_now_gives_back_what_a_full_queue_cannot_take() -> Result<()> {
         // Four pings at most are ever sent.
         let (seen_tx, mut seen) = tokio::sync::mpsc::channel(4);
         let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await?;
-            let mut peer = RawPeer {
-                stream,
-                buf: BytesMut::new(),
-            };
-            peer.send(&Frame::Hello(hello("slow", NodeId::random())))
-                .await?;
-            let _ = peer.recv().await?;
+            let mut peer = accept_raw(&listener, "slow").await?;
             let _ = start.await;
             while let Some(frame) = peer.recv().await? {
                 if let Frame::Ping(ping) = frame {
